@@ -1,0 +1,293 @@
+// Package provider parses and validates provider definitions: one client
+// registration at one OAuth 2.0 authorization server (DESIGN.md §2).
+package provider
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// Auth methods a definition may name.
+const (
+	AuthBasic = "client_secret_basic"
+	AuthPost  = "client_secret_post"
+	AuthQuery = "query"
+)
+
+// DefaultExpiresIn is the lifetime assumed when a token response has no usable expires_in.
+const DefaultExpiresIn = 3600
+
+// maxDefinitionBytes bounds what Parse reads; a definition is a few hundred bytes.
+const maxDefinitionBytes = 64 << 10
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+// Definition is a provider's registration. ClientSecret must never be logged:
+// String and LogValue leave it out.
+type Definition struct {
+	Name                 string            `json:"-"`
+	TokenURL             string            `json:"token_url"`
+	ClientID             string            `json:"client_id"`
+	ClientSecret         string            `json:"client_secret"`
+	AuthMethod           string            `json:"auth_method,omitempty"`
+	Scopes               []string          `json:"scopes,omitempty"`
+	AllowedScopes        []string          `json:"allowed_scopes,omitempty"`
+	ExtraParams          map[string]string `json:"extra_params,omitempty"`
+	RevokeURL            string            `json:"revoke_url,omitempty"`
+	DefaultExpiresIn     int64             `json:"default_expires_in,omitempty"`
+	RefreshBeforeSeconds int64             `json:"refresh_before_seconds,omitempty"`
+}
+
+// FieldError reports which field of a definition is wrong and why. It never
+// carries a field's value, so it is safe to log and to return to callers.
+type FieldError struct {
+	Provider string
+	Field    string
+	Reason   string
+}
+
+func (e *FieldError) Error() string {
+	if e.Field == "" {
+		return fmt.Sprintf("provider %q: %s", e.Provider, e.Reason)
+	}
+	return fmt.Sprintf("provider %q: field %s: %s", e.Provider, e.Field, e.Reason)
+}
+
+// ErrInvalidName is returned for names outside ^[a-z0-9][a-z0-9._-]{0,63}$.
+var ErrInvalidName = errors.New("invalid provider name: want ^[a-z0-9][a-z0-9._-]{0,63}$")
+
+// ValidName reports whether name is a well-formed provider name.
+func ValidName(name string) bool { return nameRE.MatchString(name) }
+
+// Parse decodes and validates one definition. Unknown fields are rejected so
+// that a typo (say "client_secert") is reported instead of silently ignored.
+// JSON syntax errors are reported by position only: encoding/json's messages
+// can quote the offending input, which may be the secret.
+func Parse(name string, data []byte) (*Definition, error) {
+	if !ValidName(name) {
+		return nil, fmt.Errorf("%w: %q", ErrInvalidName, truncate(name, 80))
+	}
+	if len(data) > maxDefinitionBytes {
+		return nil, &FieldError{Provider: name, Reason: fmt.Sprintf("definition larger than %d bytes", maxDefinitionBytes)}
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var d Definition
+	if err := dec.Decode(&d); err != nil {
+		return nil, &FieldError{Provider: name, Field: jsonField(err), Reason: jsonReason(err)}
+	}
+	if dec.More() {
+		return nil, &FieldError{Provider: name, Reason: "trailing data after the JSON object"}
+	}
+	d.Name = name
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// jsonField names the field a decoding error is about, if encoding/json says.
+func jsonField(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return te.Field
+	}
+	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
+		return strings.Trim(strings.TrimPrefix(msg, "json: unknown field "), `"`)
+	}
+	return ""
+}
+
+func jsonReason(err error) string {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		return "must be a JSON " + te.Type.String()
+	case errors.As(err, &se):
+		return fmt.Sprintf("not valid JSON (syntax error at byte %d)", se.Offset)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return "unknown field"
+	case errors.Is(err, io.EOF):
+		return "empty definition"
+	default:
+		return "not a valid JSON object"
+	}
+}
+
+// Validate checks every field's rules and fills in defaults.
+func (d *Definition) Validate() error {
+	fe := func(field, reason string) error { return &FieldError{Provider: d.Name, Field: field, Reason: reason} }
+	if !ValidName(d.Name) {
+		return fmt.Errorf("%w: %q", ErrInvalidName, truncate(d.Name, 80))
+	}
+	if err := CheckEndpoint(d.TokenURL); err != nil {
+		return fe("token_url", err.Error())
+	}
+	if d.RevokeURL != "" {
+		if err := CheckEndpoint(d.RevokeURL); err != nil {
+			return fe("revoke_url", err.Error())
+		}
+	}
+	if d.ClientID == "" {
+		return fe("client_id", "required")
+	}
+	if !printable(d.ClientID) {
+		return fe("client_id", "must not contain control characters")
+	}
+	if d.ClientSecret == "" {
+		return fe("client_secret", "required")
+	}
+	if !printable(d.ClientSecret) {
+		return fe("client_secret", "must not contain control characters")
+	}
+	switch d.AuthMethod {
+	case "":
+		d.AuthMethod = AuthBasic // RFC 6749 §2.3.1: servers MUST support Basic.
+	case AuthBasic, AuthPost, AuthQuery:
+	default:
+		return fe("auth_method", "must be one of client_secret_basic, client_secret_post, query")
+	}
+	for _, f := range []struct {
+		name   string
+		scopes []string
+	}{{"scopes", d.Scopes}, {"allowed_scopes", d.AllowedScopes}} {
+		for _, s := range f.scopes {
+			if !ValidScopeToken(s) {
+				return fe(f.name, "each scope must be a non-empty RFC 6749 scope-token (no spaces, quotes or backslashes)")
+			}
+		}
+	}
+	if len(d.AllowedScopes) > 0 {
+		if !subset(d.Scopes, d.AllowedScopes) {
+			return fe("scopes", "default scopes must be within allowed_scopes")
+		}
+	}
+	for k, v := range d.ExtraParams {
+		switch k {
+		case "grant_type", "client_id", "client_secret", "scope":
+			return fe("extra_params", fmt.Sprintf("must not set %q", k))
+		}
+		if k == "" || !printable(k) || !printable(v) {
+			return fe("extra_params", "keys must be non-empty and keys and values free of control characters")
+		}
+	}
+	if d.DefaultExpiresIn < 0 || d.DefaultExpiresIn > 86400*366 {
+		return fe("default_expires_in", "must be between 1 and 31622400 seconds")
+	}
+	if d.DefaultExpiresIn == 0 {
+		d.DefaultExpiresIn = DefaultExpiresIn
+	}
+	if d.RefreshBeforeSeconds < 0 || d.RefreshBeforeSeconds > 86400*366 {
+		return fe("refresh_before_seconds", "must be between 0 and 31622400 seconds")
+	}
+	return nil
+}
+
+// CheckEndpoint requires an absolute https URL, or http to a loopback host.
+// The reason it returns does not echo the URL: some providers put
+// credentials in query strings.
+func CheckEndpoint(raw string) error {
+	if raw == "" {
+		return errors.New("required")
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return errors.New("must be an absolute URL")
+	}
+	if u.User != nil {
+		return errors.New("must not contain user information")
+	}
+	if u.Fragment != "" {
+		return errors.New("must not contain a fragment")
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		if IsLoopback(u.Hostname()) {
+			return nil
+		}
+		return errors.New("must use https (http is allowed only for loopback hosts)")
+	default:
+		return errors.New("must use https")
+	}
+}
+
+// IsLoopback reports whether host is localhost or a loopback IP address.
+func IsLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// String describes the definition without its secret.
+func (d *Definition) String() string {
+	return fmt.Sprintf("provider{name=%s token_url=%s auth_method=%s}", d.Name, d.TokenURL, d.AuthMethod)
+}
+
+// Fingerprint identifies the registration (client id and extra params) a token
+// belongs to, so a rotated client id never serves the old registration's token.
+// It is a hash: client ids and audiences need not appear in table keys.
+func (d *Definition) Fingerprint() string {
+	h := sha256.New()
+	h.Write([]byte(d.ClientID))
+	keys := make([]string, 0, len(d.ExtraParams))
+	for k := range d.ExtraParams {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(h, "\x00%s\x00%s", k, d.ExtraParams[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// SameCredentials reports whether two definitions authenticate identically.
+func (d *Definition) SameCredentials(o *Definition) bool {
+	return d.ClientID == o.ClientID && d.ClientSecret == o.ClientSecret && d.AuthMethod == o.AuthMethod && d.TokenURL == o.TokenURL
+}
+
+func subset(a, b []string) bool {
+	for _, s := range a {
+		found := false
+		for _, t := range b {
+			if s == t {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func printable(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

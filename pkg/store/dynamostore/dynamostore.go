@@ -1,0 +1,201 @@
+// Package dynamostore keeps token cache records in a DynamoDB table
+// (DESIGN.md §4): string partition key pk, TTL on expires_at.
+package dynamostore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
+	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/expression"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/token-vendor/token-vendor/pkg/store"
+)
+
+// API is the part of the DynamoDB client the store uses.
+type API interface {
+	GetItem(ctx context.Context, in *dynamodb.GetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
+	PutItem(ctx context.Context, in *dynamodb.PutItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.PutItemOutput, error)
+	DeleteItem(ctx context.Context, in *dynamodb.DeleteItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.DeleteItemOutput, error)
+	Scan(ctx context.Context, in *dynamodb.ScanInput, optFns ...func(*dynamodb.Options)) (*dynamodb.ScanOutput, error)
+}
+
+// Store is a DynamoDB-backed token cache.
+type Store struct {
+	api   API
+	table string
+}
+
+// New returns a store over an existing table.
+func New(api API, table string) *Store { return &Store{api: api, table: table} }
+
+// Get reads one record; consistent asks for a strongly consistent read,
+// which waiters and CAS retries need to see the winner's write.
+func (s *Store) Get(ctx context.Context, pk string, consistent bool) (*store.Item, error) {
+	out, err := s.api.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName:      aws.String(s.table),
+		Key:            map[string]ddbtypes.AttributeValue{"pk": &ddbtypes.AttributeValueMemberS{Value: pk}},
+		ConsistentRead: aws.Bool(consistent),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dynamodb get: %w", err)
+	}
+	if out.Item == nil {
+		return nil, nil
+	}
+	var it store.Item
+	if err := attributevalue.UnmarshalMap(out.Item, &it); err != nil {
+		return nil, fmt.Errorf("dynamodb get: decode record: %w", err)
+	}
+	return &it, nil
+}
+
+// Put writes the whole record if its stored version is expect (0: absent).
+func (s *Store) Put(ctx context.Context, it *store.Item, expect int64) error {
+	av, err := attributevalue.MarshalMap(it)
+	if err != nil {
+		return fmt.Errorf("dynamodb put: encode record: %w", err)
+	}
+	var cond expression.ConditionBuilder
+	if expect == 0 {
+		cond = expression.AttributeNotExists(expression.Name("pk"))
+	} else {
+		cond = expression.Name("version").Equal(expression.Value(expect))
+	}
+	ex, err := expression.NewBuilder().WithCondition(cond).Build()
+	if err != nil {
+		return fmt.Errorf("dynamodb put: %w", err)
+	}
+	_, err = s.api.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName:                 aws.String(s.table),
+		Item:                      av,
+		ConditionExpression:       ex.Condition(),
+		ExpressionAttributeNames:  ex.Names(),
+		ExpressionAttributeValues: ex.Values(),
+	})
+	var ccf *ddbtypes.ConditionalCheckFailedException
+	if errors.As(err, &ccf) {
+		return store.ErrConflict
+	}
+	if err != nil {
+		return fmt.Errorf("dynamodb put: %w", err)
+	}
+	return nil
+}
+
+// Delete removes a record.
+func (s *Store) Delete(ctx context.Context, pk string) error {
+	_, err := s.api.DeleteItem(ctx, &dynamodb.DeleteItemInput{
+		TableName: aws.String(s.table),
+		Key:       map[string]ddbtypes.AttributeValue{"pk": &ddbtypes.AttributeValueMemberS{Value: pk}},
+	})
+	if err != nil {
+		return fmt.Errorf("dynamodb delete: %w", err)
+	}
+	return nil
+}
+
+// Scan pages through the table. The token table holds one small record per
+// provider, registration and scope set, so a filtered scan is the right tool
+// for the refresher and the provider listing.
+func (s *Store) Scan(ctx context.Context, f store.Filter) ([]*store.Item, error) {
+	in := &dynamodb.ScanInput{TableName: aws.String(s.table), ConsistentRead: aws.Bool(true)}
+	if cond, ok := filterExpr(f); ok {
+		ex, err := expression.NewBuilder().WithFilter(cond).Build()
+		if err != nil {
+			return nil, fmt.Errorf("dynamodb scan: %w", err)
+		}
+		in.FilterExpression, in.ExpressionAttributeNames, in.ExpressionAttributeValues = ex.Filter(), ex.Names(), ex.Values()
+	}
+	var out []*store.Item
+	p := dynamodb.NewScanPaginator(s.api, in)
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("dynamodb scan: %w", err)
+		}
+		for _, av := range page.Items {
+			var it store.Item
+			if err := attributevalue.UnmarshalMap(av, &it); err != nil {
+				return nil, fmt.Errorf("dynamodb scan: decode record: %w", err)
+			}
+			if f.Matches(&it) { // the filter expression already did this; Matches is the definition
+				out = append(out, &it)
+			}
+		}
+	}
+	return out, nil
+}
+
+func filterExpr(f store.Filter) (expression.ConditionBuilder, bool) {
+	var conds []expression.ConditionBuilder
+	if f.Prefix != "" {
+		conds = append(conds, expression.Name("pk").BeginsWith(f.Prefix))
+	}
+	if len(f.Providers) > 0 {
+		ops := make([]expression.OperandBuilder, len(f.Providers))
+		for i, p := range f.Providers {
+			ops[i] = expression.Value(p)
+		}
+		if len(ops) == 1 {
+			conds = append(conds, expression.Name("provider").Equal(ops[0]))
+		} else {
+			conds = append(conds, expression.Name("provider").In(ops[0], ops[1:]...))
+		}
+	}
+	if !f.RefreshBefore.IsZero() {
+		// refresh_at is only set on records holding a token.
+		conds = append(conds, expression.Name("refresh_at").LessThan(expression.Value(f.RefreshBefore.Unix())))
+	}
+	switch len(conds) {
+	case 0:
+		return expression.ConditionBuilder{}, false
+	case 1:
+		return conds[0], true
+	default:
+		return expression.And(conds[0], conds[1], conds[2:]...), true
+	}
+}
+
+// TableAPI is what CreateTable needs.
+type TableAPI interface {
+	CreateTable(ctx context.Context, in *dynamodb.CreateTableInput, optFns ...func(*dynamodb.Options)) (*dynamodb.CreateTableOutput, error)
+	DescribeTable(ctx context.Context, in *dynamodb.DescribeTableInput, optFns ...func(*dynamodb.Options)) (*dynamodb.DescribeTableOutput, error)
+	UpdateTimeToLive(ctx context.Context, in *dynamodb.UpdateTimeToLiveInput, optFns ...func(*dynamodb.Options)) (*dynamodb.UpdateTimeToLiveOutput, error)
+}
+
+// CreateTable creates the table with the schema of DESIGN.md §4 (for local
+// mode and tests; in AWS the SAM template owns the table). An existing table
+// is left as it is.
+func CreateTable(ctx context.Context, api TableAPI, table string) error {
+	_, err := api.CreateTable(ctx, &dynamodb.CreateTableInput{
+		TableName:            aws.String(table),
+		BillingMode:          ddbtypes.BillingModePayPerRequest,
+		AttributeDefinitions: []ddbtypes.AttributeDefinition{{AttributeName: aws.String("pk"), AttributeType: ddbtypes.ScalarAttributeTypeS}},
+		KeySchema:            []ddbtypes.KeySchemaElement{{AttributeName: aws.String("pk"), KeyType: ddbtypes.KeyTypeHash}},
+	})
+	var inUse *ddbtypes.ResourceInUseException
+	if errors.As(err, &inUse) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create table %s: %w", table, err)
+	}
+	w := dynamodb.NewTableExistsWaiter(api)
+	if err := w.Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, 30*time.Second); err != nil {
+		return fmt.Errorf("create table %s: %w", table, err)
+	}
+	_, err = api.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{
+		TableName:               aws.String(table),
+		TimeToLiveSpecification: &ddbtypes.TimeToLiveSpecification{AttributeName: aws.String("expires_at"), Enabled: aws.Bool(true)},
+	})
+	if err != nil {
+		return fmt.Errorf("enable TTL on %s: %w", table, err)
+	}
+	return nil
+}

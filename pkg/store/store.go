@@ -1,0 +1,159 @@
+// Package store holds the token cache's record type and its in-memory
+// implementation. Every change to a record is a compare-and-swap on its
+// version, which is all the vending core needs: a lease is a CAS that sets an
+// owner, a token write is a CAS that only the current lease version can win.
+package store
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrConflict means the record's version was not the expected one.
+var ErrConflict = errors.New("store: version conflict")
+
+// Secret is an access token at rest: plain text, or sealed (envelope-encrypted).
+type Secret struct {
+	Plain  string
+	Sealed []byte
+}
+
+// IsZero reports whether no token is stored.
+func (s Secret) IsZero() bool { return s.Plain == "" && len(s.Sealed) == 0 }
+
+// Item is one cache record (DESIGN.md §4). Times in seconds are what DynamoDB
+// TTL and humans read; lease and cooldown times are in milliseconds because
+// leases are seconds long.
+type Item struct {
+	PK          string `dynamodbav:"pk"`
+	Provider    string `dynamodbav:"provider,omitempty"`
+	Scope       string `dynamodbav:"scope"`
+	Fingerprint string `dynamodbav:"registration,omitempty"`
+	Token       Secret `dynamodbav:"access_token"`
+	TokenType   string `dynamodbav:"token_type,omitempty"`
+	IssuedAt    int64  `dynamodbav:"issued_at,omitempty"`
+	// ExpiresAt is the DynamoDB TTL attribute (epoch seconds).
+	ExpiresAt     int64  `dynamodbav:"expires_at"`
+	RefreshAt     int64  `dynamodbav:"refresh_at,omitempty"`
+	Version       int64  `dynamodbav:"version"`
+	LeaseOwner    string `dynamodbav:"lease_owner,omitempty"`
+	LeaseUntilMS  int64  `dynamodbav:"lease_until,omitempty"`
+	LastError     string `dynamodbav:"last_error,omitempty"`
+	LastErrorAt   int64  `dynamodbav:"last_error_at,omitempty"`
+	FailedUntilMS int64  `dynamodbav:"failed_until,omitempty"`
+	RejectedAtMS  int64  `dynamodbav:"rejected_at,omitempty"`
+	LastUsedAt    int64  `dynamodbav:"last_used_at,omitempty"`
+	CooldownUntil int64  `dynamodbav:"cooldown_until,omitempty"`
+	// WriteID is unique per write, so a write whose outcome is unknown
+	// (timeout, 5xx) can be recognised when the record is read back.
+	WriteID string `dynamodbav:"write_id,omitempty"`
+}
+
+// Expiry returns the token's expiry.
+func (it *Item) Expiry() time.Time { return time.Unix(it.ExpiresAt, 0) }
+
+// LeaseUntil returns when the current lease lapses.
+func (it *Item) LeaseUntil() time.Time { return time.UnixMilli(it.LeaseUntilMS) }
+
+// Filter selects records in Scan. Zero fields match everything.
+type Filter struct {
+	// Prefix limits to keys starting with it ("token#").
+	Prefix string
+	// Providers limits to these providers.
+	Providers []string
+	// RefreshBefore keeps records holding a token whose refresh_at is before it.
+	RefreshBefore time.Time
+}
+
+// Matches applies f to one record; both implementations use it.
+func (f Filter) Matches(it *Item) bool {
+	if f.Prefix != "" && !strings.HasPrefix(it.PK, f.Prefix) {
+		return false
+	}
+	if len(f.Providers) > 0 {
+		found := false
+		for _, p := range f.Providers {
+			found = found || p == it.Provider
+		}
+		if !found {
+			return false
+		}
+	}
+	if !f.RefreshBefore.IsZero() && (it.Token.IsZero() || it.RefreshAt >= f.RefreshBefore.Unix()) {
+		return false
+	}
+	return true
+}
+
+// Memory is an in-process store with the same semantics as the DynamoDB one.
+type Memory struct {
+	mu    sync.Mutex
+	items map[string]Item
+	now   func() time.Time
+}
+
+// NewMemory returns an empty store. now is used to hide expired records; nil means time.Now.
+func NewMemory(now func() time.Time) *Memory {
+	if now == nil {
+		now = time.Now
+	}
+	return &Memory{items: map[string]Item{}, now: now}
+}
+
+// Get returns a copy of the record, or nil. Like DynamoDB it keeps records
+// past their TTL around; callers ignore expired tokens.
+func (m *Memory) Get(_ context.Context, pk string, _ bool) (*Item, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	it, ok := m.items[pk]
+	if !ok {
+		return nil, nil
+	}
+	return clone(&it), nil
+}
+
+// Put stores it if the current version is expect (0: no record).
+func (m *Memory) Put(_ context.Context, it *Item, expect int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur, ok := m.items[it.PK]
+	if (!ok && expect != 0) || (ok && cur.Version != expect) {
+		return ErrConflict
+	}
+	m.items[it.PK] = *clone(it)
+	return nil
+}
+
+// Delete removes a record if present.
+func (m *Memory) Delete(_ context.Context, pk string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.items, pk)
+	return nil
+}
+
+// Scan returns the records f matches, sorted by key.
+func (m *Memory) Scan(_ context.Context, f Filter) ([]*Item, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*Item
+	for _, it := range m.items {
+		if f.Matches(&it) {
+			out = append(out, clone(&it))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].PK < out[j].PK })
+	return out, nil
+}
+
+func clone(it *Item) *Item {
+	cp := *it
+	if it.Token.Sealed != nil {
+		cp.Token.Sealed = append([]byte(nil), it.Token.Sealed...)
+	}
+	return &cp
+}

@@ -1,0 +1,180 @@
+// Package storetest is the behaviour every token store must have, run
+// against the in-memory store and against DynamoDB Local alike.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/token-vendor/token-vendor/pkg/store"
+)
+
+// Store is the store API under test.
+type Store interface {
+	Get(ctx context.Context, pk string, consistent bool) (*store.Item, error)
+	Put(ctx context.Context, it *store.Item, expect int64) error
+	Delete(ctx context.Context, pk string) error
+	Scan(ctx context.Context, f store.Filter) ([]*store.Item, error)
+}
+
+// Run runs the contract against stores made by newStore (one per subtest).
+func Run(t *testing.T, newStore func(t *testing.T) Store) {
+	ctx := context.Background()
+	t.Run("CASCreateAndUpdate", func(t *testing.T) {
+		s := newStore(t)
+		it := &store.Item{PK: "token#p#fp#read", Provider: "p", Scope: "read", Version: 1, ExpiresAt: 2e9, Token: store.Secret{Plain: "tok"}}
+		if err := s.Put(ctx, it, 1); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("put expecting v1 on absent record: %v", err)
+		}
+		if err := s.Put(ctx, it, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Put(ctx, it, 0); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("second create must conflict: %v", err)
+		}
+		got, err := s.Get(ctx, it.PK, true)
+		if err != nil || got == nil || got.Token.Plain != "tok" || got.Version != 1 || got.ExpiresAt != 2e9 {
+			t.Fatalf("get: %+v %v", got, err)
+		}
+		next := *got
+		next.Version = 2
+		next.LeaseOwner, next.LeaseUntilMS = "me", 123
+		if err := s.Put(ctx, &next, 2); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("wrong expected version accepted: %v", err)
+		}
+		if err := s.Put(ctx, &next, 1); err != nil {
+			t.Fatal(err)
+		}
+		got, _ = s.Get(ctx, it.PK, true)
+		if got.LeaseOwner != "me" || got.LeaseUntilMS != 123 || got.Version != 2 {
+			t.Fatalf("update lost: %+v", got)
+		}
+		if missing, err := s.Get(ctx, "token#nope", true); missing != nil || err != nil {
+			t.Fatalf("missing record: %+v %v", missing, err)
+		}
+	})
+	t.Run("SealedTokenRoundTrips", func(t *testing.T) {
+		s := newStore(t)
+		blob := make([]byte, 6000) // larger than KMS's 4 KiB plaintext limit
+		for i := range blob {
+			blob[i] = byte(i)
+		}
+		it := &store.Item{PK: "token#p#fp#", Version: 1, ExpiresAt: 2e9, Token: store.Secret{Sealed: blob}}
+		if err := s.Put(ctx, it, 0); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := s.Get(ctx, it.PK, true)
+		if got.Token.Plain != "" || string(got.Token.Sealed) != string(blob) {
+			t.Fatal("sealed token did not round-trip")
+		}
+		// A record holding no token (a lease on a cold key) round-trips too.
+		cold := &store.Item{PK: "token#p#fp#cold", Version: 1, ExpiresAt: 2e9, LeaseOwner: "x"}
+		if err := s.Put(ctx, cold, 0); err != nil {
+			t.Fatal(err)
+		}
+		got, _ = s.Get(ctx, cold.PK, true)
+		if !got.Token.IsZero() {
+			t.Fatalf("empty token came back as %+v", got.Token)
+		}
+	})
+	t.Run("ConcurrentCASHasOneWinner", func(t *testing.T) {
+		s := newStore(t)
+		base := &store.Item{PK: "token#race", Version: 1, ExpiresAt: 2e9}
+		if err := s.Put(ctx, base, 0); err != nil {
+			t.Fatal(err)
+		}
+		for round := 0; round < 5; round++ {
+			var wins, conflicts atomic.Int32
+			var wg sync.WaitGroup
+			for i := 0; i < 16; i++ {
+				wg.Add(1)
+				go func(i int) {
+					defer wg.Done()
+					next := *base
+					next.Version = base.Version + 1
+					next.LeaseOwner = fmt.Sprint("owner-", i)
+					switch err := s.Put(ctx, &next, base.Version); {
+					case err == nil:
+						wins.Add(1)
+					case errors.Is(err, store.ErrConflict):
+						conflicts.Add(1)
+					default:
+						t.Error(err)
+					}
+				}(i)
+			}
+			wg.Wait()
+			if wins.Load() != 1 || conflicts.Load() != 15 {
+				t.Fatalf("round %d: %d winners, %d conflicts", round, wins.Load(), conflicts.Load())
+			}
+			base, _ = s.Get(ctx, base.PK, true)
+		}
+	})
+	t.Run("ExpiredRecordsStayUntilDeleted", func(t *testing.T) {
+		// Like DynamoDB TTL, expiry does not remove a record by itself:
+		// readers must check expires_at.
+		s := newStore(t)
+		old := &store.Item{PK: "token#old", Version: 1, ExpiresAt: time.Now().Add(-time.Hour).Unix(), Token: store.Secret{Plain: "x"}}
+		if err := s.Put(ctx, old, 0); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := s.Get(ctx, old.PK, true)
+		if got == nil || got.Expiry().After(time.Now()) {
+			t.Fatalf("got %+v", got)
+		}
+		if err := s.Delete(ctx, old.PK); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.Get(ctx, old.PK, true); got != nil {
+			t.Fatal("delete did not delete")
+		}
+		if err := s.Delete(ctx, old.PK); err != nil {
+			t.Fatalf("deleting a missing record: %v", err)
+		}
+	})
+	t.Run("ScanFilters", func(t *testing.T) {
+		s := newStore(t)
+		now := time.Now()
+		items := []*store.Item{
+			{PK: "token#a#f#read", Provider: "a", Version: 1, Token: store.Secret{Plain: "1"}, RefreshAt: now.Add(-time.Minute).Unix()},
+			{PK: "token#a#f#write", Provider: "a", Version: 1, Token: store.Secret{Plain: "2"}, RefreshAt: now.Add(time.Hour).Unix()},
+			{PK: "token#b#f#", Provider: "b", Version: 1, Token: store.Secret{Plain: "3"}, RefreshAt: now.Add(-time.Second).Unix()},
+			{PK: "token#c#f#", Provider: "c", Version: 1, LeaseOwner: "x"},
+			{PK: "cooldown#a", Provider: "a", Version: 1, CooldownUntil: 5},
+		}
+		for _, it := range items {
+			if err := s.Put(ctx, it, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		check := func(f store.Filter, want ...string) {
+			t.Helper()
+			got, err := s.Scan(ctx, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := map[string]bool{}
+			for _, it := range got {
+				seen[it.PK] = true
+			}
+			if len(got) != len(want) {
+				t.Fatalf("filter %+v: got %d records %v, want %v", f, len(got), seen, want)
+			}
+			for _, w := range want {
+				if !seen[w] {
+					t.Fatalf("filter %+v: missing %s (got %v)", f, w, seen)
+				}
+			}
+		}
+		check(store.Filter{Prefix: "token#"}, "token#a#f#read", "token#a#f#write", "token#b#f#", "token#c#f#")
+		check(store.Filter{Prefix: "token#", Providers: []string{"a"}}, "token#a#f#read", "token#a#f#write")
+		check(store.Filter{Prefix: "token#", Providers: []string{"a", "c"}}, "token#a#f#read", "token#a#f#write", "token#c#f#")
+		check(store.Filter{Prefix: "token#", RefreshBefore: now}, "token#a#f#read", "token#b#f#")
+		check(store.Filter{Prefix: "token#", RefreshBefore: now, Providers: []string{"b"}}, "token#b#f#")
+	})
+}

@@ -1,0 +1,309 @@
+// Package upstream requests client-credentials tokens from OAuth 2.0
+// authorization servers and revokes them (RFC 6749 §4.4, RFC 7009).
+//
+// The exchange is written here rather than with golang.org/x/oauth2's
+// clientcredentials package because the vendor needs three things it does not
+// offer: the query-string style some providers (Mobifinance) require, an error
+// taxonomy that tells transient from permanent and carries Retry-After, and
+// retries bounded by the caller's deadline. It stays small: build a request,
+// send it with a per-attempt timeout, classify the answer.
+package upstream
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/token-vendor/token-vendor/pkg/provider"
+)
+
+// MaxBodyBytes caps any response body read from a provider.
+const MaxBodyBytes = 1 << 20
+
+// Client talks to authorization servers. The zero value is usable; fields
+// left zero take the defaults noted on them.
+type Client struct {
+	// HTTP sends requests. Redirects are never followed: a token endpoint
+	// that redirects would have the credentials replayed elsewhere.
+	HTTP *http.Client
+	// AttemptTimeout bounds one request (default 5 s).
+	AttemptTimeout time.Duration
+	// MaxAttempts bounds tries per call, first included (default 3).
+	MaxAttempts int
+	// BaseBackoff and MaxBackoff shape exponential backoff with full jitter
+	// (defaults 200 ms and 5 s).
+	BaseBackoff, MaxBackoff time.Duration
+	// MaxRetryAfter is the longest Retry-After a call waits out itself
+	// (default 2 s); a longer one, or any when negative, is returned in the
+	// error for the caller to schedule (the vendor turns it into a fleet-wide cooldown).
+	MaxRetryAfter time.Duration
+	// MaxCacheSeconds caps any token lifetime (default 86400).
+	MaxCacheSeconds int64
+	// Now and Sleep are seams for tests.
+	Now   func() time.Time
+	Sleep func(ctx context.Context, d time.Duration) error
+	// UserAgent is sent on every request.
+	UserAgent string
+}
+
+func (c *Client) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+func (c *Client) attemptTimeout() time.Duration {
+	if c.AttemptTimeout > 0 {
+		return c.AttemptTimeout
+	}
+	return 5 * time.Second
+}
+
+// MaxAttemptsOrDefault is used by callers sizing a lease around a fetch.
+func (c *Client) MaxAttemptsOrDefault() int {
+	if c.MaxAttempts > 0 {
+		return c.MaxAttempts
+	}
+	return 3
+}
+
+// AttemptTimeoutOrDefault is used by callers sizing a lease around a fetch.
+func (c *Client) AttemptTimeoutOrDefault() time.Duration { return c.attemptTimeout() }
+
+func (c *Client) httpClient() *http.Client {
+	base := c.HTTP
+	if base == nil {
+		base = http.DefaultClient
+	}
+	if base.CheckRedirect != nil {
+		return base
+	}
+	cp := *base
+	cp.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &cp
+}
+
+// Fetch requests a token for the normalized scopes.
+func (c *Client) Fetch(ctx context.Context, def *provider.Definition, scopes []string) (*Token, error) {
+	scope := strings.Join(scopes, " ")
+	rules := ExpiryRules{DefaultExpiresIn: def.DefaultExpiresIn, MaxCacheSeconds: c.MaxCacheSeconds}
+	var tok *Token
+	err := c.retry(ctx, def, func(ctx context.Context) error {
+		params := url.Values{"grant_type": {"client_credentials"}}
+		if scope != "" {
+			params.Set("scope", scope)
+		}
+		for k, v := range def.ExtraParams {
+			params.Set(k, v)
+		}
+		req, err := buildRequest(ctx, def, def.TokenURL, params)
+		if err != nil {
+			return err
+		}
+		sent := c.now()
+		status, header, body, err := c.do(req, def)
+		if err != nil {
+			return err
+		}
+		tok, err = ParseTokenResponse(def.Name, status, header, body, sent, scope, rules, def.ClientSecret)
+		return err
+	})
+	return tok, err
+}
+
+// ErrNoRevokeURL is returned by Revoke for providers without a revoke_url.
+var ErrNoRevokeURL = errors.New("provider has no revoke_url")
+
+// Revoke asks the provider to revoke an access token (RFC 7009). A 200 means
+// revoked, even for a token the server does not know.
+func (c *Client) Revoke(ctx context.Context, def *provider.Definition, token string) error {
+	if def.RevokeURL == "" {
+		return ErrNoRevokeURL
+	}
+	return c.retry(ctx, def, func(ctx context.Context) error {
+		params := url.Values{"token": {token}, "token_type_hint": {"access_token"}}
+		req, err := buildRequest(ctx, def, def.RevokeURL, params)
+		if err != nil {
+			return err
+		}
+		status, header, body, err := c.do(req, def)
+		if err != nil {
+			return err
+		}
+		if status == http.StatusOK {
+			return nil
+		}
+		return errorFromResponse(def.Name, status, header, body, def.ClientSecret, c.now())
+	})
+}
+
+// buildRequest places client authentication and params as def.AuthMethod says.
+func buildRequest(ctx context.Context, def *provider.Definition, endpoint string, params url.Values) (*http.Request, error) {
+	if err := provider.CheckEndpoint(endpoint); err != nil {
+		return nil, &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "invalid_endpoint", Description: err.Error()}
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return nil, &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "invalid_endpoint", Description: "unparsable URL"}
+	}
+	var body string
+	switch def.AuthMethod {
+	case provider.AuthQuery:
+		// Mobifinance style: everything in the query string, empty form body.
+		q := u.Query()
+		q.Set("client_id", def.ClientID)
+		q.Set("client_secret", def.ClientSecret)
+		for k, vs := range params {
+			q[k] = vs
+		}
+		u.RawQuery = q.Encode()
+	case provider.AuthPost:
+		params.Set("client_id", def.ClientID)
+		params.Set("client_secret", def.ClientSecret)
+		body = params.Encode()
+	default:
+		body = params.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), strings.NewReader(body))
+	if err != nil {
+		return nil, &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "invalid_endpoint", Description: "cannot build request"}
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	if def.AuthMethod == provider.AuthBasic {
+		// RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
+		cred := url.QueryEscape(def.ClientID) + ":" + url.QueryEscape(def.ClientSecret)
+		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(cred)))
+	}
+	return req, nil
+}
+
+// do sends one attempt and reads at most MaxBodyBytes. Network errors lose
+// their URL: for the query style it holds the client secret.
+func (c *Client) do(req *http.Request, def *provider.Definition) (int, http.Header, []byte, error) {
+	if c.UserAgent != "" {
+		req.Header.Set("User-Agent", c.UserAgent)
+	}
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return 0, nil, nil, &RetrieveError{Provider: def.Name, Kind: Transient, Code: "network_error", Err: scrub(err, def.ClientSecret)}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBodyBytes+1))
+	if err != nil {
+		return 0, nil, nil, &RetrieveError{Provider: def.Name, Kind: Transient, StatusCode: resp.StatusCode, Code: "network_error", Err: scrub(err, def.ClientSecret)}
+	}
+	if len(body) > MaxBodyBytes {
+		return 0, nil, nil, &RetrieveError{Provider: def.Name, Kind: Transient, StatusCode: resp.StatusCode, Code: "invalid_response", Description: "response body larger than 1 MiB"}
+	}
+	return resp.StatusCode, resp.Header, body, nil
+}
+
+// scrub drops an error's text if it contains the secret in any form.
+func scrub(err error, secret string) error {
+	if err == nil || secret == "" {
+		return err
+	}
+	msg := err.Error()
+	if strings.Contains(msg, secret) || strings.Contains(msg, url.QueryEscape(secret)) {
+		return errors.New("request failed (details withheld: they contained a credential)")
+	}
+	return err
+}
+
+// retry runs attempt until it succeeds, fails permanently, runs out of
+// attempts, or the next wait would pass the caller's deadline.
+func (c *Client) retry(ctx context.Context, def *provider.Definition, attempt func(context.Context) error) error {
+	maxAttempts := c.MaxAttemptsOrDefault()
+	var last *RetrieveError
+	for n := 1; ; n++ {
+		actx, cancel := context.WithTimeout(ctx, c.attemptTimeout())
+		err := attempt(actx)
+		timedOut := actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if err == nil {
+			return nil
+		}
+		re, ok := AsRetrieveError(err)
+		if !ok {
+			re = &RetrieveError{Provider: def.Name, Kind: Transient, Code: "network_error", Err: scrub(err, def.ClientSecret)}
+		}
+		if timedOut && re.StatusCode == 0 {
+			re.Code = "timeout"
+			re.Err = fmt.Errorf("attempt exceeded %s", c.attemptTimeout())
+		}
+		if ctx.Err() != nil && re.StatusCode == 0 {
+			re.Code = "deadline"
+			re.Err = ctx.Err()
+		}
+		re.Attempts = n
+		last = re
+		if re.Kind == Permanent || n >= maxAttempts || ctx.Err() != nil {
+			return last
+		}
+		wait := c.backoff(n)
+		if re.RetryAfter > 0 {
+			if c.MaxRetryAfter < 0 || re.RetryAfter > c.maxRetryAfter() {
+				return last
+			}
+			wait = re.RetryAfter
+		} else if re.Kind == RateLimited && c.MaxRetryAfter < 0 {
+			return last
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+			return last
+		}
+		if err := c.sleep(ctx, wait); err != nil {
+			return last
+		}
+	}
+}
+
+func (c *Client) maxRetryAfter() time.Duration {
+	if c.MaxRetryAfter > 0 {
+		return c.MaxRetryAfter
+	}
+	return 2 * time.Second
+}
+
+// backoff is "full jitter": uniform in [0, min(max, base·2^(n-1))].
+func (c *Client) backoff(n int) time.Duration {
+	base, maxB := c.BaseBackoff, c.MaxBackoff
+	if base <= 0 {
+		base = 200 * time.Millisecond
+	}
+	if maxB <= 0 {
+		maxB = 5 * time.Second
+	}
+	ceil := base << (n - 1)
+	if ceil > maxB || ceil <= 0 {
+		ceil = maxB
+	}
+	return time.Duration(rand.Int64N(int64(ceil) + 1))
+}
+
+func (c *Client) sleep(ctx context.Context, d time.Duration) error {
+	if c.Sleep != nil {
+		return c.Sleep(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
