@@ -46,6 +46,8 @@ type Definition struct {
 	RevokeURL            string            `json:"revoke_url,omitempty"`
 	DefaultExpiresIn     int64             `json:"default_expires_in,omitempty"`
 	RefreshBeforeSeconds int64             `json:"refresh_before_seconds,omitempty"`
+
+	fp string // Fingerprint, computed once by Validate: it is on the L1 hot path
 }
 
 // FieldError reports which field of a definition is wrong and why. It never
@@ -191,6 +193,7 @@ func (d *Definition) Validate() error {
 	if d.RefreshBeforeSeconds < 0 || d.RefreshBeforeSeconds > 86400*366 {
 		return fe("refresh_before_seconds", "must be between 0 and 31622400 seconds")
 	}
+	d.fp = d.fingerprint()
 	return nil
 }
 
@@ -241,7 +244,15 @@ func (d *Definition) String() string {
 // Fingerprint identifies the registration (client id and extra params) a token
 // belongs to, so a rotated client id never serves the old registration's token.
 // It is a hash: client ids and audiences need not appear in table keys.
+// Definitions are treated as immutable once validated.
 func (d *Definition) Fingerprint() string {
+	if d.fp != "" {
+		return d.fp
+	}
+	return d.fingerprint()
+}
+
+func (d *Definition) fingerprint() string {
 	h := sha256.New()
 	h.Write([]byte(d.ClientID))
 	keys := make([]string, 0, len(d.ExtraParams))

@@ -115,3 +115,6 @@ func (d *Definition) KeyFor(scopes []string) Key {
 		PK:       "token#" + d.Name + "#" + d.Fingerprint() + "#" + strings.Join(scopes, " "),
 	}
 }
+
+// ErrNotFound is wrapped by provider sources when no definition has the name.
+var ErrNotFound = errors.New("unknown provider")

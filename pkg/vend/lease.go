@@ -1,0 +1,491 @@
+package vend
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"time"
+
+	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/pkg/upstream"
+)
+
+type mode int
+
+const (
+	modeGet       mode = iota // vend a usable token, fetching if there is none
+	modeForce                 // fetch a new token now (one issued since `since` will do)
+	modeRejected              // drop the rejected token if it is still cached, then as modeGet
+	modeAhead                 // background renewal after a caller saw refresh_at pass
+	modeScheduled             // the refresher's renewal; force renews regardless of refresh_at
+)
+
+var modeNames = [...]string{"get", "force", "rejected", "ahead", "scheduled"}
+
+type job struct {
+	def      *provider.Definition
+	key      provider.Key
+	minTTL   time.Duration
+	mode     mode
+	since    time.Time // modeForce
+	rejected string    // modeRejected: hex SHA-256
+	before   time.Time // modeAhead/modeScheduled: renew if refresh_at is before this
+	force    bool      // modeScheduled: renew even if not due
+}
+
+func (j *job) flightKey() string {
+	k := j.key.PK + "|" + modeNames[j.mode] + "|" + strconv.FormatInt(int64(j.minTTL), 10)
+	if j.mode == modeRejected {
+		k += "|" + j.rejected
+	}
+	return k
+}
+
+// shared runs j once per process for concurrent identical jobs. The shared
+// run is detached from the first caller's cancellation (others may still
+// want its result) but keeps that caller's deadline, bounded by twice the
+// lease so a hung dependency cannot pin it forever.
+func (v *Vendor) shared(ctx context.Context, j *job) (Token, error) {
+	ch := v.sf.DoChan(j.flightKey(), func() (any, error) {
+		deadline := time.Now().Add(2 * v.opts.LeaseDuration) // context deadlines are wall-clock, whatever the injected clock says
+		if dl, ok := ctx.Deadline(); ok {
+			deadline = dl
+		}
+		jctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+		defer cancel()
+		return v.run(jctx, j)
+	})
+	select {
+	case r := <-ch:
+		t, _ := r.Val.(Token)
+		return t, r.Err
+	case <-ctx.Done():
+		return Token{}, &UnavailableError{Provider: j.def.Name, Reason: "caller's deadline passed while the token was being fetched", RetryAfter: time.Second, Err: ctx.Err()}
+	}
+}
+
+// run is the lease protocol. Each pass reads the record and either returns a
+// usable token, waits for another holder's lease, or takes the lease with a
+// compare-and-swap on the record's version and fetches. Every write bumps the
+// version, so a holder whose lease lapsed and was taken over cannot store its
+// token over the newer one.
+func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
+	consistent := j.mode != modeGet
+	for pass := 0; ; pass++ {
+		it, err := v.store.Get(ctx, j.key.PK, consistent)
+		if err != nil {
+			return v.withoutStore(ctx, j, err)
+		}
+		consistent = true // after a conflict or a wait, only the latest write will do
+		now := v.opts.Now()
+		cur, usable := v.usable(ctx, j, it, now)
+		held := it != nil && it.LeaseOwner != "" && now.Before(it.LeaseUntil())
+
+		switch j.mode {
+		case modeGet:
+			if usable {
+				if !v.opts.DisableRefreshAhead && it.RefreshAt <= now.Unix() && !held {
+					v.refreshAhead(j)
+				}
+				return cur, nil
+			}
+		case modeForce:
+			if usable && !time.Unix(it.IssuedAt, 0).Before(j.since.Truncate(time.Second)) && pass > 0 {
+				return cur, nil // another caller's forced refresh finished while we waited
+			}
+		case modeRejected:
+			if usable && tokenSHA(cur.AccessToken) != j.rejected {
+				return cur, nil
+			}
+			if usable && !held {
+				if next := time.UnixMilli(it.RejectedAtMS).Add(v.opts.RejectInterval); now.Before(next) {
+					return Token{}, &UnavailableError{Provider: j.def.Name, RetryAfter: next.Sub(now).Round(time.Second) + time.Second,
+						Reason: "the new token was rejected too; replacing a rejected token is limited to once per " + v.opts.RejectInterval.String()}
+				}
+			}
+		case modeAhead, modeScheduled:
+			if held || it == nil || it.Token.IsZero() || (!j.force && it.RefreshAt >= j.before.Unix()) {
+				return Token{}, errSkipped
+			}
+		}
+		if err := v.blocked(ctx, j, it, now); err != nil {
+			return Token{}, err
+		}
+		if held {
+			if err := v.opts.Sleep(ctx, pollDelay(pass, it.LeaseUntil().Sub(now))); err != nil {
+				return Token{}, &UnavailableError{Provider: j.def.Name, Reason: "timed out waiting for another instance's fetch", RetryAfter: time.Second, Err: err}
+			}
+			v.obs.Event(j.def.Name, "lease_wait")
+			continue
+		}
+		leased, err := v.acquire(ctx, j, it, usable && j.mode == modeRejected, now)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return v.withoutStore(ctx, j, err)
+		}
+		if j.mode == modeRejected || j.mode == modeForce {
+			v.l1.purgePK(j.key.PK)
+		}
+		return v.fetchUnderLease(ctx, j, leased)
+	}
+}
+
+// pollDelay backs off from 25 ms to 500 ms, never sleeping far past the
+// lease's end, where a waiter may take over.
+func pollDelay(pass int, leaseLeft time.Duration) time.Duration {
+	d := 25 * time.Millisecond << min(pass, 5)
+	if d > 500*time.Millisecond {
+		d = 500 * time.Millisecond
+	}
+	if leaseLeft > 0 && leaseLeft+5*time.Millisecond < d {
+		d = leaseLeft + 5*time.Millisecond
+	}
+	return d
+}
+
+// usable opens the record's token if it has at least the caller's min_ttl
+// (capped at half its lifetime) left. Records past expires_at are ignored:
+// DynamoDB's TTL deletes them lazily.
+func (v *Vendor) usable(ctx context.Context, j *job, it *store.Item, now time.Time) (Token, bool) {
+	if it == nil || it.Token.IsZero() || !now.Before(it.Expiry()) {
+		return Token{}, false
+	}
+	lifetime := time.Duration(it.ExpiresAt-it.IssuedAt) * time.Second
+	if it.Expiry().Sub(now) < effectiveMinTTL(j.minTTL, lifetime) {
+		return Token{}, false
+	}
+	plain, err := v.open(ctx, j, it)
+	if err != nil {
+		v.log.ErrorContext(ctx, "cannot open cached token; treating it as absent", "provider", j.def.Name, "error", err)
+		return Token{}, false
+	}
+	return Token{Provider: j.def.Name, AccessToken: plain, TokenType: it.TokenType, Scope: it.Scope,
+		ExpiresAt: it.Expiry(), Source: FromL2, lifetime: lifetime}, true
+}
+
+// blocked enforces the remembered permanent failure and the provider cooldown.
+func (v *Vendor) blocked(ctx context.Context, j *job, it *store.Item, now time.Time) error {
+	if it != nil && j.mode != modeForce && now.Before(time.UnixMilli(it.FailedUntilMS)) {
+		return &upstream.RetrieveError{Provider: j.def.Name, Kind: upstream.Permanent, Code: it.LastError,
+			Description: "remembered from a recent attempt; not retried before " + time.UnixMilli(it.FailedUntilMS).UTC().Format(time.RFC3339)}
+	}
+	cd, err := v.store.Get(ctx, cooldownPK(j.def.Name), false)
+	if err != nil || cd == nil {
+		return nil // a cooldown we cannot read is no reason to refuse
+	}
+	if until := time.UnixMilli(cd.CooldownUntil); now.Before(until) {
+		v.obs.Event(j.def.Name, "cooldown_refusal")
+		return &UnavailableError{Provider: j.def.Name, Reason: "provider is cooling down after " + cd.LastError,
+			RetryAfter: until.Sub(now).Round(time.Second) + time.Second}
+	}
+	return nil
+}
+
+func cooldownPK(provider string) string { return "cooldown#" + provider }
+
+// acquire takes the lease with a CAS on the version read.
+func (v *Vendor) acquire(ctx context.Context, j *job, it *store.Item, drop bool, now time.Time) (*store.Item, error) {
+	next := &store.Item{}
+	var expect int64
+	if it != nil {
+		*next = *it
+		expect = it.Version
+	}
+	next.PK, next.Provider, next.Scope, next.Fingerprint = j.key.PK, j.def.Name, j.key.Scope(), j.def.Fingerprint()
+	next.Version = expect + 1
+	next.LeaseOwner = v.opts.InstanceID + "/" + strconv.FormatUint(v.seq.Add(1), 10)
+	leaseUntil := now.Add(v.opts.LeaseDuration)
+	next.LeaseUntilMS = leaseUntil.UnixMilli()
+	if drop {
+		next.RejectedAtMS = now.UnixMilli()
+	}
+	if drop || !now.Before(next.Expiry()) {
+		// The token is dropped or dead; the record lives on as the lease, and
+		// its TTL must not delete it under the holder.
+		next.Token, next.TokenType, next.IssuedAt, next.RefreshAt = store.Secret{}, "", 0, 0
+		next.ExpiresAt = leaseUntil.Add(time.Hour).Unix()
+	}
+	next.WriteID = randomID()
+	return next, v.cas(ctx, next, expect)
+}
+
+// cas writes with a condition on the version. A write whose outcome is
+// unknown (timeout, 5xx) is read back: the write id says whether it landed.
+func (v *Vendor) cas(ctx context.Context, next *store.Item, expect int64) error {
+	err := v.store.Put(ctx, next, expect)
+	if err == nil || errors.Is(err, store.ErrConflict) {
+		return err
+	}
+	got, rerr := v.store.Get(ctx, next.PK, true)
+	switch {
+	case rerr != nil:
+		return err
+	case got != nil && got.WriteID == next.WriteID:
+		v.log.InfoContext(ctx, "conditional write timed out but had landed", "provider", next.Provider)
+		return nil
+	case (got == nil && expect == 0) || (got != nil && got.Version == expect):
+		return v.store.Put(ctx, next, expect) // it did not land; nothing else did either
+	default:
+		return store.ErrConflict
+	}
+}
+
+// fetchUnderLease asks the provider and stores the answer with a CAS on the
+// leased version.
+func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item) (Token, error) {
+	def := j.def
+	up, err := v.fetch(ctx, def, j.key.Scopes)
+	if re, ok := upstream.AsRetrieveError(err); ok && re.IsClientAuth() {
+		// Maybe the secret was rotated: re-read it once, bypassing caches.
+		if fresh, rerr := v.providers.Reload(ctx, def.Name); rerr == nil && !fresh.SameCredentials(def) {
+			if fresh.Fingerprint() != def.Fingerprint() {
+				v.release(ctx, leased)
+				return Token{}, errRegistrationChanged
+			}
+			v.log.InfoContext(ctx, "provider refused credentials; retrying with the re-read secret", "provider", def.Name)
+			def = fresh
+			up, err = v.fetch(ctx, def, j.key.Scopes)
+		}
+	}
+	now := v.opts.Now()
+	if err != nil {
+		v.recordFailure(ctx, j, leased, err, now)
+		return Token{}, v.failure(j, err)
+	}
+	t := Token{Provider: def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, Scope: j.key.Scope(),
+		ExpiresAt: up.Expiry.Truncate(time.Second), Source: FromUpstream, lifetime: up.Lifetime}
+	next := *leased
+	next.Version = leased.Version + 1
+	next.LeaseOwner, next.LeaseUntilMS = "", 0
+	next.LastError, next.LastErrorAt, next.FailedUntilMS = "", 0, 0
+	next.TokenType = up.TokenType
+	next.IssuedAt = up.IssuedAt.Unix()
+	next.ExpiresAt = up.Expiry.Unix()
+	next.RefreshAt = refreshAt(def, up).Unix()
+	next.WriteID = randomID()
+	sealed, err := v.seal(ctx, j, up.AccessToken)
+	if err != nil {
+		// The token is good; only caching it failed. Hand it out, free the lease.
+		v.log.ErrorContext(ctx, "cannot seal token; not cached", "provider", def.Name, "error", err)
+		v.release(ctx, leased)
+		return t, nil
+	}
+	next.Token = sealed
+	if err := v.cas(ctx, &next, leased.Version); err != nil {
+		v.log.WarnContext(ctx, "token fetched but not stored (lease lost or store failing)", "provider", def.Name, "error", err)
+		v.obs.Event(def.Name, "store_write_lost")
+	}
+	return t, nil
+}
+
+// refreshAt is expires_at − max(60 s, lifetime/5), or the provider's own
+// refresh_before_seconds, and never before the token was issued.
+func refreshAt(def *provider.Definition, up *upstream.Token) time.Time {
+	before := max(60*time.Second, up.Lifetime/5)
+	if def.RefreshBeforeSeconds > 0 {
+		before = time.Duration(def.RefreshBeforeSeconds) * time.Second
+	}
+	at := up.Expiry.Add(-before)
+	if at.Before(up.IssuedAt) {
+		at = up.IssuedAt
+	}
+	return at
+}
+
+func (v *Vendor) fetch(ctx context.Context, def *provider.Definition, scopes []string) (*upstream.Token, error) {
+	start := time.Now()
+	up, err := v.fetcher.Fetch(ctx, def, scopes)
+	code := ""
+	if re, ok := upstream.AsRetrieveError(err); ok {
+		code = re.Code
+	} else if err != nil {
+		code = "error"
+	}
+	v.obs.Upstream(def.Name, time.Since(start), code)
+	return up, err
+}
+
+// release gives the lease back without changing the token.
+func (v *Vendor) release(ctx context.Context, leased *store.Item) {
+	next := *leased
+	next.Version++
+	next.LeaseOwner, next.LeaseUntilMS = "", 0
+	next.WriteID = randomID()
+	if err := v.cas(ctx, &next, leased.Version); err != nil {
+		v.log.DebugContext(ctx, "lease release failed; it will lapse", "provider", leased.Provider, "error", err)
+	}
+}
+
+// recordFailure releases the lease noting the failure on the record, opens
+// the fleet-wide cooldown after a 429 or repeated 5xx, and remembers
+// permanent failures for PermanentErrorTTL.
+func (v *Vendor) recordFailure(ctx context.Context, j *job, leased *store.Item, err error, now time.Time) {
+	re, _ := upstream.AsRetrieveError(err)
+	code := "error"
+	if re != nil {
+		code = re.Code
+	}
+	next := *leased
+	next.Version++
+	next.LeaseOwner, next.LeaseUntilMS = "", 0
+	next.LastError, next.LastErrorAt = code, now.Unix()
+	if re != nil && re.Kind == upstream.Permanent {
+		next.FailedUntilMS = now.Add(v.opts.PermanentErrorTTL).UnixMilli()
+	}
+	next.WriteID = randomID()
+	if err := v.cas(ctx, &next, leased.Version); err != nil {
+		v.log.DebugContext(ctx, "could not record failure", "provider", j.def.Name, "error", err)
+	}
+	if re == nil {
+		return
+	}
+	var cool time.Duration
+	switch {
+	case re.Kind == upstream.RateLimited:
+		cool = re.RetryAfter
+		if cool <= 0 {
+			cool = v.opts.RateLimitCooldown
+		}
+	case re.Kind == upstream.Transient && re.StatusCode >= 500 && re.Attempts >= 2:
+		cool = max(re.RetryAfter, v.opts.ServerErrorCooldown)
+	}
+	if cool > 0 {
+		v.openCooldown(ctx, j.def.Name, code, now.Add(cool))
+	}
+}
+
+// openCooldown records, for every instance, that the provider must not be
+// asked before until.
+func (v *Vendor) openCooldown(ctx context.Context, provider, reason string, until time.Time) {
+	pk := cooldownPK(provider)
+	for range 3 {
+		cur, err := v.store.Get(ctx, pk, true)
+		if err != nil {
+			return
+		}
+		next := &store.Item{PK: pk, Provider: provider}
+		var expect int64
+		if cur != nil {
+			if cur.CooldownUntil >= until.UnixMilli() {
+				return
+			}
+			*next = *cur
+			expect = cur.Version
+		}
+		next.Version = expect + 1
+		next.CooldownUntil = until.UnixMilli()
+		next.LastError = reason
+		next.LastErrorAt = v.opts.Now().Unix()
+		next.ExpiresAt = until.Add(time.Hour).Unix()
+		next.WriteID = randomID()
+		if err := v.cas(ctx, next, expect); !errors.Is(err, store.ErrConflict) {
+			v.log.WarnContext(ctx, "provider cooldown opened", "provider", provider, "reason", reason, "until", until.UTC().Format(time.RFC3339))
+			v.obs.Event(provider, "cooldown_opened")
+			return
+		}
+	}
+}
+
+// failure turns an upstream error into what callers get: permanent refusals
+// as they are, anything else as "unavailable, retry after".
+func (v *Vendor) failure(j *job, err error) error {
+	re, ok := upstream.AsRetrieveError(err)
+	if ok && re.Kind == upstream.Permanent {
+		return re
+	}
+	retry := time.Second
+	if ok && re.RetryAfter > 0 {
+		retry = re.RetryAfter
+	}
+	return &UnavailableError{Provider: j.def.Name, Reason: "provider unavailable", RetryAfter: retry, Err: err}
+}
+
+// withoutStore vends while the store is failing: from L1 regardless of age,
+// else straight from the provider, rate-limited per instance so a table
+// outage never becomes a flood of token requests.
+func (v *Vendor) withoutStore(ctx context.Context, j *job, cause error) (Token, error) {
+	v.log.WarnContext(ctx, "token store unavailable; vending without it", "provider", j.def.Name, "error", cause)
+	v.obs.Event(j.def.Name, "store_fallback")
+	if j.mode == modeAhead || j.mode == modeScheduled {
+		return Token{}, fmt.Errorf("token store unavailable: %w", cause)
+	}
+	now := v.opts.Now()
+	if j.mode == modeGet {
+		if t, ok := v.l1.stale(j.key.PK, now, j.minTTL); ok {
+			return t, nil
+		}
+	}
+	if !v.fallback.Allow() {
+		return Token{}, &UnavailableError{Provider: j.def.Name, RetryAfter: time.Second, Err: cause,
+			Reason: "token store unavailable and this instance's upstream rate limit is reached"}
+	}
+	up, err := v.fetch(ctx, j.def, j.key.Scopes)
+	if err != nil {
+		return Token{}, v.failure(j, err)
+	}
+	return Token{Provider: j.def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, Scope: j.key.Scope(),
+		ExpiresAt: up.Expiry.Truncate(time.Second), Source: FromUpstream, lifetime: up.Lifetime}, nil
+}
+
+// refreshAhead renews in the background: the caller already has its token.
+func (v *Vendor) refreshAhead(j *job) {
+	aj := &job{def: j.def, key: j.key, mode: modeAhead, before: v.opts.Now().Add(time.Second)}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), v.opts.LeaseDuration)
+		defer cancel()
+		if _, err := v.shared(ctx, aj); err != nil && !errors.Is(err, errSkipped) {
+			v.log.Warn("background refresh failed; the cached token is still served", "provider", j.def.Name, "error", err)
+		}
+	}()
+}
+
+func (v *Vendor) encryptionContext(j *job) map[string]string {
+	return map[string]string{"provider": j.def.Name, "pk": j.key.PK}
+}
+
+func (v *Vendor) seal(ctx context.Context, j *job, token string) (store.Secret, error) {
+	if v.opts.Sealer == nil {
+		return store.Secret{Plain: token}, nil
+	}
+	b, err := v.opts.Sealer.Seal(ctx, []byte(token), v.encryptionContext(j))
+	if err != nil {
+		return store.Secret{}, err
+	}
+	return store.Secret{Sealed: b}, nil
+}
+
+func (v *Vendor) open(ctx context.Context, j *job, it *store.Item) (string, error) {
+	if len(it.Token.Sealed) == 0 {
+		return it.Token.Plain, nil
+	}
+	if v.opts.Sealer == nil {
+		return "", errors.New("token is sealed but no KMS key is configured")
+	}
+	b, err := v.opts.Sealer.Open(ctx, it.Token.Sealed, v.encryptionContext(j))
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+func tokenSHA(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
+}
+
+// jitter is a stable per-key fraction of max.
+func jitter(pk string, maxJ time.Duration) time.Duration {
+	if maxJ <= 0 {
+		return 0
+	}
+	h := fnv.New32a()
+	h.Write([]byte(pk))
+	return time.Duration(h.Sum32()%1000) * maxJ / 1000
+}

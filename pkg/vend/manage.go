@@ -1,0 +1,194 @@
+package vend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/pkg/upstream"
+)
+
+// RevokeResult says what Revoke managed.
+type RevokeResult struct {
+	// RevokedUpstream is true when the provider confirmed the revocation.
+	RevokedUpstream bool
+	// Purged is true when a cached token was removed.
+	Purged bool
+}
+
+// Revoke revokes the cached token at the provider where it has a
+// revoke_url (RFC 7009) and purges it from the cache either way.
+func (v *Vendor) Revoke(ctx context.Context, req Request) (RevokeResult, error) {
+	def, err := v.providers.Get(ctx, req.Provider)
+	if err != nil {
+		return RevokeResult{}, err
+	}
+	key, err := resolve(def, req.Scope)
+	if err != nil {
+		return RevokeResult{}, err
+	}
+	j := &job{def: def, key: key}
+	var res RevokeResult
+	it, err := v.store.Get(ctx, key.PK, true)
+	if err != nil {
+		return res, fmt.Errorf("read cached token: %w", err)
+	}
+	v.l1.purgePK(key.PK)
+	if it != nil && !it.Token.IsZero() && v.opts.Now().Before(it.Expiry()) {
+		if tok, oerr := v.open(ctx, j, it); oerr != nil {
+			v.log.ErrorContext(ctx, "cannot open cached token to revoke it", "provider", def.Name, "error", oerr)
+		} else if def.RevokeURL != "" {
+			if rerr := v.fetcher.Revoke(ctx, def, tok); rerr != nil {
+				v.log.WarnContext(ctx, "provider did not confirm revocation; purging the cached token anyway", "provider", def.Name, "error", rerr)
+			} else {
+				res.RevokedUpstream = true
+			}
+		}
+	}
+	if it != nil {
+		if err := v.store.Delete(ctx, key.PK); err != nil {
+			return res, fmt.Errorf("purge cached token: %w", err)
+		}
+		res.Purged = !it.Token.IsZero()
+	}
+	v.l1.purgePK(key.PK) // again: a concurrent vend may have re-filled it
+	v.obs.Event(def.Name, "revoked")
+	return res, nil
+}
+
+// RefreshOptions select what the scheduled refresher renews.
+type RefreshOptions struct {
+	// Horizon: renew keys whose refresh_at falls before now + Horizon (the
+	// time to the next run).
+	Horizon time.Duration
+	// Providers limits the run; empty means all.
+	Providers []string
+	// Force renews every selected key now, due or not.
+	Force bool
+	// Parallel bounds concurrent renewals (4).
+	Parallel int
+}
+
+// RefreshResult counts a refresher run.
+type RefreshResult struct {
+	Refreshed int `json:"refreshed"`
+	Failed    int `json:"failed"`
+	Skipped   int `json:"skipped"`
+}
+
+// RefreshDue renews every cached key due before the next run, each under the
+// same lease callers use, so a run never races a caller's fetch.
+func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResult, error) {
+	now := v.opts.Now()
+	f := store.Filter{Prefix: "token#", Providers: o.Providers}
+	if !o.Force {
+		f.RefreshBefore = now.Add(o.Horizon + v.opts.RefreshJitter)
+	}
+	items, err := v.store.Scan(ctx, f)
+	if err != nil {
+		return RefreshResult{}, fmt.Errorf("list cached tokens: %w", err)
+	}
+	par := o.Parallel
+	if par <= 0 {
+		par = 4
+	}
+	var (
+		mu  sync.Mutex
+		res RefreshResult
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, par)
+	)
+	count := func(p *int) { mu.Lock(); *p++; mu.Unlock() }
+	for _, it := range items {
+		before := now.Add(o.Horizon + jitter(it.PK, v.opts.RefreshJitter))
+		if !o.Force && it.RefreshAt >= before.Unix() {
+			continue // not due yet, even with its jitter
+		}
+		if it.Token.IsZero() {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(it *store.Item) {
+			defer func() { <-sem; wg.Done() }()
+			def, err := v.providers.Get(ctx, it.Provider)
+			if errors.Is(err, provider.ErrNotFound) {
+				count(&res.Skipped) // provider removed: let the token expire
+				return
+			}
+			if err != nil {
+				v.log.WarnContext(ctx, "refresh: cannot read provider", "provider", it.Provider, "error", err)
+				count(&res.Failed)
+				return
+			}
+			scopes, _ := provider.NormalizeScope(it.Scope)
+			key := def.KeyFor(scopes)
+			if key.PK != it.PK {
+				count(&res.Skipped) // an old registration's token: let it expire
+				return
+			}
+			j := &job{def: def, key: key, mode: modeScheduled, before: before, force: o.Force}
+			_, err = v.shared(ctx, j)
+			switch {
+			case err == nil:
+				count(&res.Refreshed)
+				v.obs.Event(def.Name, "refreshed")
+			case errors.Is(err, errSkipped):
+				count(&res.Skipped)
+			default:
+				v.log.WarnContext(ctx, "refresh failed", "provider", def.Name, "scope", it.Scope, "error", err)
+				count(&res.Failed)
+				v.obs.Event(def.Name, "refresh_failed")
+			}
+		}(it)
+	}
+	wg.Wait()
+	return res, nil
+}
+
+// KeyInfo describes one cached key without its token.
+type KeyInfo struct {
+	Scope     string    `json:"scope"`
+	ExpiresAt time.Time `json:"expires_at"`
+	RefreshAt time.Time `json:"refresh_at"`
+	LastError string    `json:"last_error"`
+}
+
+// Keys lists the live cached keys per provider: never a token.
+func (v *Vendor) Keys(ctx context.Context, providers []string) (map[string][]KeyInfo, error) {
+	items, err := v.store.Scan(ctx, store.Filter{Prefix: "token#", Providers: providers})
+	if err != nil {
+		return nil, fmt.Errorf("list cached tokens: %w", err)
+	}
+	now := v.opts.Now()
+	out := map[string][]KeyInfo{}
+	for _, it := range items {
+		live := !it.Token.IsZero() && now.Before(it.Expiry())
+		if !live && it.LastError == "" {
+			continue
+		}
+		ki := KeyInfo{Scope: it.Scope, LastError: it.LastError}
+		if live {
+			ki.ExpiresAt = it.Expiry().UTC()
+			ki.RefreshAt = time.Unix(it.RefreshAt, 0).UTC()
+		}
+		out[it.Provider] = append(out[it.Provider], ki)
+	}
+	return out, nil
+}
+
+// IsUnavailable reports whether err means "try again later".
+func IsUnavailable(err error) (*UnavailableError, bool) {
+	var ue *UnavailableError
+	if errors.As(err, &ue) {
+		return ue, true
+	}
+	if re, ok := upstream.AsRetrieveError(err); ok && re.Kind != upstream.Permanent {
+		return &UnavailableError{Provider: re.Provider, RetryAfter: max(re.RetryAfter, time.Second), Err: err}, true
+	}
+	return nil, false
+}
