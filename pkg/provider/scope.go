@@ -118,3 +118,7 @@ func (d *Definition) KeyFor(scopes []string) Key {
 
 // ErrNotFound is wrapped by provider sources when no definition has the name.
 var ErrNotFound = errors.New("unknown provider")
+
+// ErrSourceUnavailable is wrapped by provider sources when the store of
+// definitions (Secrets Manager) cannot be read right now.
+var ErrSourceUnavailable = errors.New("provider definitions unavailable")
