@@ -5,13 +5,14 @@ GOFLAGS_LAMBDA := CGO_ENABLED=0 GOOS=linux GOARCH=arm64
 LAMBDA_BUILD := $(GO) build -trimpath -tags lambda.norpc -ldflags "-s -w"
 ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test unit vet lint-template build bench fuzz clean
+.PHONY: run test unit vet lint-template build bench fuzz clean build-ApiFunction build-VendFunction build-RefresherFunction
 
 run: ## local vendor on embedded defaults (sandbox providers, in-memory cache)
 	$(GO) run ./cmd/tokenvendor serve --addr $(ADDR)
 
 test: vet ## everything, against DynamoDB Local and moto (installed/started by the project)
 	bash scripts/ensure-tools.sh
+	cfn-lint template.yaml
 	$(GO) run ./tests/emulators -- $(GO) test -race -count=1 -timeout 20m ./...
 
 unit: ## fast tests only; integration tests skip without emulators
@@ -20,6 +21,22 @@ unit: ## fast tests only; integration tests skip without emulators
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+# sam build calls build-<LogicalId> with ARTIFACTS_DIR set (BuildMethod: makefile).
+build-ApiFunction:
+	$(GOFLAGS_LAMBDA) $(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/api
+build-VendFunction:
+	$(GOFLAGS_LAMBDA) $(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/vend
+build-RefresherFunction:
+	$(GOFLAGS_LAMBDA) $(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/refresher
+
+build: ## the three bootstraps under bin/<function>/
+	$(MAKE) build-ApiFunction ARTIFACTS_DIR=bin/api
+	$(MAKE) build-VendFunction ARTIFACTS_DIR=bin/vend
+	$(MAKE) build-RefresherFunction ARTIFACTS_DIR=bin/refresher
+
+lint-template:
+	cfn-lint template.yaml
 
 clean:
 	rm -rf .aws-sam bin .cache

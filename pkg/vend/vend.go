@@ -305,7 +305,21 @@ func (v *Vendor) withDefinition(ctx context.Context, def *provider.Definition, r
 		if err == nil && v.opts.L1MaxAge > 0 {
 			v.l1.put(def, req.Scope, key.PK, t, v.opts.Now())
 		}
+		if err == nil {
+			v.obs.Vended(def.Name, t.Source, t.ExpiresAt.Sub(v.opts.Now()))
+		} else {
+			v.noteFailure(def.Name, err)
+		}
 		return t, err
+	}
+}
+
+// noteFailure counts what callers are refused with, for the alarms.
+func (v *Vendor) noteFailure(provider string, err error) {
+	if re, ok := upstream.AsRetrieveError(err); ok && re.Kind == upstream.Permanent {
+		v.obs.Event(provider, "upstream_rejected")
+	} else if _, ok := IsUnavailable(err); ok {
+		v.obs.Event(provider, "unavailable")
 	}
 }
 

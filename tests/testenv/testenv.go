@@ -207,7 +207,7 @@ func DynamoDB(t testing.TB) string {
 	t.Helper()
 	ep := os.Getenv(EnvDynamoDB)
 	if ep == "" {
-		skipOrFail(t, "DynamoDB Local is not running: "+SkipHint)
+		SkipOrFail(t, "DynamoDB Local is not running: "+SkipHint)
 	}
 	return ep
 }
@@ -217,7 +217,7 @@ func Moto(t testing.TB) string {
 	t.Helper()
 	ep := os.Getenv(EnvMoto)
 	if ep == "" {
-		skipOrFail(t, "moto is not running: "+SkipHint)
+		SkipOrFail(t, "moto is not running: "+SkipHint)
 	}
 	return ep
 }
@@ -241,7 +241,9 @@ func RandomSuffix() string {
 	return hex.EncodeToString(b)
 }
 
-func skipOrFail(t testing.TB, msg string) {
+// SkipOrFail skips the test, or fails it when the run requires every
+// real part (make test), so a skip is never counted as a pass there.
+func SkipOrFail(t testing.TB, msg string) {
 	t.Helper()
 	if os.Getenv(EnvRequire) != "" {
 		t.Fatal(msg)

@@ -1,0 +1,13 @@
+// Command vend is the Lambda other Lambdas invoke directly for a token.
+package main
+
+import (
+	"github.com/token-vendor/token-vendor/pkg/app"
+	"github.com/token-vendor/token-vendor/pkg/lambdafn"
+)
+
+func main() {
+	app.StartLambda(func(a *app.App) any {
+		return app.Flushing(a, lambdafn.Invoke(a.Vendor, a.Log, nil))
+	})
+}

@@ -1,0 +1,251 @@
+// Package app wires the vendor from configuration: environment variables in
+// Lambda, flags and environment in local mode. Functions' main packages and
+// the CLI call it; nothing else reads the environment.
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+
+	"github.com/token-vendor/token-vendor/pkg/envelope"
+	"github.com/token-vendor/token-vendor/pkg/httpapi"
+	"github.com/token-vendor/token-vendor/pkg/obs"
+	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/registry"
+	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/pkg/store/dynamostore"
+	"github.com/token-vendor/token-vendor/pkg/upstream"
+	"github.com/token-vendor/token-vendor/pkg/vend"
+)
+
+// Config is everything the vendor can be told.
+type Config struct {
+	Table            string        // TOKEN_TABLE: DynamoDB table; empty: in-memory cache
+	SecretPrefix     string        // PROVIDER_SECRET_PREFIX: Secrets Manager; empty: ProvidersFile
+	ProvidersFile    string        // PROVIDERS_FILE: JSON file of name -> definition
+	KMSKeyID         string        // TOKEN_KMS_KEY_ID: seal tokens at rest
+	L1MaxAge         time.Duration // L1_MAX_AGE seconds (15)
+	DefaultMinTTL    time.Duration // DEFAULT_MIN_TTL seconds (60)
+	UpstreamTimeout  time.Duration // UPSTREAM_TIMEOUT seconds (5)
+	UpstreamAttempts int           // UPSTREAM_ATTEMPTS (3)
+	LeaseMargin      time.Duration // LEASE_MARGIN seconds (10)
+	MaxCacheSeconds  int64         // MAX_CACHE_SECONDS (86400)
+	ProviderCacheTTL time.Duration // PROVIDER_CACHE_TTL seconds (300)
+	RefreshInterval  time.Duration // REFRESH_INTERVAL seconds (60): the refresher's schedule
+	LogLevel         string        // LOG_LEVEL (info)
+	MetricsNamespace string        // METRICS_NAMESPACE (TokenVendor); "off" disables metrics
+
+	// StaticProviders, when set, is used instead of any source (local sandbox).
+	StaticProviders map[string]*provider.Definition
+}
+
+// Defaults returns the configuration with every default filled in.
+func Defaults() Config {
+	return Config{
+		L1MaxAge: 15 * time.Second, DefaultMinTTL: 60 * time.Second, UpstreamTimeout: 5 * time.Second,
+		UpstreamAttempts: 3, LeaseMargin: 10 * time.Second, MaxCacheSeconds: 86400,
+		ProviderCacheTTL: 300 * time.Second, RefreshInterval: 60 * time.Second, LogLevel: "info",
+		MetricsNamespace: "TokenVendor",
+	}
+}
+
+// FromEnv reads the environment over the defaults. A malformed value is an
+// error naming the variable.
+func FromEnv(getenv func(string) string) (Config, error) {
+	c := Defaults()
+	c.Table = getenv("TOKEN_TABLE")
+	c.SecretPrefix = getenv("PROVIDER_SECRET_PREFIX")
+	c.ProvidersFile = getenv("PROVIDERS_FILE")
+	c.KMSKeyID = getenv("TOKEN_KMS_KEY_ID")
+	if v := getenv("LOG_LEVEL"); v != "" {
+		c.LogLevel = v
+	}
+	if v := getenv("METRICS_NAMESPACE"); v != "" {
+		c.MetricsNamespace = v
+	}
+	secs := []struct {
+		name     string
+		dst      *time.Duration
+		min, max int64
+	}{
+		{"L1_MAX_AGE", &c.L1MaxAge, 0, 3600},
+		{"DEFAULT_MIN_TTL", &c.DefaultMinTTL, 0, 86400},
+		{"UPSTREAM_TIMEOUT", &c.UpstreamTimeout, 1, 60},
+		{"LEASE_MARGIN", &c.LeaseMargin, 1, 300},
+		{"PROVIDER_CACHE_TTL", &c.ProviderCacheTTL, 1, 86400},
+		{"REFRESH_INTERVAL", &c.RefreshInterval, 1, 86400},
+	}
+	for _, s := range secs {
+		v := getenv(s.name)
+		if v == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < s.min || n > s.max {
+			return c, fmt.Errorf("%s: want whole seconds from %d to %d", s.name, s.min, s.max)
+		}
+		*s.dst = time.Duration(n) * time.Second
+	}
+	for _, s := range []struct {
+		name     string
+		set      func(int64)
+		min, max int64
+	}{
+		{"UPSTREAM_ATTEMPTS", func(n int64) { c.UpstreamAttempts = int(n) }, 1, 10},
+		{"MAX_CACHE_SECONDS", func(n int64) { c.MaxCacheSeconds = n }, 60, 31622400},
+	} {
+		if v := getenv(s.name); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < s.min || n > s.max {
+				return c, fmt.Errorf("%s: want a whole number from %d to %d", s.name, s.min, s.max)
+			}
+			s.set(n)
+		}
+	}
+	if c.L1MaxAge == 0 {
+		c.L1MaxAge = -1 // 0 means "no L1"
+	}
+	return c, nil
+}
+
+// Clients are the AWS clients the vendor may use; nil where unused.
+type Clients struct {
+	DynamoDB       *dynamodb.Client
+	SecretsManager *secretsmanager.Client
+	KMS            *kms.Client
+}
+
+// AWSClients builds clients from an AWS config. Endpoints follow the SDK's
+// own settings (AWS_ENDPOINT_URL_DYNAMODB, …).
+func AWSClients(cfg aws.Config) Clients {
+	return Clients{DynamoDB: dynamodb.NewFromConfig(cfg), SecretsManager: secretsmanager.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg)}
+}
+
+// Providers is a provider source that can also list.
+type Providers interface {
+	Get(ctx context.Context, name string) (*provider.Definition, error)
+	Reload(ctx context.Context, name string) (*provider.Definition, error)
+	Names(ctx context.Context) ([]string, error)
+}
+
+// App is a wired vendor.
+type App struct {
+	Config    Config
+	Vendor    *vend.Vendor
+	Providers Providers
+	Handler   *httpapi.Handler
+	Log       *slog.Logger
+	Metrics   *obs.Metrics
+}
+
+// New wires the parts. It makes no network calls.
+func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
+	var provs Providers
+	switch {
+	case cfg.StaticProviders != nil:
+		provs = registry.NewStatic(cfg.StaticProviders)
+	case cfg.SecretPrefix != "":
+		if c.SecretsManager == nil {
+			return nil, fmt.Errorf("PROVIDER_SECRET_PREFIX set but no Secrets Manager client")
+		}
+		provs = registry.NewCached(registry.NewSecretsManager(c.SecretsManager, cfg.SecretPrefix), registry.CacheOptions{TTL: cfg.ProviderCacheTTL, Logger: log})
+	case cfg.ProvidersFile != "":
+		f, err := registry.LoadFile(cfg.ProvidersFile)
+		if err != nil {
+			return nil, err
+		}
+		provs = f
+	default:
+		return nil, fmt.Errorf("no provider definitions: set PROVIDER_SECRET_PREFIX or PROVIDERS_FILE")
+	}
+	var st vend.Store = store.NewMemory(nil)
+	if cfg.Table != "" {
+		if c.DynamoDB == nil {
+			return nil, fmt.Errorf("TOKEN_TABLE set but no DynamoDB client")
+		}
+		st = dynamostore.New(c.DynamoDB, cfg.Table)
+	}
+	var sealer vend.Sealer
+	if cfg.KMSKeyID != "" {
+		if c.KMS == nil {
+			return nil, fmt.Errorf("TOKEN_KMS_KEY_ID set but no KMS client")
+		}
+		sealer = envelope.New(c.KMS, cfg.KMSKeyID)
+	}
+	up := &upstream.Client{
+		HTTP:            &http.Client{Transport: transport()},
+		AttemptTimeout:  cfg.UpstreamTimeout,
+		MaxAttempts:     cfg.UpstreamAttempts,
+		MaxRetryAfter:   -1, // a Retry-After becomes a fleet-wide cooldown instead of a wait
+		MaxCacheSeconds: cfg.MaxCacheSeconds,
+		UserAgent:       "token-vendor/1",
+	}
+	metrics := obs.NewMetrics(os.Stdout, cfg.MetricsNamespace)
+	v := vend.New(provs, up, st, vend.Options{
+		DefaultMinTTL: cfg.DefaultMinTTL,
+		L1MaxAge:      cfg.L1MaxAge,
+		LeaseDuration: cfg.UpstreamTimeout*time.Duration(cfg.UpstreamAttempts) + cfg.LeaseMargin,
+		Sealer:        sealer,
+		Logger:        log,
+		Observer:      metrics,
+	})
+	return &App{Config: cfg, Vendor: v, Providers: provs, Handler: httpapi.New(v, provs, log, nil), Log: log, Metrics: metrics}, nil
+}
+
+// transport is tuned for a few upstream hosts called often.
+func transport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 16
+	t.IdleConnTimeout = 90 * time.Second
+	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	return t
+}
+
+// StartLambda is a function's whole main: environment into config, AWS
+// config loaded once, parts wired, and handler(app) started. Set-up failure
+// is logged and exits 1; nothing on the request path panics or exits.
+func StartLambda(handler func(*App) any) {
+	cfg, err := FromEnv(os.Getenv)
+	log := obs.NewLogger(os.Stdout, cfg.LogLevel)
+	if err != nil {
+		log.Error("bad configuration", "error", err)
+		os.Exit(1)
+	}
+	awsCfg, err := awsconfig.LoadDefaultConfig(context.Background())
+	if err != nil {
+		log.Error("cannot load AWS configuration", "error", err)
+		os.Exit(1)
+	}
+	a, err := New(cfg, AWSClients(awsCfg), log)
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		os.Exit(1)
+	}
+	lambda.Start(handler(a))
+}
+
+// Flushing wraps a Lambda handler so the metrics recorded during an
+// invocation are written before it returns (Lambda may freeze the process
+// right after).
+func Flushing[E, R any](a *App, h func(context.Context, E) (R, error)) func(context.Context, E) (R, error) {
+	return func(ctx context.Context, e E) (R, error) {
+		r, err := h(ctx, e)
+		if ferr := a.Metrics.Flush(); ferr != nil {
+			a.Log.WarnContext(ctx, "metrics not written", "error", ferr)
+		}
+		return r, err
+	}
+}

@@ -1,0 +1,340 @@
+// Package httpapi is the vendor's HTTP API (DESIGN.md §5), one net/http
+// handler served by API Gateway (through lambdafn) and by local mode alike.
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/vend"
+	"github.com/token-vendor/token-vendor/pkg/wire"
+)
+
+// Vendor is the vending core as the API uses it.
+type Vendor interface {
+	Token(ctx context.Context, req vend.Request) (vend.Token, error)
+	Refresh(ctx context.Context, req vend.Request) (vend.Token, error)
+	Rejected(ctx context.Context, req vend.Request, sha256hex string) (vend.Token, error)
+	Revoke(ctx context.Context, req vend.Request) (vend.RevokeResult, error)
+	Keys(ctx context.Context, providers []string) (map[string][]vend.KeyInfo, error)
+}
+
+// Providers lists and reads definitions.
+type Providers interface {
+	Names(ctx context.Context) ([]string, error)
+	Get(ctx context.Context, name string) (*provider.Definition, error)
+}
+
+// maxBody bounds request bodies; the only body is {"token_sha256": "..."}.
+const maxBody = 4 << 10
+
+// Handler serves the API.
+type Handler struct {
+	v     Vendor
+	provs Providers
+	log   *slog.Logger
+	now   func() time.Time
+	mux   *http.ServeMux
+}
+
+// New builds the handler. now may be nil (time.Now).
+func New(v Vendor, provs Providers, log *slog.Logger, now func() time.Time) *Handler {
+	if now == nil {
+		now = time.Now
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h := &Handler{v: v, provs: provs, log: log, now: now, mux: http.NewServeMux()}
+	h.mux.HandleFunc("GET /v1/tokens/{provider}", h.token)
+	h.mux.HandleFunc("POST /v1/tokens/{provider}/refresh", h.refresh)
+	h.mux.HandleFunc("POST /v1/tokens/{provider}/revoke", h.revoke)
+	h.mux.HandleFunc("POST /v1/tokens/{provider}/rejected", h.rejected)
+	h.mux.HandleFunc("GET /v1/providers", h.providers)
+	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	return h
+}
+
+// ServeHTTP logs one line per request: never a token, never a header.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	// Token responses and errors alike are never cached (RFC 6749 §5.1).
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+	if _, pattern := h.mux.Handler(r); pattern == "" {
+		h.routeError(rec, r)
+	} else {
+		h.mux.ServeHTTP(rec, r)
+	}
+	attrs := []any{"method", r.Method, "path", r.URL.Path, "status", rec.status, "latency_ms", time.Since(start).Milliseconds()}
+	if rec.source != "" {
+		attrs = append(attrs, "cache", rec.source)
+	}
+	if rec.errCode != "" {
+		attrs = append(attrs, "error", rec.errCode)
+	}
+	h.log.InfoContext(r.Context(), "request", attrs...)
+}
+
+// routeError answers requests no route takes: 405 where the path exists
+// with another method, else 404.
+func (h *Handler) routeError(w *statusRecorder, r *http.Request) {
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, p := h.mux.Handler(probe); p != "" {
+			w.Header().Set("Allow", m)
+			h.writeError(w, r, http.StatusMethodNotAllowed, wire.ErrorResponse{Error: "method_not_allowed", ErrorDescription: r.Method + " is not allowed here; use " + m})
+			return
+		}
+	}
+	h.writeError(w, r, http.StatusNotFound, wire.ErrorResponse{Error: "not_found", ErrorDescription: "no such route"})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status  int
+	source  vend.Source
+	errCode string
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// params parses the query: only the named parameters, each at most once.
+func params(r *http.Request, allowed ...string) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, wire.Invalid("malformed query string")
+	}
+	for k, vs := range q {
+		ok := false
+		for _, a := range allowed {
+			ok = ok || k == a
+		}
+		if !ok {
+			return nil, wire.Invalid("unknown parameter %q", truncate(k))
+		}
+		if len(vs) > 1 {
+			return nil, wire.Invalid("parameter %q given more than once", k)
+		}
+	}
+	return q, nil
+}
+
+func vendRequest(r *http.Request, withMinTTL bool) (vend.Request, error) {
+	allowed := []string{"scope"}
+	if withMinTTL {
+		allowed = append(allowed, "min_ttl")
+	}
+	q, err := params(r, allowed...)
+	if err != nil {
+		return vend.Request{}, err
+	}
+	req := vend.Request{Provider: r.PathValue("provider"), Scope: q.Get("scope"), MinTTL: -1}
+	if q.Has("min_ttl") {
+		n, err := strconv.ParseInt(q.Get("min_ttl"), 10, 64)
+		if err != nil || n < 0 || n > int64(vend.MaxMinTTL/time.Second) {
+			return vend.Request{}, wire.Invalid("min_ttl must be a whole number of seconds from 0 to %d", int64(vend.MaxMinTTL/time.Second))
+		}
+		req.MinTTL = time.Duration(n) * time.Second
+	}
+	if !provider.ValidName(req.Provider) {
+		return req, provider.ErrInvalidName
+	}
+	return req, nil
+}
+
+func (h *Handler) token(w http.ResponseWriter, r *http.Request) {
+	h.vend(w, r, true, func(ctx context.Context, req vend.Request) (vend.Token, error) { return h.v.Token(ctx, req) })
+}
+
+func (h *Handler) refresh(w http.ResponseWriter, r *http.Request) {
+	h.vend(w, r, true, func(ctx context.Context, req vend.Request) (vend.Token, error) { return h.v.Refresh(ctx, req) })
+}
+
+func (h *Handler) rejected(w http.ResponseWriter, r *http.Request) {
+	h.vend(w, r, true, func(ctx context.Context, req vend.Request) (vend.Token, error) {
+		var body struct {
+			TokenSHA256 *string `json:"token_sha256"`
+		}
+		if err := decodeBody(r, &body); err != nil {
+			return vend.Token{}, err
+		}
+		if body.TokenSHA256 == nil {
+			return vend.Token{}, wire.Invalid("body must be {\"token_sha256\": \"<64 hex characters>\"}")
+		}
+		return h.v.Rejected(ctx, req, *body.TokenSHA256)
+	})
+}
+
+func (h *Handler) vend(w http.ResponseWriter, r *http.Request, withMinTTL bool, do func(context.Context, vend.Request) (vend.Token, error)) {
+	req, err := vendRequest(r, withMinTTL)
+	if err == nil {
+		var t vend.Token
+		if t, err = do(r.Context(), req); err == nil {
+			if rec, ok := w.(*statusRecorder); ok {
+				rec.source = t.Source
+			}
+			writeJSON(w, http.StatusOK, wire.NewTokenResponse(t, h.now()))
+			return
+		}
+	}
+	h.fail(w, r, req.Provider, err)
+}
+
+func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
+	req, err := vendRequest(r, false)
+	if err == nil {
+		var res vend.RevokeResult
+		if res, err = h.v.Revoke(r.Context(), req); err == nil {
+			w.Header().Set("X-Upstream-Revoked", strconv.FormatBool(res.RevokedUpstream))
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+	}
+	h.fail(w, r, req.Provider, err)
+}
+
+type providerJSON struct {
+	Name       string         `json:"name"`
+	TokenURL   string         `json:"token_url"`
+	AuthMethod string         `json:"auth_method"`
+	Tokens     []tokenSummary `json:"tokens"`
+}
+
+type tokenSummary struct {
+	Scope     string  `json:"scope"`
+	ExpiresAt *string `json:"expires_at"`
+	RefreshAt *string `json:"refresh_at"`
+	LastError *string `json:"last_error"`
+}
+
+// providers lists definitions and their cached keys: never a secret or a token.
+func (h *Handler) providers(w http.ResponseWriter, r *http.Request) {
+	if _, err := params(r); err != nil {
+		h.fail(w, r, "", err)
+		return
+	}
+	keys, err := h.v.Keys(r.Context(), nil)
+	if err != nil {
+		h.fail(w, r, "", err)
+		return
+	}
+	names, err := h.provs.Names(r.Context())
+	if err != nil {
+		// Listing secrets needs secretsmanager:ListSecrets on "*", which the
+		// template does not grant; list the providers the cache knows instead.
+		h.log.WarnContext(r.Context(), "cannot list provider definitions; listing cached providers only", "error", err)
+		names = names[:0]
+		for n := range keys {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+	}
+	out := struct {
+		Providers []providerJSON `json:"providers"`
+	}{Providers: []providerJSON{}}
+	for _, n := range names {
+		d, err := h.provs.Get(r.Context(), n)
+		if err != nil {
+			h.log.WarnContext(r.Context(), "provider listed but unreadable", "provider", n, "error", err)
+			continue
+		}
+		pj := providerJSON{Name: n, TokenURL: redactURL(d.TokenURL), AuthMethod: d.AuthMethod, Tokens: []tokenSummary{}}
+		for _, k := range keys[n] {
+			pj.Tokens = append(pj.Tokens, summarize(k))
+		}
+		out.Providers = append(out.Providers, pj)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func summarize(k vend.KeyInfo) tokenSummary {
+	ts := tokenSummary{Scope: k.Scope}
+	if !k.ExpiresAt.IsZero() {
+		e, rf := k.ExpiresAt.Format(time.RFC3339), k.RefreshAt.Format(time.RFC3339)
+		ts.ExpiresAt, ts.RefreshAt = &e, &rf
+	}
+	if k.LastError != "" {
+		le := k.LastError
+		ts.LastError = &le
+	}
+	return ts
+}
+
+// redactURL drops the query string: some providers take credentials there.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.RawQuery, u.User = "", nil
+	return u.String()
+}
+
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, providerName string, err error) {
+	p := wire.Classify(err, providerName)
+	if p.Internal {
+		h.log.ErrorContext(r.Context(), "request failed", "provider", providerName, "error", err)
+	} else if p.Status >= 500 {
+		h.log.WarnContext(r.Context(), "request failed", "provider", providerName, "error", err)
+	}
+	if p.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(p.RetryAfterSeconds(), 10))
+	}
+	h.writeError(w, r, p.Status, p.Body)
+}
+
+func (h *Handler) writeError(w http.ResponseWriter, _ *http.Request, status int, body wire.ErrorResponse) {
+	if rec, ok := w.(*statusRecorder); ok {
+		rec.errCode = body.Error
+	}
+	writeJSON(w, status, body)
+}
+
+func decodeBody(r *http.Request, v any) error {
+	data, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return wire.Invalid("unreadable body")
+	}
+	if len(data) > maxBody {
+		return wire.Invalid("body larger than %d bytes", maxBody)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return wire.Invalid("body is not the expected JSON object")
+	}
+	if dec.More() {
+		return wire.Invalid("trailing data after the JSON body")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // a client that went away is not an error of ours
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}

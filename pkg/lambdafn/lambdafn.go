@@ -1,0 +1,190 @@
+// Package lambdafn adapts the vendor to Lambda: API Gateway HTTP API
+// (payload v2) onto the shared HTTP handler, direct invocation by other
+// Lambdas, and the scheduled refresher.
+package lambdafn
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+
+	"github.com/token-vendor/token-vendor/pkg/vend"
+	"github.com/token-vendor/token-vendor/pkg/wire"
+)
+
+// maxEventBody bounds what the adapter accepts; API Gateway allows 10 MB.
+const maxEventBody = 64 << 10
+
+// APIGateway serves HTTP API payload v2 events with h.
+func APIGateway(h http.Handler) func(context.Context, events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error) {
+	return func(ctx context.Context, e events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error) {
+		body := []byte(e.Body)
+		if e.IsBase64Encoded {
+			b, err := base64.StdEncoding.DecodeString(e.Body)
+			if err != nil {
+				return jsonResponse(http.StatusBadRequest, wire.ErrorResponse{Error: "invalid_request", ErrorDescription: "body is not valid base64"}), nil
+			}
+			body = b
+		}
+		if len(body) > maxEventBody {
+			return jsonResponse(http.StatusRequestEntityTooLarge, wire.ErrorResponse{Error: "invalid_request", ErrorDescription: "body too large"}), nil
+		}
+		method := e.RequestContext.HTTP.Method
+		path := e.RawPath
+		if path == "" {
+			path = e.RequestContext.HTTP.Path
+		}
+		target := path
+		if e.RawQueryString != "" {
+			target += "?" + e.RawQueryString
+		}
+		req, err := http.NewRequestWithContext(ctx, method, "https://api.invalid"+target, bytes.NewReader(body))
+		if err != nil {
+			return jsonResponse(http.StatusBadRequest, wire.ErrorResponse{Error: "invalid_request", ErrorDescription: "malformed request line"}), nil
+		}
+		for k, v := range e.Headers {
+			req.Header.Set(k, v)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		resp := events.APIGatewayV2HTTPResponse{StatusCode: rec.Code, Headers: map[string]string{}, Body: rec.Body.String()}
+		for k, vs := range rec.Header() {
+			resp.Headers[k] = strings.Join(vs, ", ")
+		}
+		return resp, nil
+	}
+}
+
+func jsonResponse(status int, body any) events.APIGatewayV2HTTPResponse {
+	b, _ := json.Marshal(body)
+	return events.APIGatewayV2HTTPResponse{StatusCode: status, Body: string(b),
+		Headers: map[string]string{"Content-Type": "application/json", "Cache-Control": "no-store", "Pragma": "no-cache"}}
+}
+
+// Vendor is the core as the invoke handler uses it.
+type Vendor interface {
+	Token(ctx context.Context, req vend.Request) (vend.Token, error)
+	Rejected(ctx context.Context, req vend.Request, sha256hex string) (vend.Token, error)
+}
+
+// InvokeEvent is the direct-invoke request.
+type InvokeEvent struct {
+	Provider            string `json:"provider"`
+	Scope               string `json:"scope"`
+	MinTTL              *int64 `json:"min_ttl"`
+	RejectedTokenSHA256 string `json:"rejected_token_sha256"`
+}
+
+// Invoke handles direct invocation: event -> token JSON, failures as errors
+// whose type names (InvalidRequest, …) become the caller's errorType.
+func Invoke(v Vendor, log *slog.Logger, now func() time.Time) func(context.Context, json.RawMessage) (wire.TokenResponse, error) {
+	if now == nil {
+		now = time.Now
+	}
+	return func(ctx context.Context, raw json.RawMessage) (wire.TokenResponse, error) {
+		var ev InvokeEvent
+		t, err := func() (vend.Token, error) {
+			if err := strictDecode(raw, &ev); err != nil {
+				return vend.Token{}, err
+			}
+			if ev.Provider == "" {
+				return vend.Token{}, wire.Invalid("provider is required")
+			}
+			req := vend.Request{Provider: ev.Provider, Scope: ev.Scope, MinTTL: -1}
+			if ev.MinTTL != nil {
+				if *ev.MinTTL < 0 || *ev.MinTTL > int64(vend.MaxMinTTL/time.Second) {
+					return vend.Token{}, wire.Invalid("min_ttl must be a whole number of seconds from 0 to %d", int64(vend.MaxMinTTL/time.Second))
+				}
+				req.MinTTL = time.Duration(*ev.MinTTL) * time.Second
+			}
+			if ev.RejectedTokenSHA256 != "" {
+				return v.Rejected(ctx, req, ev.RejectedTokenSHA256)
+			}
+			return v.Token(ctx, req)
+		}()
+		if err != nil {
+			p := wire.Classify(err, ev.Provider)
+			level := slog.LevelInfo
+			if p.Internal {
+				level = slog.LevelError
+			}
+			log.Log(ctx, level, "invoke failed", "provider", ev.Provider, "error_type", p.Type, "error", err)
+			return wire.TokenResponse{}, p.LambdaError()
+		}
+		log.InfoContext(ctx, "invoke", "provider", t.Provider, "cache", t.Source)
+		return wire.NewTokenResponse(t, now()), nil
+	}
+}
+
+// Refresher is the core as the refresher uses it.
+type Refresher interface {
+	RefreshDue(ctx context.Context, o vend.RefreshOptions) (vend.RefreshResult, error)
+}
+
+// manualRefresh is the operator's event: {"providers":["kopokopo"],"force":true}.
+type manualRefresh struct {
+	Providers []string `json:"providers"`
+	Force     bool     `json:"force"`
+}
+
+// Refresh handles the EventBridge schedule (renew what is due before the
+// next run, interval apart) and the manual event.
+func Refresh(r Refresher, interval time.Duration, log *slog.Logger) func(context.Context, json.RawMessage) (vend.RefreshResult, error) {
+	return func(ctx context.Context, raw json.RawMessage) (vend.RefreshResult, error) {
+		opts := vend.RefreshOptions{Horizon: interval}
+		var probe map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &probe); err != nil {
+			return vend.RefreshResult{}, wire.Classify(wire.Invalid("event must be a JSON object"), "").LambdaError()
+		}
+		if _, scheduled := probe["detail-type"]; !scheduled {
+			var m manualRefresh
+			if err := strictDecode(raw, &m); err != nil {
+				return vend.RefreshResult{}, wire.Classify(err, "").LambdaError()
+			}
+			opts.Providers, opts.Force = m.Providers, m.Force
+		}
+		res, err := r.RefreshDue(ctx, opts)
+		if err != nil {
+			log.ErrorContext(ctx, "refresh run failed", "error", err)
+			return res, wire.Classify(err, "").LambdaError()
+		}
+		log.InfoContext(ctx, "refresh run", "refreshed", res.Refreshed, "failed", res.Failed, "skipped", res.Skipped)
+		return res, nil
+	}
+}
+
+func strictDecode(raw json.RawMessage, v any) error {
+	if len(raw) > maxEventBody {
+		return wire.Invalid("event larger than %d bytes", maxEventBody)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if strings.HasPrefix(err.Error(), "json: unknown field ") {
+			return wire.Invalid("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		}
+		return wire.Invalid("event is not the expected JSON object (%s)", jsonProblem(err))
+	}
+	if dec.More() {
+		return wire.Invalid("trailing data after the event")
+	}
+	return nil
+}
+
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("field %s must be a %s", te.Field, te.Type)
+	}
+	return "malformed JSON"
+}

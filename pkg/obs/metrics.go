@@ -1,0 +1,172 @@
+package obs
+
+import (
+	"encoding/json"
+	"io"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/token-vendor/token-vendor/pkg/vend"
+)
+
+// Metrics aggregates vendor events in memory and writes them as CloudWatch
+// Embedded Metric Format documents on Flush. Recording is a map read and an
+// atomic add: nothing on the request path writes or waits on I/O. A nil
+// *Metrics records nothing.
+type Metrics struct {
+	w         io.Writer
+	namespace string
+	now       func() time.Time
+
+	mu       sync.RWMutex
+	counters map[metricKey]*atomic.Int64
+	latMu    sync.Mutex
+	latency  map[string][]float64 // provider -> upstream latencies (ms) since last flush
+	writeMu  sync.Mutex
+}
+
+type metricKey struct {
+	name, provider, dimName, dimValue string
+}
+
+// NewMetrics writes EMF to w under namespace; "off" or "" disables metrics.
+func NewMetrics(w io.Writer, namespace string) *Metrics {
+	if namespace == "" || namespace == "off" {
+		return nil
+	}
+	return &Metrics{w: w, namespace: namespace, now: time.Now, counters: map[metricKey]*atomic.Int64{}, latency: map[string][]float64{}}
+}
+
+func (m *Metrics) add(k metricKey, n int64) {
+	if m == nil {
+		return
+	}
+	m.mu.RLock()
+	c := m.counters[k]
+	m.mu.RUnlock()
+	if c == nil {
+		m.mu.Lock()
+		if c = m.counters[k]; c == nil {
+			c = new(atomic.Int64)
+			m.counters[k] = c
+		}
+		m.mu.Unlock()
+	}
+	c.Add(n)
+}
+
+// Vended counts a vend by source (l1, l2, upstream).
+func (m *Metrics) Vended(provider string, src vend.Source, _ time.Duration) {
+	m.add(metricKey{"Vends", provider, "Source", string(src)}, 1)
+}
+
+// Upstream counts a token request by outcome ("ok" or the error code) and
+// keeps its latency.
+func (m *Metrics) Upstream(provider string, latency time.Duration, errCode string) {
+	if m == nil {
+		return
+	}
+	outcome := errCode
+	if outcome == "" {
+		outcome = "ok"
+	}
+	m.add(metricKey{"UpstreamRequests", provider, "Outcome", outcome}, 1)
+	if errCode != "" {
+		m.add(metricKey{"UpstreamErrors", provider, "ErrorCode", errCode}, 1)
+	}
+	m.latMu.Lock()
+	if l := m.latency[provider]; len(l) < 100 {
+		m.latency[provider] = append(l, float64(latency.Microseconds())/1000)
+	}
+	m.latMu.Unlock()
+}
+
+// eventMetrics names the metric each core event is counted under.
+var eventMetrics = map[string]string{
+	"lease_wait":       "LeaseWaits",
+	"cooldown_opened":  "CooldownsOpened",
+	"cooldown_refusal": "CooldownRefusals",
+	"store_fallback":   "StoreFallbacks",
+	"store_write_lost": "StoreWritesLost",
+	"refreshed":        "Refreshes",
+	"refresh_failed":   "RefreshFailures",
+	"revoked":          "Revocations",
+	// Named in template.yaml's alarms.
+	"upstream_rejected": "UpstreamRejections",
+	"unavailable":       "Unavailable",
+}
+
+// Event counts a named core event.
+func (m *Metrics) Event(provider, name string) {
+	if metric, ok := eventMetrics[name]; ok {
+		m.add(metricKey{metric, provider, "", ""}, 1)
+	}
+}
+
+// Count adds n to a metric with only the Provider dimension.
+func (m *Metrics) Count(provider, metric string, n int64) {
+	m.add(metricKey{metric, provider, "", ""}, n)
+}
+
+type emfDirective struct {
+	Namespace  string      `json:"Namespace"`
+	Dimensions [][]string  `json:"Dimensions"`
+	Metrics    []emfMetric `json:"Metrics"`
+}
+
+type emfMetric struct {
+	Name string `json:"Name"`
+	Unit string `json:"Unit"`
+}
+
+// Flush writes one EMF document per metric and dimension set recorded since
+// the last flush, and resets them.
+func (m *Metrics) Flush() error {
+	if m == nil {
+		return nil
+	}
+	type doc = map[string]any
+	var docs []doc
+	ts := m.now().UnixMilli()
+	m.mu.Lock()
+	keys := make([]metricKey, 0, len(m.counters))
+	for k, c := range m.counters {
+		if c.Load() != 0 {
+			keys = append(keys, k)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		return keys[i].name+keys[i].provider+keys[i].dimValue < keys[j].name+keys[j].provider+keys[j].dimValue
+	})
+	for _, k := range keys {
+		n := m.counters[k].Swap(0)
+		dims := []string{"Provider"}
+		d := doc{"Provider": k.provider, k.name: n}
+		if k.dimName != "" {
+			dims = append(dims, k.dimName)
+			d[k.dimName] = k.dimValue
+		}
+		d["_aws"] = map[string]any{"Timestamp": ts, "CloudWatchMetrics": []emfDirective{{Namespace: m.namespace, Dimensions: [][]string{dims}, Metrics: []emfMetric{{Name: k.name, Unit: "Count"}}}}}
+		docs = append(docs, d)
+	}
+	m.mu.Unlock()
+	m.latMu.Lock()
+	for p, vals := range m.latency {
+		d := doc{"Provider": p, "UpstreamLatency": vals}
+		d["_aws"] = map[string]any{"Timestamp": ts, "CloudWatchMetrics": []emfDirective{{Namespace: m.namespace, Dimensions: [][]string{{"Provider"}}, Metrics: []emfMetric{{Name: "UpstreamLatency", Unit: "Milliseconds"}}}}}
+		docs = append(docs, d)
+	}
+	clear(m.latency)
+	m.latMu.Unlock()
+	m.writeMu.Lock()
+	defer m.writeMu.Unlock()
+	enc := json.NewEncoder(m.w)
+	for _, d := range docs {
+		if err := enc.Encode(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,301 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-lambda-go/lambdacontext"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/token-vendor/token-vendor/pkg/app"
+	"github.com/token-vendor/token-vendor/pkg/lambdafn"
+	"github.com/token-vendor/token-vendor/pkg/obs"
+	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/vend/vendtest"
+	"github.com/token-vendor/token-vendor/tests/testenv"
+)
+
+// deployment is the stack as the template wires it, on emulators.
+type deployment struct {
+	up      *vendtest.Upstream
+	cfg     app.Config
+	clients app.Clients
+	logs    *bytes.Buffer
+}
+
+func newDeployment(t *testing.T) *deployment {
+	ddbEP, motoEP := testenv.DynamoDB(t), testenv.Moto(t)
+	up := vendtest.NewUpstream(t)
+	sm := secretsClient(motoEP)
+	prefix := "tv-" + testenv.RandomSuffix() + "/providers/"
+	// The three seed styles under the names the sample events use.
+	k2 := *up.Defs["demo-k2"]
+	k2.RefreshBeforeSeconds = 3570 // refresh_at 30 s after issue: due at the refresher's next run
+	mobi := *up.Defs["demo-mobi"]
+	dot := *up.Defs["demo-dot"]
+	for name, d := range map[string]*provider.Definition{"kopokopo": &k2, "mobifinance": &mobi, "dot-api": &dot} {
+		putDefinition(t, sm, prefix+name, d)
+	}
+	kc := kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(motoEP) })
+	key, err := kc.CreateKey(context.Background(), &kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"TOKEN_TABLE":            testenv.NewTable(t, ddbEP),
+		"PROVIDER_SECRET_PREFIX": prefix,
+		"TOKEN_KMS_KEY_ID":       aws.ToString(key.KeyMetadata.KeyId),
+		"LOG_LEVEL":              "debug",
+	}
+	cfg, err := app.FromEnv(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &deployment{up: up, cfg: cfg, logs: &bytes.Buffer{}, clients: app.Clients{
+		DynamoDB:       testenv.DynamoDBClient(ddbEP),
+		SecretsManager: sm,
+		KMS:            kc,
+	}}
+}
+
+// instance is one cold Lambda instance of the deployment.
+func (d *deployment) instance(t *testing.T) *app.App {
+	a, err := app.New(d.cfg, d.clients, obs.NewLogger(d.logs, "debug"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// invoke runs a handler through aws-lambda-go's own handler path, with a
+// Lambda context and deadline as the runtime would give it.
+func invoke(t *testing.T, h any, payload []byte) ([]byte, error) {
+	t.Helper()
+	ctx := lambdacontext.NewContext(context.Background(), &lambdacontext.LambdaContext{AwsRequestID: "req-" + testenv.RandomSuffix(),
+		InvokedFunctionArn: "arn:aws:lambda:us-east-1:123456789012:function:token-vendor-VendFunction"})
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	return lambda.NewHandler(h).Invoke(ctx, payload)
+}
+
+func errorType(err error) string {
+	ty := reflect.TypeOf(err)
+	if ty.Kind() == reflect.Pointer {
+		ty = ty.Elem()
+	}
+	return ty.Name()
+}
+
+func readEvent(t *testing.T, name string) []byte {
+	t.Helper()
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "events", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestEventsReplayThroughHandlers replays every file in events/ and checks
+// the documented answer: each file is a known-good `sam local invoke` event.
+func TestEventsReplayThroughHandlers(t *testing.T) {
+	d := newDeployment(t)
+	a := d.instance(t)
+	api := app.Flushing(a, lambdafn.APIGateway(a.Handler))
+	inv := app.Flushing(a, lambdafn.Invoke(a.Vendor, a.Log, nil))
+	ref := app.Flushing(a, lambdafn.Refresh(a.Vendor, a.Config.RefreshInterval, a.Log))
+
+	apiWant := map[string]struct {
+		status int
+		code   string
+	}{
+		"api-get-token.json":                   {200, ""},
+		"api-get-token-scoped.json":            {200, ""},
+		"api-get-token-scope-not-allowed.json": {403, "scope_not_allowed"},
+		"api-get-token-bad-scope.json":         {400, "invalid_request"},
+		"api-get-token-bad-min-ttl.json":       {400, "invalid_request"},
+		"api-get-token-unknown-param.json":     {400, "invalid_request"},
+		"api-get-token-unknown-provider.json":  {404, "unknown_provider"},
+		"api-refresh.json":                     {200, ""},
+		"api-rejected.json":                    {200, ""},
+		"api-rejected-bad-body.json":           {400, "invalid_request"},
+		"api-revoke.json":                      {204, ""},
+		"api-providers.json":                   {200, ""},
+		"api-healthz.json":                     {200, ""},
+		"api-unknown-route.json":               {404, "not_found"},
+		"api-wrong-method.json":                {405, "method_not_allowed"},
+	}
+	invokeWant := map[string]string{
+		"invoke.json":                  "",
+		"invoke-scoped.json":           "",
+		"invoke-rejected.json":         "",
+		"invoke-unknown-field.json":    "InvalidRequest",
+		"invoke-missing-provider.json": "InvalidRequest",
+		"invoke-bad-min-ttl.json":      "InvalidRequest",
+	}
+	files, _ := filepath.Glob(filepath.Join(mustRoot(t), "events", "*.json"))
+	covered := 0
+	for _, f := range files {
+		name := filepath.Base(f)
+		switch {
+		case strings.HasPrefix(name, "api-"):
+			want, ok := apiWant[name]
+			if !ok {
+				t.Fatalf("%s has no expectation", name)
+			}
+			out, err := invoke(t, api, readEvent(t, name))
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			var resp events.APIGatewayV2HTTPResponse
+			json.Unmarshal(out, &resp)
+			if resp.StatusCode != want.status {
+				t.Fatalf("%s: status %d, want %d: %s", name, resp.StatusCode, want.status, resp.Body)
+			}
+			if resp.Headers["Cache-Control"] != "no-store" || resp.Headers["Pragma"] != "no-cache" {
+				t.Fatalf("%s: missing no-store headers %v", name, resp.Headers)
+			}
+			var body map[string]any
+			if resp.StatusCode != 204 {
+				if err := json.Unmarshal([]byte(resp.Body), &body); err != nil {
+					t.Fatalf("%s: body not JSON: %q", name, resp.Body)
+				}
+			}
+			if want.code != "" && (body["error"] != want.code || body["error_description"] == "") {
+				t.Fatalf("%s: error body %v", name, body)
+			}
+			if strings.Contains(name, "get-token") && want.status == 200 {
+				checkTokenJSON(t, name, body)
+			}
+		case strings.HasPrefix(name, "invoke"):
+			want, ok := invokeWant[name]
+			if !ok {
+				t.Fatalf("%s has no expectation", name)
+			}
+			out, err := invoke(t, inv, readEvent(t, name))
+			if want == "" {
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				var body map[string]any
+				json.Unmarshal(out, &body)
+				checkTokenJSON(t, name, body)
+			} else if err == nil || errorType(err) != want {
+				t.Fatalf("%s: error %v (type %s), want %s", name, err, errorType(err), want)
+			}
+		case name == "schedule.json" || name == "refresh-manual.json":
+			out, err := invoke(t, ref, readEvent(t, name))
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			var res map[string]int
+			if json.Unmarshal(out, &res) != nil || len(res) != 3 {
+				t.Fatalf("%s: %s", name, out)
+			}
+		case name == "env.json":
+			continue
+		default:
+			t.Fatalf("events/%s is not replayed by any test", name)
+		}
+		covered++
+	}
+	if covered < 20 {
+		t.Fatalf("only %d events replayed", covered)
+	}
+	// Nothing bad input did reached the provider or leaked a secret into logs.
+	for _, secret := range []string{"demo-k2-secret", "demo-dot-secret", "demo-mobi-secret"} {
+		if strings.Contains(d.logs.String(), secret) {
+			t.Fatal("a client secret reached the logs")
+		}
+	}
+	if !strings.Contains(d.logs.String(), `"request_id":"req-`) {
+		t.Fatal("logs do not carry the Lambda request id")
+	}
+}
+
+func mustRoot(t *testing.T) string {
+	r, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func checkTokenJSON(t *testing.T, name string, body map[string]any) {
+	t.Helper()
+	for _, k := range []string{"provider", "access_token", "token_type", "expires_in", "expires_at", "scope"} {
+		if _, ok := body[k]; !ok {
+			t.Fatalf("%s: token JSON lacks %s: %v", name, k, body)
+		}
+	}
+	if _, err := time.Parse(time.RFC3339, body["expires_at"].(string)); err != nil || !strings.HasSuffix(body["expires_at"].(string), "Z") {
+		t.Fatalf("%s: expires_at %v", name, body["expires_at"])
+	}
+	if body["expires_in"].(float64) < 60 {
+		t.Fatalf("%s: expires_in %v", name, body["expires_in"])
+	}
+}
+
+// TestInvokeAndHTTPShareTheCachedToken: a direct invoke and an HTTP request
+// on two instances vend the same token, and the refresher renews it so the
+// next caller gets the new one without an upstream call on its path.
+func TestInvokeAndHTTPShareTheCachedToken(t *testing.T) {
+	d := newDeployment(t)
+	vendFn, apiFn, refresher := d.instance(t), d.instance(t), d.instance(t)
+	out, err := invoke(t, lambdafn.Invoke(vendFn.Vendor, vendFn.Log, nil), []byte(`{"provider":"kopokopo"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var viaInvoke map[string]any
+	json.Unmarshal(out, &viaInvoke)
+	ev := readEvent(t, "api-get-token.json")
+	out, err = invoke(t, lambdafn.APIGateway(apiFn.Handler), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp events.APIGatewayV2HTTPResponse
+	json.Unmarshal(out, &resp)
+	var viaHTTP map[string]any
+	json.Unmarshal([]byte(resp.Body), &viaHTTP)
+	if viaInvoke["access_token"] == nil || viaInvoke["access_token"] != viaHTTP["access_token"] {
+		t.Fatal("invoke and HTTP vended different tokens")
+	}
+	k2 := "demo-k2-client"
+	if n := d.up.Server.Requests(k2); n != 1 {
+		t.Fatalf("upstream requests %d", n)
+	}
+	// The token's refresh_at is 30 s away, inside the refresher's 60 s horizon.
+	out, err = invoke(t, lambdafn.Refresh(refresher.Vendor, refresher.Config.RefreshInterval, refresher.Log), readEvent(t, "schedule.json"))
+	if err != nil || !strings.Contains(string(out), `"refreshed":1`) {
+		t.Fatalf("refresher: %s %v", out, err)
+	}
+	if n := d.up.Server.Requests(k2); n != 2 {
+		t.Fatalf("refresher made %d upstream requests in all", n-1)
+	}
+	cold := d.instance(t) // a new instance: no L1
+	out, err = invoke(t, lambdafn.Invoke(cold.Vendor, cold.Log, nil), []byte(`{"provider":"kopokopo"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var after map[string]any
+	json.Unmarshal(out, &after)
+	if after["access_token"] == viaInvoke["access_token"] || d.up.Server.Requests(k2) != 2 {
+		t.Fatalf("caller after the refresh: renewed=%v upstream=%d", after["access_token"] != viaInvoke["access_token"], d.up.Server.Requests(k2))
+	}
+	if !d.up.Server.Valid(after["access_token"].(string)) {
+		t.Fatal("vended token not valid at the provider")
+	}
+}
