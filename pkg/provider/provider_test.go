@@ -47,6 +47,9 @@ func TestParseFullDefinition(t *testing.T) {
 	want := &Definition{Name: "dot", TokenURL: "https://x.example/o/token/", ClientID: "a", ClientSecret: "b", AuthMethod: AuthQuery,
 		Scopes: []string{"read", "write"}, AllowedScopes: []string{"read", "write", "admin"}, ExtraParams: map[string]string{"audience": "api"},
 		RevokeURL: "https://x.example/o/revoke_token/", DefaultExpiresIn: 7200, RefreshBeforeSeconds: 600}
+	if err := want.Validate(); err != nil { // fills the cached fingerprint, as Parse does
+		t.Fatal(err)
+	}
 	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("got %+v\nwant %+v", d, want)
 	}
