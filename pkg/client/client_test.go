@@ -1,0 +1,159 @@
+package client_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
+	"golang.org/x/oauth2"
+
+	"github.com/token-vendor/token-vendor/pkg/client"
+	"github.com/token-vendor/token-vendor/pkg/httpapi"
+	"github.com/token-vendor/token-vendor/pkg/lambdafn"
+	"github.com/token-vendor/token-vendor/pkg/registry"
+	"github.com/token-vendor/token-vendor/pkg/sandbox"
+	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/pkg/vend"
+	"github.com/token-vendor/token-vendor/pkg/vend/vendtest"
+)
+
+type world struct {
+	up     *vendtest.Upstream
+	v      *vend.Vendor
+	api    *httptest.Server
+	calls  atomic.Int32
+	signed atomic.Int32
+}
+
+func newWorld(t *testing.T) *world {
+	w := &world{up: vendtest.NewUpstream(t)}
+	provs := registry.NewStatic(w.up.Defs)
+	w.v = vend.New(provs, vendtest.Client(nil), store.NewMemory(nil), vend.Options{})
+	h := httpapi.New(w.v, provs, nil, nil)
+	w.api = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		w.calls.Add(1)
+		auth := r.Header.Get("Authorization")
+		if strings.HasPrefix(auth, "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/") && strings.Contains(auth, "/eu-west-1/execute-api/aws4_request") && r.Header.Get("X-Amz-Date") != "" {
+			w.signed.Add(1)
+		}
+		h.ServeHTTP(rw, r)
+	}))
+	t.Cleanup(w.api.Close)
+	return w
+}
+
+var creds = credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", "")
+
+func TestHTTPClientCachesSignsAndSharesFetches(t *testing.T) {
+	w := newWorld(t)
+	c := client.New(client.NewHTTPFetcher(w.api.URL, creds, "eu-west-1"))
+	var wg sync.WaitGroup
+	toks := make([]string, 50)
+	for i := range toks {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			tok, err := c.Token(context.Background(), "demo-dot", "read write")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			toks[i] = tok.AccessToken
+		}(i)
+	}
+	wg.Wait()
+	for _, tk := range toks {
+		if tk != toks[0] || tk == "" {
+			t.Fatal("callers got different tokens")
+		}
+	}
+	if w.calls.Load() != 1 || w.signed.Load() != 1 {
+		t.Fatalf("vendor calls %d (signed %d), want 1", w.calls.Load(), w.signed.Load())
+	}
+	_, err := c.Token(context.Background(), "nope", "")
+	var ve *client.Error
+	if !errors.As(err, &ve) || ve.Status != 404 || ve.Code != "unknown_provider" {
+		t.Fatalf("unknown provider: %v", err)
+	}
+}
+
+func TestTokenSourceAndRoundTripperRetryOn401(t *testing.T) {
+	w := newWorld(t)
+	c := client.New(client.NewHTTPFetcher(w.api.URL, nil, ""))
+	resource := w.up.URL + sandbox.ResourcePath
+
+	hc := oauth2.NewClient(context.Background(), c.TokenSource(context.Background(), "demo-k2", ""))
+	resp, err := hc.Get(resource)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("oauth2 client: %v %v", err, resp)
+	}
+	resp.Body.Close()
+
+	rt := &http.Client{Transport: c.Transport(nil, "demo-k2", "")}
+	tok, _ := c.Token(context.Background(), "demo-k2", "")
+	w.up.Server.RevokeToken(tok.AccessToken) // the provider revoked it behind the vendor's back
+	resp, err = rt.Get(resource)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("after 401 the transport should retry with a new token: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	fresh, _ := c.Token(context.Background(), "demo-k2", "")
+	if fresh.AccessToken == tok.AccessToken || !w.up.Server.Valid(fresh.AccessToken) {
+		t.Fatal("client still holds the rejected token")
+	}
+	if n := w.up.Server.Requests("demo-k2-client"); n != 2 {
+		t.Fatalf("upstream requests %d, want 2", n)
+	}
+}
+
+// fakeLambda behaves like the Lambda Invoke API in front of the real handler:
+// a handler error becomes FunctionError "Unhandled" with the runtime's
+// {"errorMessage","errorType"} payload.
+type fakeLambda struct{ h lambda.Handler }
+
+func (f fakeLambda) Invoke(ctx context.Context, in *awslambda.InvokeInput, _ ...func(*awslambda.Options)) (*awslambda.InvokeOutput, error) {
+	out, err := f.h.Invoke(ctx, in.Payload)
+	if err != nil {
+		ty := reflect.TypeOf(err)
+		if ty.Kind() == reflect.Pointer {
+			ty = ty.Elem()
+		}
+		p, _ := json.Marshal(map[string]string{"errorMessage": err.Error(), "errorType": ty.Name()})
+		return &awslambda.InvokeOutput{StatusCode: 200, FunctionError: aws.String("Unhandled"), Payload: p}, nil
+	}
+	return &awslambda.InvokeOutput{StatusCode: 200, Payload: out}, nil
+}
+
+func TestLambdaInvokerAgainstTheHandler(t *testing.T) {
+	w := newWorld(t)
+	fl := fakeLambda{h: lambda.NewHandler(lambdafn.Invoke(w.v, quietLog(), nil))}
+	c := client.New(client.NewLambdaInvoker(fl, "token-vendor-VendFunction"))
+	tok, err := c.Token(context.Background(), "demo-mobi", "")
+	if err != nil || !w.up.Server.Valid(tok.AccessToken) || tok.TokenType != "Bearer" {
+		t.Fatalf("%v %v", tok, err)
+	}
+	again, _ := c.Token(context.Background(), "demo-mobi", "")
+	if again != tok {
+		t.Fatal("not cached in-process")
+	}
+	fresh, err := c.Rejected(context.Background(), "demo-mobi", "", tok.AccessToken)
+	if err != nil || fresh.AccessToken == tok.AccessToken {
+		t.Fatalf("rejected via invoke: %v", err)
+	}
+	_, err = c.Token(context.Background(), "demo-dot", "payments")
+	var ve *client.Error
+	if !errors.As(err, &ve) || ve.Code != "ScopeNotAllowed" {
+		t.Fatalf("typed error: %v", err)
+	}
+}
