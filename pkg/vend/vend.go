@@ -191,11 +191,7 @@ func New(src ProviderSource, f Fetcher, st Store, o Options) *Vendor {
 // Token vends a token for req: from L1, from the store, or from the provider
 // under the fleet-wide lease.
 func (v *Vendor) Token(ctx context.Context, req Request) (Token, error) {
-	minTTL, err := v.minTTL(req.MinTTL)
-	if err != nil {
-		return Token{}, err
-	}
-	def, err := v.providers.Get(ctx, req.Provider)
+	def, minTTL, err := v.prepare(ctx, req)
 	if err != nil {
 		return Token{}, err
 	}
@@ -213,11 +209,7 @@ func (v *Vendor) Token(ctx context.Context, req Request) (Token, error) {
 
 // Refresh fetches a new token now and replaces the cached one.
 func (v *Vendor) Refresh(ctx context.Context, req Request) (Token, error) {
-	minTTL, err := v.minTTL(req.MinTTL)
-	if err != nil {
-		return Token{}, err
-	}
-	def, err := v.providers.Get(ctx, req.Provider)
+	def, minTTL, err := v.prepare(ctx, req)
 	if err != nil {
 		return Token{}, err
 	}
@@ -236,11 +228,7 @@ func (v *Vendor) Rejected(ctx context.Context, req Request, rejectedSHA256 strin
 	if err != nil {
 		return Token{}, err
 	}
-	minTTL, err := v.minTTL(req.MinTTL)
-	if err != nil {
-		return Token{}, err
-	}
-	def, err := v.providers.Get(ctx, req.Provider)
+	def, minTTL, err := v.prepare(ctx, req)
 	if err != nil {
 		return Token{}, err
 	}
@@ -263,6 +251,16 @@ func ParseSHA256(s string) (string, error) {
 		return "", fmt.Errorf("%w: token_sha256 must be 64 hex characters", ErrInvalidRequest)
 	}
 	return s, nil
+}
+
+// prepare validates the request's min_ttl and reads the provider definition.
+func (v *Vendor) prepare(ctx context.Context, req Request) (*provider.Definition, time.Duration, error) {
+	minTTL, err := v.minTTL(req.MinTTL)
+	if err != nil {
+		return nil, 0, err
+	}
+	def, err := v.providers.Get(ctx, req.Provider)
+	return def, minTTL, err
 }
 
 func (v *Vendor) minTTL(d time.Duration) (time.Duration, error) {
