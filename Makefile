@@ -38,5 +38,9 @@ build: ## the three bootstraps under bin/<function>/
 lint-template:
 	cfn-lint template.yaml
 
+bench: ## Go benchmarks: L1 hit (target < 1 µs, <= 2 allocs) and L2 hit on DynamoDB Local (one GetItem, no write)
+	bash scripts/ensure-tools.sh
+	$(GO) run ./tests/emulators -- $(GO) test -run '^$$' -bench . -benchmem -benchtime 20000x ./tests/integration/
+
 clean:
 	rm -rf .aws-sam bin .cache
