@@ -6,6 +6,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -50,6 +51,9 @@ type Config struct {
 
 	// StaticProviders, when set, is used instead of any source (local sandbox).
 	StaticProviders map[string]*provider.Definition
+	// MetricsOutput receives EMF documents (standard output, where Lambda
+	// ships them to CloudWatch, when nil).
+	MetricsOutput io.Writer
 }
 
 // Defaults returns the configuration with every default filled in.
@@ -193,7 +197,11 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		MaxCacheSeconds: cfg.MaxCacheSeconds,
 		UserAgent:       "token-vendor/1",
 	}
-	metrics := obs.NewMetrics(os.Stdout, cfg.MetricsNamespace)
+	out := cfg.MetricsOutput
+	if out == nil {
+		out = os.Stdout
+	}
+	metrics := obs.NewMetrics(out, cfg.MetricsNamespace)
 	v := vend.New(provs, up, st, vend.Options{
 		DefaultMinTTL: cfg.DefaultMinTTL,
 		L1MaxAge:      cfg.L1MaxAge,

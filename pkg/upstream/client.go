@@ -141,7 +141,7 @@ func (c *Client) Revoke(ctx context.Context, def *provider.Definition, token str
 		if status == http.StatusOK {
 			return nil
 		}
-		return errorFromResponse(def.Name, status, header, body, def.ClientSecret, c.now())
+		return errorFromResponse(def.Name, status, header, body, c.now(), def.ClientSecret, token)
 	})
 }
 

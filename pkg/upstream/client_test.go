@@ -503,3 +503,26 @@ func TestRevokeRequestShape(t *testing.T) {
 		t.Fatalf("revoke request %+v", got)
 	}
 }
+
+func TestErrorCodeThatEchoesTheSecretIsDropped(t *testing.T) {
+	const secret = "echoed-secret-123"
+	_, err := ParseTokenResponse("p", 400, http.Header{}, []byte(`{"error":"`+secret+`"}`), time.Now(), "", ExpiryRules{}, secret)
+	re, _ := AsRetrieveError(err)
+	if re == nil || re.Code != "invalid_request" || strings.Contains(err.Error(), secret) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestRevokeErrorRedactsTheToken(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.WriteHeader(400)
+		io.WriteString(w, `{"error":"invalid_request","error_description":"cannot revoke `+string(b)+`"}`)
+	}))
+	defer srv.Close()
+	d := newDef(t, srv.URL, provider.AuthPost, "sec-xyz")
+	err := (&Client{}).Revoke(context.Background(), d, "tok-to-revoke-42")
+	if err == nil || strings.Contains(err.Error(), "tok-to-revoke-42") || strings.Contains(err.Error(), "sec-xyz") {
+		t.Fatalf("revocation error leaks: %v", err)
+	}
+}

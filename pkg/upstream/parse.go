@@ -61,7 +61,7 @@ type errorJSON struct {
 // is fuzzed directly. secret is redacted from any text kept from the body.
 func ParseTokenResponse(provider string, status int, header http.Header, body []byte, issuedAt time.Time, requestedScope string, rules ExpiryRules, secret string) (*Token, error) {
 	if status < 200 || status > 299 {
-		return nil, errorFromResponse(provider, status, header, body, secret, issuedAt)
+		return nil, errorFromResponse(provider, status, header, body, issuedAt, secret)
 	}
 	bad := func(desc string) error {
 		return &RetrieveError{Provider: provider, Kind: Transient, StatusCode: status, Code: "invalid_response", Description: desc}
@@ -130,15 +130,18 @@ func ResolveExpiresIn(raw json.RawMessage, r ExpiryRules) time.Duration {
 	return time.Duration(secs) * time.Second
 }
 
-func errorFromResponse(provider string, status int, header http.Header, body []byte, secret string, now time.Time) *RetrieveError {
+// errorFromResponse classifies a failed answer. redact lists every
+// credential the request carried (client secret, the token being revoked):
+// providers that echo what they received must not get it into our errors.
+func errorFromResponse(provider string, status int, header http.Header, body []byte, now time.Time, redact ...string) *RetrieveError {
 	e := &RetrieveError{Provider: provider, StatusCode: status}
 	var ej errorJSON
 	if json.Unmarshal(body, &ej) == nil {
-		if code, ok := jsonString(ej.Error); ok && isErrorCode(code) {
+		if code, ok := jsonString(ej.Error); ok && isErrorCode(code) && sanitize(code, redact...) == code {
 			e.Code = code
 		}
 		if d, ok := jsonString(ej.ErrorDescription); ok {
-			e.Description = sanitize(d, secret)
+			e.Description = sanitize(d, redact...)
 		}
 	}
 	switch {
@@ -240,10 +243,13 @@ func visibleASCII(s string) bool {
 	return true
 }
 
-// sanitize keeps a short printable description with the secret removed.
-func sanitize(s, secret string) string {
-	if secret != "" {
-		// Servers that echo parameters may echo them form-encoded.
+// sanitize keeps a short printable description with every credential in
+// redact removed, in the forms servers echo them (raw, form- or path-encoded).
+func sanitize(s string, redact ...string) string {
+	for _, secret := range redact {
+		if secret == "" {
+			continue
+		}
 		for _, form := range []string{secret, url.QueryEscape(secret), url.PathEscape(secret)} {
 			s = strings.ReplaceAll(s, form, "[REDACTED]")
 		}

@@ -1,0 +1,179 @@
+// Package hygiene plants canary secrets and tokens, drives every entry point
+// through success and failure, and checks the canaries never leave where
+// they belong: not in logs, metrics, error bodies, Lambda errors, listings
+// or panics.
+package hygiene
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-lambda-go/lambda"
+
+	"github.com/token-vendor/token-vendor/pkg/app"
+	"github.com/token-vendor/token-vendor/pkg/lambdafn"
+	"github.com/token-vendor/token-vendor/pkg/obs"
+	"github.com/token-vendor/token-vendor/pkg/provider"
+)
+
+const (
+	canarySecret = "CANARY-SECRET-7f3a+/=x"
+	canaryToken  = "CANARY-TOKEN-91bd"
+)
+
+// leakyProvider issues the canary token and, when told, fails in ways that
+// echo what it received: the worst a real provider could do.
+type leakyProvider struct {
+	mu   sync.Mutex
+	mode string
+}
+
+func (p *leakyProvider) set(mode string) { p.mu.Lock(); p.mode = mode; p.mu.Unlock() }
+
+func (p *leakyProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	p.mu.Lock()
+	mode := p.mode
+	p.mu.Unlock()
+	echo := r.URL.RawQuery + " " + string(body) + " " + r.Header.Get("Authorization")
+	switch mode {
+	case "echo401":
+		w.WriteHeader(401)
+		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_client", "error_description": "bad credentials: " + echo + " raw=" + canarySecret})
+	case "html500":
+		w.WriteHeader(500)
+		io.WriteString(w, "<html>stack trace: "+echo+"</html>")
+	case "echo400code":
+		w.WriteHeader(400)
+		json.NewEncoder(w).Encode(map[string]string{"error": canarySecret})
+	case "tokenInError":
+		w.WriteHeader(200)
+		io.WriteString(w, `{"access_token": "`+canaryToken+`" "broken`)
+	default:
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"access_token": canaryToken, "token_type": "Bearer", "expires_in": 3600})
+	}
+}
+
+func TestCanariesNeverLeak(t *testing.T) {
+	lp := &leakyProvider{}
+	srv := httptest.NewServer(lp)
+	defer srv.Close()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := "http://" + l.Addr().String() + "/token"
+	l.Close()
+	defs := map[string]*provider.Definition{}
+	for name, d := range map[string]*provider.Definition{
+		"post":  {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthPost, RevokeURL: srv.URL + "/r"},
+		"basic": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthBasic},
+		"query": {TokenURL: srv.URL + "/t?tenant=1", AuthMethod: provider.AuthQuery},
+		"down":  {TokenURL: dead, AuthMethod: provider.AuthQuery},
+	} {
+		d.Name, d.ClientID, d.ClientSecret = name, "client-"+name, canarySecret
+		if err := d.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		defs[name] = d
+	}
+	var logs, metrics bytes.Buffer
+	cfg := app.Defaults()
+	cfg.StaticProviders = defs
+	cfg.L1MaxAge = -1
+	cfg.UpstreamAttempts = 1
+	cfg.MetricsOutput = &metrics
+	a, err := app.New(cfg, app.Clients{}, obs.NewLogger(&logs, "debug"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outside bytes.Buffer // everything a caller sees, except token bodies
+	api := lambda.NewHandler(lambdafn.APIGateway(a.Handler))
+	inv := lambda.NewHandler(lambdafn.Invoke(a.Vendor, a.Log, nil))
+	ctx := context.Background()
+
+	call := func(method, path, body string) (int, string) {
+		ev := events.APIGatewayV2HTTPRequest{RawPath: strings.SplitN(path, "?", 2)[0], Body: body}
+		if i := strings.Index(path, "?"); i >= 0 {
+			ev.RawQueryString = path[i+1:]
+		}
+		ev.RequestContext.HTTP.Method = method
+		b, _ := json.Marshal(ev)
+		out, err := api.Invoke(ctx, b)
+		if err != nil {
+			outside.WriteString(err.Error())
+		}
+		var resp events.APIGatewayV2HTTPResponse
+		json.Unmarshal(out, &resp)
+		for k, v := range resp.Headers {
+			outside.WriteString(k + ": " + v + "\n")
+		}
+		return resp.StatusCode, resp.Body
+	}
+	scenario := func(mode string) {
+		lp.set(mode)
+		for name := range defs {
+			for _, p := range []string{"/v1/tokens/" + name, "/v1/tokens/" + name + "?scope=" + url.QueryEscape(mode)} {
+				st, body := call("GET", p, "")
+				if st == 200 {
+					if !strings.Contains(body, canaryToken) {
+						t.Fatalf("%s %s: 200 without the token", mode, p)
+					}
+					continue // a token response is where the token belongs
+				}
+				outside.WriteString(body)
+			}
+			for _, r := range []string{"refresh", "revoke"} {
+				st, body := call("POST", "/v1/tokens/"+name+"/"+r, "")
+				if st != 200 {
+					outside.WriteString(body)
+				}
+			}
+			st, body := call("POST", "/v1/tokens/"+name+"/rejected", `{"token_sha256":"`+strings.Repeat("0", 64)+`"}`)
+			if st != 200 {
+				outside.WriteString(body)
+			}
+			out, err := inv.Invoke(ctx, []byte(fmt.Sprintf(`{"provider":%q}`, name)))
+			if err != nil {
+				outside.WriteString(err.Error())
+			} else if !bytes.Contains(out, []byte(canaryToken)) {
+				t.Fatalf("invoke ok without the token: %s", out)
+			}
+		}
+	}
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				outside.WriteString(fmt.Sprint(r))
+				t.Errorf("panic: %v", r)
+			}
+		}()
+		for _, mode := range []string{"", "echo401", "html500", "echo400code", "tokenInError", ""} {
+			scenario(mode)
+		}
+	}()
+	_, listing := call("GET", "/v1/providers", "")
+	outside.WriteString(listing)
+	a.Metrics.Flush()
+
+	for what, text := range map[string]string{"logs": logs.String(), "metrics": metrics.String(), "responses and errors": outside.String()} {
+		for _, c := range []string{canarySecret, url.QueryEscape(canarySecret), canaryToken} {
+			if strings.Contains(text, c) {
+				i := strings.Index(text, c)
+				t.Errorf("%s contain a canary %q near: …%s…", what, c, text[max(0, i-120):min(len(text), i+60)])
+			}
+		}
+	}
+	if !strings.Contains(listing, `"name":"post"`) || metrics.Len() == 0 || logs.Len() == 0 {
+		t.Fatal("the scenarios did not run as intended")
+	}
+}
