@@ -38,9 +38,10 @@ build: ## the three bootstraps under bin/<function>/
 lint-template:
 	cfn-lint template.yaml
 
-bench: ## Go benchmarks: L1 hit (target < 1 µs, <= 2 allocs) and L2 hit on DynamoDB Local (one GetItem, no write)
+bench: ## token-vendor vs x/oauth2 per process vs naive fetching -> BENCHMARKS.md + docs/fleet-upstream.png; plus the Go benchmarks
 	bash scripts/ensure-tools.sh
 	$(GO) run ./tests/emulators -- $(GO) test -run '^$$' -bench . -benchmem -benchtime 20000x ./tests/integration/
+	$(GO) run ./tests/emulators -- $(GO) run ./bench -out BENCHMARKS.md -plot docs/fleet-upstream.png
 
 clean:
 	rm -rf .aws-sam bin .cache

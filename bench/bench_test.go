@@ -1,0 +1,61 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/token-vendor/token-vendor/tests/testenv"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envChild) != "" { // fleet members and the bare server re-execute this binary
+		os.Exit(child())
+	}
+	os.Exit(m.Run())
+}
+
+// TestQuickRun runs the whole harness at reduced sizes, so `make bench`
+// cannot rot between runs, and checks the figures that are contracts.
+func TestQuickRun(t *testing.T) {
+	testenv.DynamoDB(t)
+	r := &report{quick: true}
+	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart} {
+		if err := step(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, row := range r.fleet {
+		if row.Upstream["token-vendor"] != 1 || row.Upstream["x/oauth2 per process"] != row.Procs || row.Upstream["naive per request"] != row.Procs*row.Callers {
+			t.Fatalf("fleet of %d: %v", row.Procs, row.Upstream)
+		}
+		for ap, e := range row.Errors {
+			if e != 0 {
+				t.Fatalf("%s: %d caller errors", ap, e)
+			}
+		}
+	}
+	if r.day.VendorWaited != 1 || r.day.VendorUpstream >= r.day.BaselineUpstream {
+		t.Fatalf("day: %+v", r.day)
+	}
+	for fn, size := range r.cold.Sizes {
+		if size > 15<<20 {
+			t.Fatalf("%s bootstrap %d bytes", fn, size)
+		}
+	}
+	r.cost()
+	dir := t.TempDir()
+	if err := r.plot(filepath.Join(dir, "p.png")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.write(filepath.Join(dir, "B.md"), "p.png"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "B.md"))
+	for _, section := range []string{"## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."} {
+		if !strings.Contains(string(b), section) {
+			t.Fatalf("report lacks %s", section)
+		}
+	}
+}
