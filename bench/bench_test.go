@@ -6,11 +6,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/token-vendor/token-vendor/tests/fleet"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envChild) != "" { // fleet members and the bare server re-execute this binary
+	// Fleet members and the bare server re-execute this binary.
+	if os.Getenv(fleet.EnvChild) != "" {
+		os.Exit(fleet.Main())
+	}
+	if os.Getenv(envChild) != "" {
 		os.Exit(child())
 	}
 	os.Exit(m.Run())

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/token-vendor/token-vendor/pkg/lambdafn"
 	"github.com/token-vendor/token-vendor/pkg/registry"
@@ -82,7 +84,9 @@ func latency(r *report) error {
 		return err
 	}
 
-	ts := ccConfig(defs["demo-k2"]).TokenSource(ctx)
+	k2 := defs["demo-k2"]
+	cc := &clientcredentials.Config{ClientID: k2.ClientID, ClientSecret: k2.ClientSecret, TokenURL: k2.TokenURL, AuthStyle: oauth2.AuthStyleInParams}
+	ts := cc.TokenSource(ctx)
 	row, err = measure("x/oauth2 ReuseTokenSource cached", n, func() error { _, err := ts.Token(); return err })
 	if err != nil {
 		return err

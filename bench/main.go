@@ -15,9 +15,14 @@ import (
 	"os"
 	"runtime"
 	"time"
+
+	"github.com/token-vendor/token-vendor/tests/fleet"
 )
 
 func main() {
+	if os.Getenv(fleet.EnvChild) != "" {
+		os.Exit(fleet.Main())
+	}
 	if os.Getenv(envChild) != "" {
 		os.Exit(child())
 	}

@@ -5,12 +5,14 @@ package integration
 import (
 	"os"
 	"testing"
+
+	"github.com/token-vendor/token-vendor/tests/fleet"
 )
 
 func TestMain(m *testing.M) {
-	// The fleet tests re-execute this test binary as the fleet's instances.
-	if os.Getenv(envChild) != "" {
-		os.Exit(runChild())
+	// The fleet tests re-execute this test binary as the fleet's members.
+	if os.Getenv(fleet.EnvChild) != "" {
+		os.Exit(fleet.Main())
 	}
 	os.Exit(m.Run())
 }
