@@ -5,7 +5,7 @@ GOFLAGS_LAMBDA := CGO_ENABLED=0 GOOS=linux GOARCH=arm64
 LAMBDA_BUILD := $(GO) build -trimpath -tags lambda.norpc -ldflags "-s -w"
 ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test unit vet lint-template build bench fuzz clean build-ApiFunction build-VendFunction build-RefresherFunction
+.PHONY: run test unit vet lint-template build bench reliability clean build-ApiFunction build-VendFunction build-RefresherFunction
 
 run: ## local vendor on embedded defaults (sandbox providers, in-memory cache)
 	$(GO) run ./cmd/tokenvendor serve --addr $(ADDR)
@@ -42,6 +42,10 @@ bench: ## token-vendor vs x/oauth2 per process vs naive fetching -> BENCHMARKS.m
 	bash scripts/ensure-tools.sh
 	$(GO) run ./tests/emulators -- $(GO) test -run '^$$' -bench . -benchmem -benchtime 20000x ./tests/integration/
 	$(GO) run ./tests/emulators -- $(GO) run ./bench -out BENCHMARKS.md -plot docs/fleet-upstream.png
+
+reliability: ## fault suite at full sizes + bounded fuzzing -> RELIABILITY.md (a quick run is part of make test)
+	bash scripts/ensure-tools.sh
+	$(GO) run ./tests/emulators -- $(GO) run ./reliability -out RELIABILITY.md -fuzztime 15s
 
 clean:
 	rm -rf .aws-sam bin .cache

@@ -47,7 +47,8 @@ type Item struct {
 	FailedUntilMS int64  `dynamodbav:"failed_until,omitempty"`
 	RejectedAtMS  int64  `dynamodbav:"rejected_at,omitempty"`
 	LastUsedAt    int64  `dynamodbav:"last_used_at,omitempty"`
-	CooldownUntil int64  `dynamodbav:"cooldown_until,omitempty"`
+	CooldownUntil int64  `dynamodbav:"cooldown_until,omitempty"` // ms
+	CooldownFrom  int64  `dynamodbav:"cooldown_from,omitempty"`  // ms: when the current cooldown opened
 	// WriteID is unique per write, so a write whose outcome is unknown
 	// (timeout, 5xx) can be recognised when the record is read back.
 	WriteID string `dynamodbav:"write_id,omitempty"`

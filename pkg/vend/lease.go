@@ -323,14 +323,26 @@ func (v *Vendor) release(ctx context.Context, leased *store.Item) {
 	}
 }
 
-// recordFailure releases the lease noting the failure on the record, opens
-// the fleet-wide cooldown after a 429 or repeated 5xx, and remembers
-// permanent failures for PermanentErrorTTL.
+// recordFailure opens the fleet-wide cooldown after a 429 or repeated 5xx,
+// then releases the lease noting the failure on the record, and remembers
+// permanent failures for PermanentErrorTTL. The cooldown is written first:
+// released earlier, the lease would let a waiter ask the provider again
+// before the cooldown is visible.
 func (v *Vendor) recordFailure(ctx context.Context, j *job, leased *store.Item, err error, now time.Time) {
 	re, _ := upstream.AsRetrieveError(err)
 	code := "error"
 	if re != nil {
 		code = re.Code
+		switch {
+		case re.Kind == upstream.RateLimited:
+			cool := re.RetryAfter
+			if cool <= 0 {
+				cool = v.opts.RateLimitCooldown
+			}
+			v.openCooldown(ctx, j.def.Name, code, cool, false)
+		case re.Kind == upstream.Transient && re.StatusCode >= 500 && re.Attempts >= 2:
+			v.openCooldown(ctx, j.def.Name, code, max(re.RetryAfter, v.opts.ServerErrorCooldown), true)
+		}
 	}
 	next := *leased
 	next.Version++
@@ -343,28 +355,20 @@ func (v *Vendor) recordFailure(ctx context.Context, j *job, leased *store.Item, 
 	if err := v.cas(ctx, &next, leased.Version); err != nil {
 		v.log.DebugContext(ctx, "could not record failure", "provider", j.def.Name, "error", err)
 	}
-	if re == nil {
-		return
-	}
-	var cool time.Duration
-	switch {
-	case re.Kind == upstream.RateLimited:
-		cool = re.RetryAfter
-		if cool <= 0 {
-			cool = v.opts.RateLimitCooldown
-		}
-	case re.Kind == upstream.Transient && re.StatusCode >= 500 && re.Attempts >= 2:
-		cool = max(re.RetryAfter, v.opts.ServerErrorCooldown)
-	}
-	if cool > 0 {
-		v.openCooldown(ctx, j.def.Name, code, now.Add(cool))
-	}
 }
 
+// maxCooldown bounds how long a persistent outage backs the fleet off: the
+// fleet probes a dead provider about once a minute and notices its return
+// within a minute.
+const maxCooldown = time.Minute
+
 // openCooldown records, for every instance, that the provider must not be
-// asked before until.
-func (v *Vendor) openCooldown(ctx context.Context, provider, reason string, until time.Time) {
+// asked for d. With grow, a cooldown opened again soon after the previous
+// one ended lasts twice as long (up to maxCooldown), so a provider that stays
+// down is probed less and less often.
+func (v *Vendor) openCooldown(ctx context.Context, provider, reason string, d time.Duration, grow bool) {
 	pk := cooldownPK(provider)
+	now := v.opts.Now()
 	for range 3 {
 		cur, err := v.store.Get(ctx, pk, true)
 		if err != nil {
@@ -372,21 +376,29 @@ func (v *Vendor) openCooldown(ctx context.Context, provider, reason string, unti
 		}
 		next := &store.Item{PK: pk, Provider: provider}
 		var expect int64
+		length := d
 		if cur != nil {
-			if cur.CooldownUntil >= until.UnixMilli() {
-				return
-			}
 			*next = *cur
 			expect = cur.Version
+			prevEnd := time.UnixMilli(cur.CooldownUntil)
+			prevLen := prevEnd.Sub(time.UnixMilli(cur.CooldownFrom))
+			if grow && cur.CooldownFrom > 0 && now.Sub(prevEnd) < prevLen+time.Minute {
+				length = min(max(d, 2*prevLen), maxCooldown)
+			}
+			if !now.Add(length).After(prevEnd) {
+				return // a longer cooldown is already open
+			}
 		}
+		until := now.Add(length)
 		next.Version = expect + 1
+		next.CooldownFrom = now.UnixMilli()
 		next.CooldownUntil = until.UnixMilli()
 		next.LastError = reason
-		next.LastErrorAt = v.opts.Now().Unix()
+		next.LastErrorAt = now.Unix()
 		next.ExpiresAt = until.Add(time.Hour).Unix()
 		next.WriteID = randomID()
 		if err := v.cas(ctx, next, expect); !errors.Is(err, store.ErrConflict) {
-			v.log.WarnContext(ctx, "provider cooldown opened", "provider", provider, "reason", reason, "until", until.UTC().Format(time.RFC3339))
+			v.log.WarnContext(ctx, "provider cooldown opened", "provider", provider, "reason", reason, "seconds", int(length.Seconds()))
 			v.obs.Event(provider, "cooldown_opened")
 			return
 		}

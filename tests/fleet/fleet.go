@@ -241,12 +241,20 @@ func (m *Member) Kill() error {
 // Round sends c to every live member (starting together shortly) and
 // merges their reports.
 func (f *Fleet) Round(c Command) (Report, error) {
-	if c.StartUnixMS == 0 {
-		c.StartUnixMS = time.Now().Add(300 * time.Millisecond).UnixMilli()
-	}
+	return f.RoundEach(func(int) Command { return c })
+}
+
+// RoundEach is Round with a command per member (index among all members),
+// for instance to give each its own clock offset.
+func (f *Fleet) RoundEach(mk func(i int) Command) (Report, error) {
+	start := time.Now().Add(300 * time.Millisecond).UnixMilli()
 	var live []*Member
-	for _, m := range f.Members {
+	for i, m := range f.Members {
 		if !m.dead {
+			c := mk(i)
+			if c.StartUnixMS == 0 {
+				c.StartUnixMS = start
+			}
 			live = append(live, m)
 			if err := m.Send(c); err != nil {
 				return Report{}, err

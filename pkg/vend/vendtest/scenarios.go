@@ -33,6 +33,7 @@ func Run(t *testing.T, newStore NewStore) {
 		"StaleIfErrorThenUnavailable":               testStaleIfErrorThenUnavailable,
 		"RateLimitOpensFleetWideCooldown":           testRateLimitOpensFleetWideCooldown,
 		"Repeated5xxOpensCooldown":                  testRepeated5xxOpensCooldown,
+		"PersistentOutageCooldownGrows":             testPersistentOutageCooldownGrows,
 		"PermanentFailureRememberedAndNotRetried":   testPermanentFailureRememberedAndNotRetried,
 		"RotatedSecretReReadOnce":                   testRotatedSecretReReadOnce,
 		"DeadLeaseHolderTakenOverByOneWaiter":       testDeadLeaseHolderTakenOverByOneWaiter,
@@ -270,6 +271,34 @@ func testRateLimitOpensFleetWideCooldown(t *testing.T, newStore NewStore) {
 	f.clock.Advance(6 * time.Second)
 	if _, err := b.Token(bg, req("demo-k2", "")); err != nil {
 		t.Fatalf("after cooldown: %v", err)
+	}
+}
+
+func testPersistentOutageCooldownGrows(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	v := f.vendor(vend.Options{ServerErrorCooldown: 10 * time.Second})
+	f.up.Server.SetFault(sandbox.Fault{Status: 503})
+	var fetchAt []time.Time
+	start := f.clock.Now()
+	for f.clock.Now().Before(start.Add(20 * time.Minute)) {
+		before := f.requests("demo-k2")
+		v.Token(bg, req("demo-k2", ""))
+		if f.requests("demo-k2") > before {
+			fetchAt = append(fetchAt, f.clock.Now())
+		}
+		f.clock.Advance(time.Second)
+	}
+	if len(fetchAt) < 4 || len(fetchAt) > 30 {
+		t.Fatalf("%d fetch sequences in 20 minutes of outage", len(fetchAt))
+	}
+	for i := 2; i < len(fetchAt); i++ {
+		gap, prev := fetchAt[i].Sub(fetchAt[i-1]), fetchAt[i-1].Sub(fetchAt[i-2])
+		if gap < prev && gap < time.Minute {
+			t.Fatalf("cooldown shrank during the outage: gaps %v then %v", prev, gap)
+		}
+		if gap > time.Minute+2*time.Second {
+			t.Fatalf("cooldown above its 60 s cap: %v", gap)
+		}
 	}
 }
 
