@@ -317,7 +317,7 @@ func ddbOutage(q bool) (row, error) {
 	const burst, rate = 3, 2
 	var vs []*vend.Vendor
 	for i := 0; i < 2; i++ {
-		vs = append(vs, w.instance(vend.Options{L1MaxAge: 100 * time.Millisecond, FallbackBurst: burst, FallbackRate: rate, DisableRefreshAhead: true}, st))
+		vs = append(vs, w.instance(vend.Options{L1MaxAge: 100 * time.Millisecond, FallbackBurst: burst, FallbackRate: rate, DisableRefreshAhead: true, StoreRetryAfter: time.Second}, st))
 	}
 	r := row{Fault: "DynamoDB stopped mid-run, then restarted (2 instances)", Expect: fmt.Sprintf("cached keys keep vending; uncached keys rate-limited to %d/s (burst %d) per instance", rate, burst)}
 	var warm tally

@@ -22,8 +22,8 @@ type Metrics struct {
 
 	mu       sync.RWMutex
 	counters map[metricKey]*atomic.Int64
-	latMu    sync.Mutex
-	latency  map[string][]float64 // provider -> upstream latencies (ms) since last flush
+	valMu    sync.Mutex
+	values   map[valueKey][]float64 // samples since the last flush, at most 100 per key
 	writeMu  sync.Mutex
 }
 
@@ -31,12 +31,14 @@ type metricKey struct {
 	name, provider, dimName, dimValue string
 }
 
+type valueKey struct{ metric, provider, unit string }
+
 // NewMetrics writes EMF to w under namespace; "off" or "" disables metrics.
 func NewMetrics(w io.Writer, namespace string) *Metrics {
 	if namespace == "" || namespace == "off" {
 		return nil
 	}
-	return &Metrics{w: w, namespace: namespace, now: time.Now, counters: map[metricKey]*atomic.Int64{}, latency: map[string][]float64{}}
+	return &Metrics{w: w, namespace: namespace, now: time.Now, counters: map[metricKey]*atomic.Int64{}, values: map[valueKey][]float64{}}
 }
 
 func (m *Metrics) add(k metricKey, n int64) {
@@ -76,11 +78,21 @@ func (m *Metrics) Upstream(provider string, latency time.Duration, errCode strin
 	if errCode != "" {
 		m.add(metricKey{"UpstreamErrors", provider, "ErrorCode", errCode}, 1)
 	}
-	m.latMu.Lock()
-	if l := m.latency[provider]; len(l) < 100 {
-		m.latency[provider] = append(l, float64(latency.Microseconds())/1000)
+	m.Value(provider, "UpstreamLatency", "Milliseconds", float64(latency.Microseconds())/1000)
+}
+
+// Value keeps a sample of a distribution; EMF takes up to 100 values per
+// document, so later samples in the same flush interval are dropped.
+func (m *Metrics) Value(provider, metric, unit string, v float64) {
+	if m == nil {
+		return
 	}
-	m.latMu.Unlock()
+	k := valueKey{metric, provider, unit}
+	m.valMu.Lock()
+	if l := m.values[k]; len(l) < 100 {
+		m.values[k] = append(l, v)
+	}
+	m.valMu.Unlock()
 }
 
 // eventMetrics names the metric each core event is counted under.
@@ -152,14 +164,14 @@ func (m *Metrics) Flush() error {
 		docs = append(docs, d)
 	}
 	m.mu.Unlock()
-	m.latMu.Lock()
-	for p, vals := range m.latency {
-		d := doc{"Provider": p, "UpstreamLatency": vals}
-		d["_aws"] = map[string]any{"Timestamp": ts, "CloudWatchMetrics": []emfDirective{{Namespace: m.namespace, Dimensions: [][]string{{"Provider"}}, Metrics: []emfMetric{{Name: "UpstreamLatency", Unit: "Milliseconds"}}}}}
+	m.valMu.Lock()
+	for k, vals := range m.values {
+		d := doc{"Provider": k.provider, k.metric: vals}
+		d["_aws"] = map[string]any{"Timestamp": ts, "CloudWatchMetrics": []emfDirective{{Namespace: m.namespace, Dimensions: [][]string{{"Provider"}}, Metrics: []emfMetric{{Name: k.metric, Unit: k.unit}}}}}
 		docs = append(docs, d)
 	}
-	clear(m.latency)
-	m.latMu.Unlock()
+	clear(m.values)
+	m.valMu.Unlock()
 	m.writeMu.Lock()
 	defer m.writeMu.Unlock()
 	enc := json.NewEncoder(m.w)

@@ -39,6 +39,7 @@ func TestEMFDocumentsAreValidAndCarryDimensions(t *testing.T) {
 	m.Event("kopokopo", "cooldown_opened")
 	m.Event("kopokopo", "unavailable")
 	m.Event("kopokopo", "not-a-documented-event")
+	m.Value("kopokopo", "RefreshLifeLeft", "Seconds", 690)
 	if err := m.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +88,9 @@ func TestEMFDocumentsAreValidAndCarryDimensions(t *testing.T) {
 		if doc[name].(float64) != v {
 			t.Fatalf("%s = %v, want %v", k, doc[name], v)
 		}
+	}
+	if v, ok := seen["RefreshLifeLeft/kopokopo"]; !ok || v["RefreshLifeLeft"].([]any)[0].(float64) != 690 {
+		t.Fatalf("life left at refresh %v", seen["RefreshLifeLeft/kopokopo"])
 	}
 	if lat, ok := seen["UpstreamLatency/mobi"]; !ok || lat["UpstreamLatency"].([]any)[0].(float64) != 3000 {
 		t.Fatalf("latency %v", seen["UpstreamLatency/mobi"])

@@ -75,6 +75,9 @@ func (v *Vendor) shared(ctx context.Context, j *job) (Token, error) {
 // version, so a holder whose lease lapsed and was taken over cannot store its
 // token over the newer one.
 func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
+	if time.Now().UnixNano() < v.storeDownUntil.Load() {
+		return v.withoutStore(ctx, j, errStoreBreaker)
+	}
 	consistent := j.mode != modeGet
 	for pass := 0; ; pass++ {
 		it, err := v.store.Get(ctx, j.key.PK, consistent)
@@ -423,7 +426,11 @@ func (v *Vendor) failure(j *job, err error) error {
 // else straight from the provider, rate-limited per instance so a table
 // outage never becomes a flood of token requests.
 func (v *Vendor) withoutStore(ctx context.Context, j *job, cause error) (Token, error) {
-	v.log.WarnContext(ctx, "token store unavailable; vending without it", "provider", j.def.Name, "error", cause)
+	if !errors.Is(cause, errStoreBreaker) {
+		v.storeDownUntil.Store(time.Now().Add(v.opts.StoreRetryAfter).UnixNano())
+		v.log.WarnContext(ctx, "token store unavailable; vending without it", "provider", j.def.Name, "error", cause,
+			"retry_store_in_s", v.opts.StoreRetryAfter.Seconds())
+	}
 	v.obs.Event(j.def.Name, "store_fallback")
 	if j.mode == modeAhead || j.mode == modeScheduled {
 		return Token{}, fmt.Errorf("token store unavailable: %w", cause)
@@ -445,6 +452,9 @@ func (v *Vendor) withoutStore(ctx context.Context, j *job, cause error) (Token, 
 	return Token{Provider: j.def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, Scope: j.key.Scope(),
 		ExpiresAt: up.Expiry.Truncate(time.Second), Source: FromUpstream, lifetime: up.Lifetime}, nil
 }
+
+// errStoreBreaker is the cause while the store breaker is open.
+var errStoreBreaker = errors.New("token store skipped after a recent failure")
 
 // refreshAhead renews in the background: the caller already has its token.
 func (v *Vendor) refreshAhead(j *job) {

@@ -137,6 +137,7 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 			case err == nil:
 				count(&res.Refreshed)
 				v.obs.Event(def.Name, "refreshed")
+				v.obs.Value(def.Name, "RefreshLifeLeft", "Seconds", time.Unix(it.ExpiresAt, 0).Sub(now).Seconds())
 			case errors.Is(err, errSkipped):
 				count(&res.Skipped)
 			default:

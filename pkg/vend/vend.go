@@ -108,6 +108,10 @@ type Options struct {
 	// while the store is unavailable (1/s, burst 3).
 	FallbackRate  rate.Limit
 	FallbackBurst int
+	// StoreRetryAfter is how long, after the store failed, calls skip it and
+	// vend from the fallback at once instead of each paying the SDK's
+	// retries against a dead endpoint (5 s). The next call after it tries again.
+	StoreRetryAfter time.Duration
 	// DisableRefreshAhead stops the background renewal a caller triggers
 	// when it finds a token past refresh_at (the scheduled refresher still runs).
 	DisableRefreshAhead bool
@@ -125,6 +129,8 @@ type Observer interface {
 	Vended(provider string, src Source, lifeLeft time.Duration)
 	Upstream(provider string, latency time.Duration, errCode string)
 	Event(provider, name string)
+	// Value records one sample of a distribution (a metric with a unit).
+	Value(provider, metric, unit string, v float64)
 }
 
 type nopObserver struct{}
@@ -132,6 +138,7 @@ type nopObserver struct{}
 func (nopObserver) Vended(string, Source, time.Duration)   {}
 func (nopObserver) Upstream(string, time.Duration, string) {}
 func (nopObserver) Event(string, string)                   {}
+func (nopObserver) Value(string, string, string, float64)  {}
 
 // Vendor vends tokens. It is safe for concurrent use.
 type Vendor struct {
@@ -145,6 +152,8 @@ type Vendor struct {
 	sf        singleflight.Group
 	fallback  *rate.Limiter
 	seq       atomic.Uint64
+	// storeDownUntil (wall-clock UnixNano) opens the store circuit breaker.
+	storeDownUntil atomic.Int64
 }
 
 // New builds a Vendor.
@@ -162,6 +171,7 @@ func New(src ProviderSource, f Fetcher, st Store, o Options) *Vendor {
 	def(&o.RateLimitCooldown, 30*time.Second)
 	def(&o.ServerErrorCooldown, 10*time.Second)
 	def(&o.RefreshJitter, 30*time.Second)
+	def(&o.StoreRetryAfter, 5*time.Second)
 	if o.FallbackRate == 0 {
 		o.FallbackRate = 1
 	}

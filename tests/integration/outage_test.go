@@ -35,6 +35,7 @@ func TestDynamoDBStoppedMidRun(t *testing.T) {
 	const burst, perSec = 3, 2.0
 	v := vend.New(vendtest.NewProviders(up.Defs), vendtest.Client(nil), st, vend.Options{
 		L1MaxAge: 50 * time.Millisecond, FallbackRate: perSec, FallbackBurst: burst, DisableRefreshAhead: true,
+		StoreRetryAfter: 200 * time.Millisecond,
 	})
 	ctx := context.Background()
 	scopes := []string{"read", "write", "admin", "read write", "read admin", "write admin"}
@@ -79,7 +80,7 @@ func TestDynamoDBStoppedMidRun(t *testing.T) {
 	if err := dynamostore.CreateTable(ctx, testenv.DynamoDBClient(ddb2.Endpoint), table); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // past StoreRetryAfter: the next call tries the store again
 	tok, err := v.Token(ctx, vend.Request{Provider: "demo-mobi", MinTTL: -1})
 	if err != nil {
 		t.Fatal(err)

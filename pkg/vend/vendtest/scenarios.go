@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +34,7 @@ func Run(t *testing.T, newStore NewStore) {
 		"StaleIfErrorThenUnavailable":               testStaleIfErrorThenUnavailable,
 		"RateLimitOpensFleetWideCooldown":           testRateLimitOpensFleetWideCooldown,
 		"Repeated5xxOpensCooldown":                  testRepeated5xxOpensCooldown,
+		"StoreBreakerSkipsDeadStore":                testStoreBreakerSkipsDeadStore,
 		"PersistentOutageCooldownGrows":             testPersistentOutageCooldownGrows,
 		"PermanentFailureRememberedAndNotRetried":   testPermanentFailureRememberedAndNotRetried,
 		"RotatedSecretReReadOnce":                   testRotatedSecretReReadOnce,
@@ -299,6 +301,36 @@ func testPersistentOutageCooldownGrows(t *testing.T, newStore NewStore) {
 		if gap > time.Minute+2*time.Second {
 			t.Fatalf("cooldown above its 60 s cap: %v", gap)
 		}
+	}
+}
+
+// deadStore fails every call and counts them.
+type deadStore struct {
+	vend.Store
+	calls atomic.Int32
+}
+
+func (d *deadStore) Get(context.Context, string, bool) (*store.Item, error) {
+	d.calls.Add(1)
+	return nil, errors.New("connection refused")
+}
+
+func testStoreBreakerSkipsDeadStore(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	dead := &deadStore{Store: f.store}
+	v := vend.New(f.provs, Client(f.clock), dead, vend.Options{L1MaxAge: -1, StoreRetryAfter: 300 * time.Millisecond, FallbackBurst: 100, FallbackRate: 100})
+	for i := 0; i < 10; i++ {
+		if _, err := v.Token(bg, req("demo-k2", "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := dead.calls.Load(); n != 1 {
+		t.Fatalf("the dead store was called %d times while the breaker was open", n)
+	}
+	time.Sleep(350 * time.Millisecond)
+	v.Token(bg, req("demo-k2", ""))
+	if n := dead.calls.Load(); n != 2 {
+		t.Fatalf("the store was not tried again after StoreRetryAfter: %d calls", n)
 	}
 }
 
