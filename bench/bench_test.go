@@ -11,10 +11,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// Fleet members and the bare server re-execute this binary.
-	if os.Getenv(fleet.EnvChild) != "" {
-		os.Exit(fleet.Main())
-	}
+	fleet.RunIfMember() // fleet members re-execute this binary
 	if os.Getenv(envChild) != "" {
 		os.Exit(child())
 	}

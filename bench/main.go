@@ -20,9 +20,7 @@ import (
 )
 
 func main() {
-	if os.Getenv(fleet.EnvChild) != "" {
-		os.Exit(fleet.Main())
-	}
+	fleet.RunIfMember() // fleet members re-execute this binary
 	if os.Getenv(envChild) != "" {
 		os.Exit(child())
 	}

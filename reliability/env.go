@@ -132,3 +132,16 @@ func (t *tally) add(tok vend.Token, err error, now time.Time, minTTL time.Durati
 	}
 	t.tokens[tok.AccessToken]++
 }
+
+// recovery advances the fake clock a second at a time until v vends again,
+// for at most steps seconds, and says how long that took.
+func (w *world) recovery(v *vend.Vendor, r vend.Request, steps int) (time.Duration, bool) {
+	from := w.now()
+	for i := 0; i < steps; i++ {
+		w.clock.Advance(time.Second)
+		if _, err := v.Token(bg, r); err == nil {
+			return w.now().Sub(from), true
+		}
+	}
+	return 0, false
+}

@@ -139,9 +139,7 @@ func pass(ok bool) string {
 }
 
 func main() {
-	if os.Getenv(fleet.EnvChild) != "" {
-		os.Exit(fleet.Main())
-	}
+	fleet.RunIfMember() // fleet members re-execute this binary
 	out := flag.String("out", "RELIABILITY.md", "report to write")
 	quick := flag.Bool("quick", false, "reduced sizes")
 	fuzzTime := flag.Duration("fuzztime", 15*time.Second, "time per fuzz target (0: no fuzzing)")

@@ -11,9 +11,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(fleet.EnvChild) != "" { // fleet members re-execute this binary
-		os.Exit(fleet.Main())
-	}
+	fleet.RunIfMember() // fleet members re-execute this binary
 	os.Exit(m.Run())
 }
 
@@ -42,4 +40,7 @@ func TestQuickSuite(t *testing.T) {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

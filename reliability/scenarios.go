@@ -166,15 +166,8 @@ func providerDown(q bool) (row, error) {
 		r.Below += s.below
 	}
 	w.sb.ClearFaults()
-	down := w.now()
-	for i := 0; i < 180; i++ {
-		w.clock.Advance(time.Second)
-		var s tally
-		w.hammer(bg, &s, vs[:1], 1, req("demo-k2"))
-		if s.errs == 0 {
-			r.Recovery = fmt.Sprintf("%s after the provider returned (cooldown)", w.now().Sub(down))
-			break
-		}
+	if d, ok := w.recovery(vs[0], req("demo-k2"), 180); ok {
+		r.Recovery = fmt.Sprintf("%s after the provider returned (cooldown)", d)
 	}
 	r.Upstream = w.upstream("demo-k2")
 	r.Pass = r.Errors == 0 && r.Below == 0 && r.Refused > 0 && r.Recovery != ""
@@ -204,15 +197,8 @@ func storm429(q bool) (row, error) {
 	r.Upstream = w.upstream("demo-k2")
 	limit := int(dur/window) + 1
 	w.sb.ClearFaults()
-	end := w.now()
-	for i := 0; i < 60; i++ {
-		w.clock.Advance(time.Second)
-		var s tally
-		w.hammer(bg, &s, vs[:1], 1, req("demo-k2"))
-		if s.errs == 0 {
-			r.Recovery = fmt.Sprintf("%s after the storm (rest of the cooldown)", w.now().Sub(end))
-			break
-		}
+	if d, ok := w.recovery(vs[0], req("demo-k2"), 60); ok {
+		r.Recovery = fmt.Sprintf("%s after the storm (rest of the cooldown)", d)
 	}
 	r.Expect += fmt.Sprintf(" (≤ %d in %s)", limit, dur)
 	r.Pass = r.Upstream <= limit && r.Below == 0 && r.Recovery != ""

@@ -75,6 +75,15 @@ type Report struct {
 	BelowMinTTL int            `json:"below_min_ttl"`
 }
 
+// RunIfMember turns this process into a fleet member (and exits) when it
+// was started as one; binaries that start fleets call it first thing in
+// main or TestMain.
+func RunIfMember() {
+	if os.Getenv(EnvChild) != "" {
+		os.Exit(Main())
+	}
+}
+
 // Main runs a member until stdin closes; it returns the exit status.
 func Main() int {
 	ctx := context.Background()

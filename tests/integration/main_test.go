@@ -10,9 +10,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// The fleet tests re-execute this test binary as the fleet's members.
-	if os.Getenv(fleet.EnvChild) != "" {
-		os.Exit(fleet.Main())
-	}
+	fleet.RunIfMember() // fleet members re-execute this binary
 	os.Exit(m.Run())
 }
