@@ -4,6 +4,7 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/token-vendor/token-vendor/pkg/client"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/sandbox"
 	"github.com/token-vendor/token-vendor/tests/testenv"
@@ -295,4 +297,35 @@ func TestSandboxCommand(t *testing.T) {
 		t.Fatalf("sandbox token: %v %v", err, resp)
 	}
 	resp.Body.Close()
+}
+
+// TestConsumerClientAgainstServe: the Go consumer client against a running
+// `tokenvendor serve`: cached tokens, and a resource server's 401 turned into
+// a rejected-token report and one retry with the replacement.
+func TestConsumerClientAgainstServe(t *testing.T) {
+	sb, file := upstream(t)
+	p := serve(t, nil, "--providers", file)
+	c := client.New(client.NewHTTPFetcher(p.base, nil, ""))
+	ctx := context.Background()
+	tok, err := c.Token(ctx, "demo-dot", "read write")
+	if err != nil || !sb.Valid(tok.AccessToken) {
+		t.Fatalf("%v %v", tok, err)
+	}
+	if again, _ := c.Token(ctx, "demo-dot", "read write"); again != tok {
+		t.Fatal("not cached in-process")
+	}
+	defs, _ := os.ReadFile(file)
+	var m map[string]map[string]any
+	json.Unmarshal(defs, &m)
+	resource := strings.TrimSuffix(m["demo-dot"]["token_url"].(string), sandbox.DOTTokenPath) + sandbox.ResourcePath
+	hc := &http.Client{Transport: c.Transport(nil, "demo-dot", "read write")}
+	sb.RevokeToken(tok.AccessToken) // revoked behind the vendor's back
+	resp, err := hc.Get(resource)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("after a 401 the transport should have retried with a new token: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	if n := sb.Requests("demo-dot-client"); n != 2 {
+		t.Fatalf("upstream requests %d, want 2", n)
+	}
 }
