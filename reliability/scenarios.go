@@ -310,6 +310,14 @@ func ddbOutage(q bool) (row, error) {
 	w.hammer(bg, &warm, vs, 3, req("demo-dot"))
 	before := w.upstream("demo-k2")
 	ddb.Stop()
+	// The first call after the stop pays the SDK's retries against the dead
+	// endpoint and opens the instance's store breaker; the window starts then.
+	tripStart := time.Now()
+	var trip tally
+	w.hammer(bg, &trip, vs, 1, req("demo-dot"))
+	tripped := time.Since(tripStart)
+	r.Calls += trip.calls
+	r.Errors += trip.errs
 	start := time.Now()
 	dur := 3 * time.Second
 	if q {
@@ -348,7 +356,7 @@ func ddbOutage(q bool) (row, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	r.Expect += fmt.Sprintf(" (≤ %d upstream in %s)", limit, outage.Round(time.Millisecond))
+	r.Expect += fmt.Sprintf(" (≤ %d upstream in %s); first call after the stop took %s (SDK retries), later ones skip the store", limit, outage.Round(time.Millisecond), tripped.Round(time.Millisecond))
 	r.Pass = r.Errors == 0 && r.Below == 0 && r.Upstream <= limit && r.Recovery != ""
 	return r, nil
 }
