@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -163,7 +162,6 @@ func throughput(r *report) error {
 		res.VendorRPS, res.BareRPS = append(res.VendorRPS, v), append(res.BareRPS, b)
 	}
 	r.throughput = res
-	_ = context.Background
 	return nil
 }
 

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/pkg/upstream"
 	"github.com/token-vendor/token-vendor/pkg/vend"
+	"github.com/token-vendor/token-vendor/pkg/wire"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
@@ -38,11 +38,7 @@ func errType(err error) string {
 	if err == nil {
 		return "no error"
 	}
-	t := reflect.TypeOf(err)
-	if t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	return t.Name()
+	return wire.ErrorType(err)
 }
 
 func short(s string) string {

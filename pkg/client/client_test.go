@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +25,7 @@ import (
 	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/pkg/vend"
 	"github.com/token-vendor/token-vendor/pkg/vend/vendtest"
+	"github.com/token-vendor/token-vendor/pkg/wire"
 )
 
 type world struct {
@@ -125,11 +125,7 @@ type fakeLambda struct{ h lambda.Handler }
 func (f fakeLambda) Invoke(ctx context.Context, in *awslambda.InvokeInput, _ ...func(*awslambda.Options)) (*awslambda.InvokeOutput, error) {
 	out, err := f.h.Invoke(ctx, in.Payload)
 	if err != nil {
-		ty := reflect.TypeOf(err)
-		if ty.Kind() == reflect.Pointer {
-			ty = ty.Elem()
-		}
-		p, _ := json.Marshal(map[string]string{"errorMessage": err.Error(), "errorType": ty.Name()})
+		p, _ := json.Marshal(map[string]string{"errorMessage": err.Error(), "errorType": wire.ErrorType(err)})
 		return &awslambda.InvokeOutput{StatusCode: 200, FunctionError: aws.String("Unhandled"), Payload: p}, nil
 	}
 	return &awslambda.InvokeOutput{StatusCode: 200, Payload: out}, nil

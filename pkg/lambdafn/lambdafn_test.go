@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"log/slog"
-	"reflect"
 	"strings"
 	"testing"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/pkg/vend"
 	"github.com/token-vendor/token-vendor/pkg/vend/vendtest"
+	"github.com/token-vendor/token-vendor/pkg/wire"
 )
 
 type parts struct {
@@ -39,11 +39,7 @@ func typeName(err error) string {
 	if err == nil {
 		return "<nil>"
 	}
-	ty := reflect.TypeOf(err)
-	if ty.Kind() == reflect.Pointer {
-		ty = ty.Elem()
-	}
-	return ty.Name()
+	return wire.ErrorType(err)
 }
 
 var quiet = slog.New(slog.DiscardHandler)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/provider"
@@ -111,6 +112,19 @@ type (
 	UpstreamUnavailable struct{ lambdaError }
 	InternalError       struct{ lambdaError }
 )
+
+// ErrorType is the errorType the Lambda runtime reports for err: the name of
+// its type, dereferenced (as aws-lambda-go does), or "" for nil.
+func ErrorType(err error) string {
+	if err == nil {
+		return ""
+	}
+	t := reflect.TypeOf(err)
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t.Name()
+}
 
 type lambdaError struct{ msg string }
 

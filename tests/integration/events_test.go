@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/token-vendor/token-vendor/pkg/obs"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/vend/vendtest"
+	"github.com/token-vendor/token-vendor/pkg/wire"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
@@ -86,14 +86,6 @@ func invoke(t *testing.T, h any, payload []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	return lambda.NewHandler(h).Invoke(ctx, payload)
-}
-
-func errorType(err error) string {
-	ty := reflect.TypeOf(err)
-	if ty.Kind() == reflect.Pointer {
-		ty = ty.Elem()
-	}
-	return ty.Name()
 }
 
 func readEvent(t *testing.T, name string) []byte {
@@ -193,8 +185,8 @@ func TestEventsReplayThroughHandlers(t *testing.T) {
 				var body map[string]any
 				json.Unmarshal(out, &body)
 				checkTokenJSON(t, name, body)
-			} else if err == nil || errorType(err) != want {
-				t.Fatalf("%s: error %v (type %s), want %s", name, err, errorType(err), want)
+			} else if err == nil || wire.ErrorType(err) != want {
+				t.Fatalf("%s: error %v (type %s), want %s", name, err, wire.ErrorType(err), want)
 			}
 		case name == "schedule.json" || name == "refresh-manual.json":
 			out, err := invoke(t, ref, readEvent(t, name))
