@@ -4,13 +4,16 @@ GO ?= go
 GOFLAGS_LAMBDA := CGO_ENABLED=0 GOOS=linux GOARCH=arm64
 LAMBDA_BUILD := $(GO) build -trimpath -tags lambda.norpc -ldflags "-s -w"
 ADDR ?= 127.0.0.1:8080
+# Pinned: a new staticcheck release can add checks; upgrading is a deliberate change.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := .cache/bin/staticcheck-$(STATICCHECK_VERSION)
 
-.PHONY: run test unit vet lint-template build bench reliability clean build-ApiFunction build-VendFunction build-RefresherFunction
+.PHONY: run test unit vet lint lint-template build bench reliability smoke clean build-ApiFunction build-VendFunction build-RefresherFunction
 
 run: ## local vendor on embedded defaults (sandbox providers, in-memory cache)
 	$(GO) run ./cmd/tokenvendor serve --addr $(ADDR)
 
-test: vet ## everything, against DynamoDB Local and moto (installed/started by the project)
+test: vet lint ## everything, against DynamoDB Local and moto (installed/started by the project)
 	bash scripts/ensure-tools.sh
 	cfn-lint template.yaml
 	$(GO) run ./tests/emulators -- $(GO) test -race -count=1 -timeout 20m ./...
@@ -21,6 +24,15 @@ unit: ## fast tests only; integration tests skip without emulators
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+lint: $(STATICCHECK) ## tidy modules and a clean staticcheck
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+	$(STATICCHECK) ./...
+
+$(STATICCHECK):
+	mkdir -p .cache/bin
+	GOBIN=$(CURDIR)/.cache/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv .cache/bin/staticcheck $@
 
 # sam build calls build-<LogicalId> with ARTIFACTS_DIR set (BuildMethod: makefile).
 build-ApiFunction:

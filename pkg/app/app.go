@@ -48,6 +48,13 @@ type Config struct {
 	RefreshInterval  time.Duration // REFRESH_INTERVAL seconds (60): the refresher's schedule
 	LogLevel         string        // LOG_LEVEL (info)
 	MetricsNamespace string        // METRICS_NAMESPACE (TokenVendor); "off" disables metrics
+	// ListProviderSecrets (LIST_PROVIDER_SECRETS, true): /v1/providers lists
+	// every secret under the prefix; false lists providers with cached keys.
+	ListProviderSecrets bool
+	// RefreshAhead lets a read that finds a token past refresh_at renew it in
+	// the background. Off in Lambda, which freezes the process as soon as the
+	// handler returns: there the scheduled refresher renews.
+	RefreshAhead bool
 
 	// StaticProviders, when set, is used instead of any source (local sandbox).
 	StaticProviders map[string]*provider.Definition
@@ -62,7 +69,7 @@ func Defaults() Config {
 		L1MaxAge: 15 * time.Second, DefaultMinTTL: 60 * time.Second, UpstreamTimeout: 5 * time.Second,
 		UpstreamAttempts: 3, LeaseMargin: 10 * time.Second, MaxCacheSeconds: 86400,
 		ProviderCacheTTL: 300 * time.Second, RefreshInterval: 60 * time.Second, LogLevel: "info",
-		MetricsNamespace: "TokenVendor",
+		MetricsNamespace: "TokenVendor", ListProviderSecrets: true, RefreshAhead: true,
 	}
 }
 
@@ -79,6 +86,13 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	}
 	if v := getenv("METRICS_NAMESPACE"); v != "" {
 		c.MetricsNamespace = v
+	}
+	if v := getenv("LIST_PROVIDER_SECRETS"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return c, fmt.Errorf("LIST_PROVIDER_SECRETS: want true or false")
+		}
+		c.ListProviderSecrets = b
 	}
 	secs := []struct {
 		name     string
@@ -166,6 +180,9 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 			return nil, fmt.Errorf("PROVIDER_SECRET_PREFIX set but no Secrets Manager client")
 		}
 		provs = registry.NewCached(registry.NewSecretsManager(c.SecretsManager, cfg.SecretPrefix), registry.CacheOptions{TTL: cfg.ProviderCacheTTL, Logger: log})
+		if !cfg.ListProviderSecrets {
+			provs = unlisted{provs}
+		}
 	case cfg.ProvidersFile != "":
 		f, err := registry.LoadFile(cfg.ProvidersFile)
 		if err != nil {
@@ -203,15 +220,21 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 	}
 	metrics := obs.NewMetrics(out, cfg.MetricsNamespace)
 	v := vend.New(provs, up, st, vend.Options{
-		DefaultMinTTL: cfg.DefaultMinTTL,
-		L1MaxAge:      cfg.L1MaxAge,
-		LeaseDuration: cfg.UpstreamTimeout*time.Duration(cfg.UpstreamAttempts) + cfg.LeaseMargin,
-		Sealer:        sealer,
-		Logger:        log,
-		Observer:      metrics,
+		DefaultMinTTL:       cfg.DefaultMinTTL,
+		L1MaxAge:            cfg.L1MaxAge,
+		LeaseDuration:       cfg.UpstreamTimeout*time.Duration(cfg.UpstreamAttempts) + cfg.LeaseMargin,
+		DisableRefreshAhead: !cfg.RefreshAhead,
+		Sealer:              sealer,
+		Logger:              log,
+		Observer:            metrics,
 	})
 	return &App{Config: cfg, Vendor: v, Providers: provs, Handler: httpapi.New(v, provs, log, nil), Log: log, Metrics: metrics}, nil
 }
+
+// unlisted is a provider source whose listing is turned off.
+type unlisted struct{ Providers }
+
+func (unlisted) Names(context.Context) ([]string, error) { return nil, registry.ErrListingOff }
 
 // transport is tuned for a few upstream hosts called often.
 func transport() *http.Transport {
@@ -227,6 +250,9 @@ func transport() *http.Transport {
 // is logged and exits 1; nothing on the request path panics or exits.
 func StartLambda(handler func(*App) any) {
 	cfg, err := FromEnv(os.Getenv)
+	// Lambda freezes the process when the handler returns: nothing may be
+	// left running after the response.
+	cfg.RefreshAhead = false
 	log := obs.NewLogger(os.Stdout, cfg.LogLevel)
 	if err != nil {
 		log.Error("bad configuration", "error", err)

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/registry"
 	"github.com/token-vendor/token-vendor/pkg/vend"
 	"github.com/token-vendor/token-vendor/pkg/wire"
 )
@@ -238,8 +240,11 @@ func (h *Handler) providers(w http.ResponseWriter, r *http.Request) {
 	names, err := h.provs.Names(r.Context())
 	if err != nil {
 		// Listing secrets needs secretsmanager:ListSecrets on "*", which the
-		// template does not grant; list the providers the cache knows instead.
-		h.log.WarnContext(r.Context(), "cannot list provider definitions; listing cached providers only", "error", err)
+		// template does not grant (and turns off); list the providers the
+		// cache knows instead.
+		if !errors.Is(err, registry.ErrListingOff) {
+			h.log.WarnContext(r.Context(), "cannot list provider definitions; listing cached providers only", "error", err)
+		}
 		names = names[:0]
 		for n := range keys {
 			names = append(names, n)

@@ -133,6 +133,17 @@ type emfMetric struct {
 	Unit string `json:"Unit"`
 }
 
+// directive publishes a metric twice: per provider, and as the fleet-wide
+// aggregate with Provider left out. CloudWatch treats each dimension set as
+// its own metric; the alarms and the dashboard watch the aggregate, which
+// with Provider alone would never exist.
+func (m *Metrics) directive(ts int64, name, unit string, extra []string) map[string]any {
+	perProvider := append([]string{"Provider"}, extra...)
+	fleet := append([]string{}, extra...)
+	return map[string]any{"Timestamp": ts, "CloudWatchMetrics": []emfDirective{{
+		Namespace: m.namespace, Dimensions: [][]string{perProvider, fleet}, Metrics: []emfMetric{{Name: name, Unit: unit}}}}}
+}
+
 // Flush writes one EMF document per metric and dimension set recorded since
 // the last flush, and resets them.
 func (m *Metrics) Flush() error {
@@ -154,20 +165,20 @@ func (m *Metrics) Flush() error {
 	})
 	for _, k := range keys {
 		n := m.counters[k].Swap(0)
-		dims := []string{"Provider"}
 		d := doc{"Provider": k.provider, k.name: n}
+		var extra []string
 		if k.dimName != "" {
-			dims = append(dims, k.dimName)
+			extra = []string{k.dimName}
 			d[k.dimName] = k.dimValue
 		}
-		d["_aws"] = map[string]any{"Timestamp": ts, "CloudWatchMetrics": []emfDirective{{Namespace: m.namespace, Dimensions: [][]string{dims}, Metrics: []emfMetric{{Name: k.name, Unit: "Count"}}}}}
+		d["_aws"] = m.directive(ts, k.name, "Count", extra)
 		docs = append(docs, d)
 	}
 	m.mu.Unlock()
 	m.valMu.Lock()
 	for k, vals := range m.values {
 		d := doc{"Provider": k.provider, k.metric: vals}
-		d["_aws"] = map[string]any{"Timestamp": ts, "CloudWatchMetrics": []emfDirective{{Namespace: m.namespace, Dimensions: [][]string{{"Provider"}}, Metrics: []emfMetric{{Name: k.metric, Unit: k.unit}}}}}
+		d["_aws"] = m.directive(ts, k.metric, k.unit, nil)
 		docs = append(docs, d)
 	}
 	clear(m.values)

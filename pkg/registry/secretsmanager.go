@@ -38,6 +38,11 @@ func NewSecretsManager(api SecretsManagerAPI, prefix string) *SecretsManager {
 	return &SecretsManager{api: api, prefix: prefix, PageSize: 100}
 }
 
+// ErrListingOff is what Names returns where listing provider secrets is
+// turned off: in AWS, secretsmanager:ListSecrets cannot be limited to a
+// prefix, so the template neither grants nor uses it.
+var ErrListingOff = errors.New("listing provider secrets is turned off (LIST_PROVIDER_SECRETS=false)")
+
 // ErrAccessDenied means the function's role may not read the secret: an
 // operator error, reported with the secret's name.
 var ErrAccessDenied = errors.New("access to the provider secret denied")

@@ -76,7 +76,10 @@ type Fault struct {
 	// RetryAfter is sent as Retry-After seconds with Status.
 	RetryAfter int `json:"retry_after,omitempty"`
 	// Body replaces the answer: "garbage" (not JSON), "html" (an error page
-	// with status 200), "empty" (status 200, no body), "huge" (2 MiB).
+	// with status 200), "empty" (status 200, no body), "huge" (2 MiB),
+	// "drop" (the connection is closed with no answer: a network error),
+	// "echo_auth" (400 invalid_client whose description echoes the request's
+	// Authorization header and form, as careless servers do).
 	Body string `json:"body,omitempty"`
 	// Times is how many requests it affects; 0 means until cleared.
 	Times int `json:"times,omitempty"`
@@ -330,7 +333,7 @@ func (s *Server) token(style Style) http.HandlerFunc {
 				return
 			}
 		}
-		if fault != nil && s.misbehave(w, style, fault) {
+		if fault != nil && s.misbehave(w, r, form, style, fault) {
 			return
 		}
 		if oe != nil {
@@ -375,8 +378,20 @@ func (s *Server) takeFault(clientID string) *Fault {
 }
 
 // misbehave writes a faulty answer and reports whether it did.
-func (s *Server) misbehave(w http.ResponseWriter, style Style, f *Fault) bool {
+func (s *Server) misbehave(w http.ResponseWriter, r *http.Request, form url.Values, style Style, f *Fault) bool {
 	switch f.Body {
+	case "drop":
+		if hj, ok := w.(http.Hijacker); ok {
+			if conn, _, err := hj.Hijack(); err == nil {
+				conn.Close()
+				return true
+			}
+		}
+		panic(http.ErrAbortHandler) // HTTP/2 or a recorder: abort the response
+	case "echo_auth":
+		writeError(w, &oauthError{http.StatusBadRequest, "invalid_client",
+			"bad credentials in Authorization: " + r.Header.Get("Authorization") + " form: " + form.Encode() + " query: " + r.URL.RawQuery})
+		return true
 	case "garbage":
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(statusOr(f.Status, 200))

@@ -16,6 +16,24 @@ import (
 // ErrConflict means the record's version was not the expected one.
 var ErrConflict = errors.New("store: version conflict")
 
+// ConflictError is a version conflict that carries the record as it was when
+// the condition failed (nil if absent or not returned). A write that landed,
+// got a 5xx and was retried by the SDK fails its own condition; the record's
+// write_id tells the writer it won after all, with no extra read.
+type ConflictError struct{ Current *Item }
+
+func (e *ConflictError) Error() string        { return ErrConflict.Error() }
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// CurrentOnConflict returns the record a ConflictError carries.
+func CurrentOnConflict(err error) (*Item, bool) {
+	var ce *ConflictError
+	if errors.As(err, &ce) && ce.Current != nil {
+		return ce.Current, true
+	}
+	return nil, false
+}
+
 // Secret is an access token at rest: plain text, or sealed (envelope-encrypted).
 type Secret struct {
 	Plain  string
@@ -122,18 +140,13 @@ func (m *Memory) Put(_ context.Context, it *Item, expect int64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur, ok := m.items[it.PK]
-	if (!ok && expect != 0) || (ok && cur.Version != expect) {
-		return ErrConflict
+	if !ok && expect != 0 {
+		return &ConflictError{}
+	}
+	if ok && cur.Version != expect {
+		return &ConflictError{Current: clone(&cur)}
 	}
 	m.items[it.PK] = *clone(it)
-	return nil
-}
-
-// Delete removes a record if present.
-func (m *Memory) Delete(_ context.Context, pk string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.items, pk)
 	return nil
 }
 

@@ -72,8 +72,11 @@ func (c *Client) MaxAttemptsOrDefault() int {
 	if c.MaxAttempts > 0 {
 		return c.MaxAttempts
 	}
-	return 3
+	return DefaultMaxAttempts
 }
+
+// DefaultMaxAttempts is MaxAttempts when unset.
+const DefaultMaxAttempts = 3
 
 // AttemptTimeoutOrDefault is used by callers sizing a lease around a fetch.
 func (c *Client) AttemptTimeoutOrDefault() time.Duration { return c.attemptTimeout() }

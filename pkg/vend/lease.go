@@ -86,7 +86,14 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 		}
 		consistent = true // after a conflict or a wait, only the latest write will do
 		now := v.opts.Now()
-		cur, usable := v.usable(ctx, j, it, now)
+		cur, usable, oerr := v.usable(ctx, j, it, now)
+		if oerr != nil {
+			// A live token we cannot decrypt (KMS throttled or down) is not
+			// an absent one: fetching under the lease would let every miss on
+			// every instance go upstream. Vend as without a store instead:
+			// L1, else one rate-limited request per instance.
+			return v.withoutStore(ctx, j, oerr)
+		}
 		held := it != nil && it.LeaseOwner != "" && now.Before(it.LeaseUntil())
 
 		switch j.mode {
@@ -112,7 +119,7 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 				}
 			}
 		case modeAhead, modeScheduled:
-			if held || it == nil || it.Token.IsZero() || (!j.force && it.RefreshAt >= j.before.Unix()) {
+			if held || it == nil || it.Token.IsZero() || (!j.force && (it.RefreshAt >= j.before.Unix() || young(it, now))) {
 				return Token{}, errSkipped
 			}
 		}
@@ -155,22 +162,31 @@ func pollDelay(pass int, leaseLeft time.Duration) time.Duration {
 
 // usable opens the record's token if it has at least the caller's min_ttl
 // (capped at half its lifetime) left. Records past expires_at are ignored:
-// DynamoDB's TTL deletes them lazily.
-func (v *Vendor) usable(ctx context.Context, j *job, it *store.Item, now time.Time) (Token, bool) {
+// DynamoDB's TTL deletes them lazily. A token that qualifies but cannot be
+// opened is an error, not an absence.
+func (v *Vendor) usable(ctx context.Context, j *job, it *store.Item, now time.Time) (Token, bool, error) {
 	if it == nil || it.Token.IsZero() || !now.Before(it.Expiry()) {
-		return Token{}, false
+		return Token{}, false, nil
 	}
 	lifetime := time.Duration(it.ExpiresAt-it.IssuedAt) * time.Second
 	if it.Expiry().Sub(now) < effectiveMinTTL(j.minTTL, lifetime) {
-		return Token{}, false
+		return Token{}, false, nil
 	}
 	plain, err := v.open(ctx, j, it)
 	if err != nil {
-		v.log.ErrorContext(ctx, "cannot open cached token; treating it as absent", "provider", j.def.Name, "error", err)
-		return Token{}, false
+		v.log.ErrorContext(ctx, "cannot open cached token", "provider", j.def.Name, "error", err)
+		return Token{}, false, fmt.Errorf("open cached token: %w", err)
 	}
 	return Token{Provider: j.def.Name, AccessToken: plain, TokenType: it.TokenType, Scope: it.Scope,
-		ExpiresAt: it.Expiry(), Source: FromL2, lifetime: lifetime}, true
+		ExpiresAt: it.Expiry(), Source: FromL2, lifetime: lifetime}, true, nil
+}
+
+// young reports whether a token is in the first half of its life. Renewal
+// ahead of time never happens then, whatever refresh_at, horizon and jitter
+// say, so a key costs at most one upstream request per half lifetime.
+func young(it *store.Item, now time.Time) bool {
+	half := time.Duration(it.ExpiresAt-it.IssuedAt) * time.Second / 2
+	return now.Before(time.Unix(it.IssuedAt, 0).Add(half))
 }
 
 // blocked enforces the remembered permanent failure and the provider cooldown.
@@ -202,7 +218,7 @@ func (v *Vendor) acquire(ctx context.Context, j *job, it *store.Item, drop bool,
 		expect = it.Version
 	}
 	next.PK, next.Provider, next.Scope, next.Fingerprint = j.key.PK, j.def.Name, j.key.Scope(), j.def.Fingerprint()
-	next.Version = expect + 1
+	next.Version = nextVersion(expect, now)
 	next.LeaseOwner = v.opts.InstanceID + "/" + strconv.FormatUint(v.seq.Add(1), 10)
 	leaseUntil := now.Add(v.opts.LeaseDuration)
 	next.LeaseUntilMS = leaseUntil.UnixMilli()
@@ -219,11 +235,33 @@ func (v *Vendor) acquire(ctx context.Context, j *job, it *store.Item, drop bool,
 	return next, v.cas(ctx, next, expect)
 }
 
+// nextVersion is the version a write after expect carries. A record's first
+// version is its creation time in microseconds, not 1, so versions never
+// repeat across generations of a key (revoked, or deleted by TTL and made
+// again): a holder of a lease on an earlier generation can never match a
+// later one's version (no ABA).
+func nextVersion(expect int64, now time.Time) int64 {
+	if expect == 0 {
+		return max(now.UnixMicro(), 1)
+	}
+	return expect + 1
+}
+
 // cas writes with a condition on the version. A write whose outcome is
 // unknown (timeout, 5xx) is read back: the write id says whether it landed.
+// A conflict is checked the same way, from the record the conflict carries:
+// the SDK retries a write that got a 5xx after landing, and the retry fails
+// on the write's own version.
 func (v *Vendor) cas(ctx context.Context, next *store.Item, expect int64) error {
 	err := v.store.Put(ctx, next, expect)
-	if err == nil || errors.Is(err, store.ErrConflict) {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, store.ErrConflict) {
+		if cur, ok := store.CurrentOnConflict(err); ok && cur.WriteID == next.WriteID {
+			v.log.InfoContext(ctx, "conditional write was retried after it had landed", "provider", next.Provider)
+			return nil
+		}
 		return err
 	}
 	got, rerr := v.store.Get(ctx, next.PK, true)
@@ -243,23 +281,38 @@ func (v *Vendor) cas(ctx context.Context, next *store.Item, expect int64) error 
 // fetchUnderLease asks the provider and stores the answer with a CAS on the
 // leased version.
 func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item) (Token, error) {
+	// The outcome is written with its own short context: a fetch that ran
+	// out the caller's deadline must still free the lease or record its
+	// failure, or the fleet waits out the whole lease. The fetch stops short
+	// of the deadline to leave time for that write.
+	sctx, scancel := settleContext(ctx)
+	defer scancel()
+	fctx, fcancel := fetchContext(ctx)
+	defer fcancel()
 	def := j.def
-	up, err := v.fetch(ctx, def, j.key.Scopes)
+	up, err := v.fetch(fctx, def, j.key.Scopes)
 	if re, ok := upstream.AsRetrieveError(err); ok && re.IsClientAuth() {
 		// Maybe the secret was rotated: re-read it once, bypassing caches.
 		if fresh, rerr := v.providers.Reload(ctx, def.Name); rerr == nil && !fresh.SameCredentials(def) {
 			if fresh.Fingerprint() != def.Fingerprint() {
-				v.release(ctx, leased)
+				v.release(sctx, leased)
 				return Token{}, errRegistrationChanged
 			}
 			v.log.InfoContext(ctx, "provider refused credentials; retrying with the re-read secret", "provider", def.Name)
 			def = fresh
-			up, err = v.fetch(ctx, def, j.key.Scopes)
+			up, err = v.fetch(fctx, def, j.key.Scopes)
 		}
 	}
 	now := v.opts.Now()
 	if err != nil {
-		v.recordFailure(ctx, j, leased, err, now)
+		v.recordFailure(sctx, j, leased, err, now)
+		// A holder that stalled past its lease (GC pause, frozen process)
+		// may find that another instance took over and stored a token
+		// meanwhile: hand that out rather than refuse.
+		if t, ok := v.storedSince(sctx, j, leased, v.opts.Now()); ok {
+			v.log.InfoContext(ctx, "fetch failed but another instance stored a token meanwhile", "provider", def.Name)
+			return t, nil
+		}
 		return Token{}, v.failure(j, err)
 	}
 	t := Token{Provider: def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, Scope: j.key.Scope(),
@@ -273,28 +326,76 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 	next.ExpiresAt = up.Expiry.Unix()
 	next.RefreshAt = refreshAt(def, up).Unix()
 	next.WriteID = randomID()
-	sealed, err := v.seal(ctx, j, up.AccessToken)
+	sealed, err := v.seal(sctx, j, up.AccessToken)
 	if err != nil {
 		// The token is good; only caching it failed. Hand it out, free the lease.
 		v.log.ErrorContext(ctx, "cannot seal token; not cached", "provider", def.Name, "error", err)
-		v.release(ctx, leased)
+		v.release(sctx, leased)
 		return t, nil
 	}
 	next.Token = sealed
-	if err := v.cas(ctx, &next, leased.Version); err != nil {
+	if err := v.cas(sctx, &next, leased.Version); err != nil {
 		v.log.WarnContext(ctx, "token fetched but not stored (lease lost or store failing)", "provider", def.Name, "error", err)
 		v.obs.Event(def.Name, "store_write_lost")
 	}
 	return t, nil
 }
 
+// settleTimeout bounds the writes that settle a fetch (token, failure,
+// release) once the caller's context is gone.
+const settleTimeout = 2 * time.Second
+
+// settleContext outlives ctx's cancellation but not by much: at least
+// settleTimeout, at most what the caller had left (10 s with no deadline).
+func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		d = max(settleTimeout, time.Until(dl))
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
+}
+
+// fetchContext ends the upstream fetch settleTimeout before ctx's deadline,
+// when there is room for that.
+func fetchContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) > 2*settleTimeout {
+		return context.WithDeadline(ctx, dl.Add(-settleTimeout))
+	}
+	return context.WithCancel(ctx)
+}
+
+// storedSince reads the record again after a failed fetch and returns a
+// token that satisfies the job, if another instance stored one after the
+// lease was taken.
+func (v *Vendor) storedSince(ctx context.Context, j *job, leased *store.Item, now time.Time) (Token, bool) {
+	if j.mode == modeAhead || j.mode == modeScheduled {
+		return Token{}, false
+	}
+	it, err := v.store.Get(ctx, j.key.PK, true)
+	if err != nil || it == nil || sameSecret(it.Token, leased.Token) {
+		return Token{}, false
+	}
+	cur, ok, _ := v.usable(ctx, j, it, now)
+	switch {
+	case !ok:
+		return Token{}, false
+	case j.mode == modeRejected:
+		return cur, tokenSHA(cur.AccessToken) != j.rejected
+	case j.mode == modeForce:
+		return cur, !time.Unix(it.IssuedAt, 0).Before(j.since.Truncate(time.Second))
+	}
+	return cur, true
+}
+
 // refreshAt is expires_at − max(60 s, lifetime/5), or the provider's own
-// refresh_before_seconds, and never before the token was issued.
+// refresh_before_seconds, and never in the first half of the token's life:
+// a 60 s token renewed 60 s before expiry would be renewed on every read.
 func refreshAt(def *provider.Definition, up *upstream.Token) time.Time {
 	before := max(60*time.Second, up.Lifetime/5)
 	if def.RefreshBeforeSeconds > 0 {
 		before = time.Duration(def.RefreshBeforeSeconds) * time.Second
 	}
+	before = min(before, up.Lifetime/2)
 	at := up.Expiry.Add(-before)
 	if at.Before(up.IssuedAt) {
 		at = up.IssuedAt
@@ -343,12 +444,20 @@ func (v *Vendor) recordFailure(ctx context.Context, j *job, leased *store.Item, 
 				cool = v.opts.RateLimitCooldown
 			}
 			v.openCooldown(ctx, j.def.Name, code, cool, false)
-		case re.Kind == upstream.Transient && re.StatusCode >= 500 && re.Attempts >= 2:
-			v.openCooldown(ctx, j.def.Name, code, max(re.RetryAfter, v.opts.ServerErrorCooldown), true)
+		case re.Kind == upstream.Transient && re.RetryAfter > 0:
+			// The provider said when to come back, on the first attempt or a later one.
+			v.openCooldown(ctx, j.def.Name, code, re.RetryAfter, false)
+		case re.Kind == upstream.Transient:
+			// Retries exhausted or the deadline ran out: 5xx, timeouts and
+			// network errors alike. Without a cooldown every waiter would
+			// take the lease in turn and pay its own timeout.
+			v.openCooldown(ctx, j.def.Name, code, v.opts.ServerErrorCooldown, true)
 		}
+	} else if !errors.Is(err, context.Canceled) {
+		v.openCooldown(ctx, j.def.Name, code, v.opts.ServerErrorCooldown, true)
 	}
 	next := *leased
-	next.Version++
+	next.Version = nextVersion(leased.Version, now)
 	next.LeaseOwner, next.LeaseUntilMS = "", 0
 	next.LastError, next.LastErrorAt = code, now.Unix()
 	if re != nil && re.Kind == upstream.Permanent {
@@ -393,7 +502,7 @@ func (v *Vendor) openCooldown(ctx context.Context, provider, reason string, d ti
 			}
 		}
 		until := now.Add(length)
-		next.Version = expect + 1
+		next.Version = nextVersion(expect, now)
 		next.CooldownFrom = now.UnixMilli()
 		next.CooldownUntil = until.UnixMilli()
 		next.LastError = reason
@@ -495,6 +604,10 @@ func (v *Vendor) open(ctx context.Context, j *job, it *store.Item) (string, erro
 		return "", err
 	}
 	return string(b), nil
+}
+
+func sameSecret(a, b store.Secret) bool {
+	return a.Plain == b.Plain && string(a.Sealed) == string(b.Sealed)
 }
 
 func tokenSHA(tok string) string {

@@ -43,7 +43,6 @@ type Fetcher interface {
 type Store interface {
 	Get(ctx context.Context, pk string, consistent bool) (*store.Item, error)
 	Put(ctx context.Context, it *store.Item, expect int64) error
-	Delete(ctx context.Context, pk string) error
 	Scan(ctx context.Context, f store.Filter) ([]*store.Item, error)
 }
 

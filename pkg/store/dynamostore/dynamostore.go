@@ -21,7 +21,6 @@ import (
 type API interface {
 	GetItem(ctx context.Context, in *dynamodb.GetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
 	PutItem(ctx context.Context, in *dynamodb.PutItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.PutItemOutput, error)
-	DeleteItem(ctx context.Context, in *dynamodb.DeleteItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.DeleteItemOutput, error)
 	Scan(ctx context.Context, in *dynamodb.ScanInput, optFns ...func(*dynamodb.Options)) (*dynamodb.ScanOutput, error)
 }
 
@@ -77,25 +76,23 @@ func (s *Store) Put(ctx context.Context, it *store.Item, expect int64) error {
 		ConditionExpression:       ex.Condition(),
 		ExpressionAttributeNames:  ex.Names(),
 		ExpressionAttributeValues: ex.Values(),
+		// The record that failed the condition comes back with the error: a
+		// retried write that had landed is recognised by its write_id.
+		ReturnValuesOnConditionCheckFailure: ddbtypes.ReturnValuesOnConditionCheckFailureAllOld,
 	})
 	var ccf *ddbtypes.ConditionalCheckFailedException
 	if errors.As(err, &ccf) {
-		return store.ErrConflict
+		ce := &store.ConflictError{}
+		if len(ccf.Item) > 0 {
+			var cur store.Item
+			if attributevalue.UnmarshalMap(ccf.Item, &cur) == nil {
+				ce.Current = &cur
+			}
+		}
+		return ce
 	}
 	if err != nil {
 		return fmt.Errorf("dynamodb put: %w", err)
-	}
-	return nil
-}
-
-// Delete removes a record.
-func (s *Store) Delete(ctx context.Context, pk string) error {
-	_, err := s.api.DeleteItem(ctx, &dynamodb.DeleteItemInput{
-		TableName: aws.String(s.table),
-		Key:       map[string]ddbtypes.AttributeValue{"pk": &ddbtypes.AttributeValueMemberS{Value: pk}},
-	})
-	if err != nil {
-		return fmt.Errorf("dynamodb delete: %w", err)
 	}
 	return nil
 }

@@ -18,7 +18,6 @@ import (
 type Store interface {
 	Get(ctx context.Context, pk string, consistent bool) (*store.Item, error)
 	Put(ctx context.Context, it *store.Item, expect int64) error
-	Delete(ctx context.Context, pk string) error
 	Scan(ctx context.Context, f store.Filter) ([]*store.Item, error)
 }
 
@@ -127,14 +126,25 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		if got == nil || got.Expiry().After(time.Now()) {
 			t.Fatalf("got %+v", got)
 		}
-		if err := s.Delete(ctx, old.PK); err != nil {
+	})
+	t.Run("ConflictCarriesCurrentRecord", func(t *testing.T) {
+		// What lets a writer whose write landed, got a 5xx and was retried
+		// by the SDK recognise its own write in the conflict.
+		s := newStore(t)
+		it := &store.Item{PK: "token#retried", Version: 1, ExpiresAt: 2e9, WriteID: "w1"}
+		if err := s.Put(ctx, it, 0); err != nil {
 			t.Fatal(err)
 		}
-		if got, _ := s.Get(ctx, old.PK, true); got != nil {
-			t.Fatal("delete did not delete")
+		err := s.Put(ctx, it, 0)
+		cur, ok := store.CurrentOnConflict(err)
+		if !errors.Is(err, store.ErrConflict) || !ok || cur.WriteID != "w1" || cur.Version != 1 {
+			t.Fatalf("conflict: %v, current %+v", err, cur)
 		}
-		if err := s.Delete(ctx, old.PK); err != nil {
-			t.Fatalf("deleting a missing record: %v", err)
+		next := *it
+		next.Version, next.WriteID = 2, "w2"
+		err = s.Put(ctx, &next, 5)
+		if cur, ok := store.CurrentOnConflict(err); !ok || cur.WriteID != "w1" {
+			t.Fatalf("conflict on a wrong version: %v, current %+v", err, cur)
 		}
 	})
 	t.Run("ScanFilters", func(t *testing.T) {

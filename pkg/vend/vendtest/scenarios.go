@@ -48,6 +48,9 @@ func Run(t *testing.T, newStore NewStore) {
 	} {
 		t.Run(name, func(t *testing.T) { fn(t, newStore) })
 	}
+	for name, fn := range productionScenarios {
+		t.Run(name, func(t *testing.T) { fn(t, newStore) })
+	}
 }
 
 type fixture struct {
@@ -390,7 +393,6 @@ func testPermanentFailureRememberedAndNotRetried(t *testing.T, newStore NewStore
 
 func testRotatedSecretReReadOnce(t *testing.T, newStore NewStore) {
 	f := newFixture(t, newStore)
-	v := f.vendor(vend.Options{})
 	if err := f.up.Server.Rotate("demo-k2-client", "rotated-secret"); err != nil {
 		t.Fatal(err)
 	}
@@ -398,7 +400,7 @@ func testRotatedSecretReReadOnce(t *testing.T, newStore NewStore) {
 	rotated.ClientSecret = "rotated-secret"
 	// The registry still serves the old secret from its cache; Reload sees the new one.
 	stale := &reloadingSource{Providers: f.provs, fresh: &rotated}
-	v = vend.New(stale, Client(f.clock), f.store, vend.Options{Now: f.clock.Now, Sleep: f.clock.Sleep})
+	v := vend.New(stale, Client(f.clock), f.store, vend.Options{Now: f.clock.Now, Sleep: f.clock.Sleep})
 	tok, err := v.Token(bg, req("demo-k2", ""))
 	if err != nil || !f.up.Server.Valid(tok.AccessToken) {
 		t.Fatalf("rotation: %v", err)
@@ -491,8 +493,8 @@ func testRevokePurgesAndRevokesUpstream(t *testing.T, newStore NewStore) {
 	if f.up.Server.Valid(tok.AccessToken) {
 		t.Fatal("not revoked at the provider")
 	}
-	if it, _ := f.store.Get(bg, f.up.Defs["demo-k2"].KeyFor(nil).PK, true); it != nil {
-		t.Fatal("not purged from the store")
+	if it, _ := f.store.Get(bg, f.up.Defs["demo-k2"].KeyFor(nil).PK, true); it == nil || !it.Token.IsZero() || it.Version <= 1 {
+		t.Fatalf("not purged from the store, or its version was reset: %+v", it)
 	}
 	next, _ := v.Token(bg, req("demo-k2", ""))
 	if next.AccessToken == tok.AccessToken || next.Source != vend.FromUpstream {
