@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -124,5 +125,39 @@ func TestLoggerAddsRequestID(t *testing.T) {
 	var rec map[string]any
 	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil || rec["request_id"] != "abc-123" || rec["k"] != "v" {
 		t.Fatalf("%s", buf.String())
+	}
+}
+
+// The alarms and the dashboard watch fleet-wide metrics (no Provider
+// dimension). CloudWatch treats each dimension set as its own metric, so
+// every document must publish the aggregate set beside the per-provider one.
+func TestEveryMetricPublishedFleetWide(t *testing.T) {
+	var buf bytes.Buffer
+	m := NewMetrics(&buf, "TokenVendor")
+	m.Vended("p", vend.FromL2, time.Minute)
+	m.Upstream("p", time.Millisecond, "server_error")
+	m.Event("p", "refresh_failed")
+	m.Value("p", "RefreshLifeLeft", "Seconds", 30)
+	if err := m.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var doc struct {
+			AWS struct {
+				CloudWatchMetrics []struct{ Dimensions [][]string }
+			} `json:"_aws"`
+		}
+		if err := json.Unmarshal([]byte(line), &doc); err != nil {
+			t.Fatal(err)
+		}
+		dims := doc.AWS.CloudWatchMetrics[0].Dimensions
+		if len(dims) != 2 || dims[0][0] != "Provider" || slices.Contains(dims[1], "Provider") || len(dims[1]) != len(dims[0])-1 {
+			t.Fatalf("dimension sets %v in %s", dims, line)
+		}
+		n++
+	}
+	if n < 5 {
+		t.Fatalf("only %d documents", n)
 	}
 }

@@ -219,8 +219,7 @@ func scrub(err error, secret string) error {
 	if err == nil || secret == "" {
 		return err
 	}
-	msg := err.Error()
-	if strings.Contains(msg, secret) || strings.Contains(msg, url.QueryEscape(secret)) {
+	if msg := err.Error(); redactCredentials(msg, []string{secret}) != msg {
 		return errors.New("request failed (details withheld: they contained a credential)")
 	}
 	return err

@@ -526,3 +526,28 @@ func TestRevokeErrorRedactsTheToken(t *testing.T) {
 		t.Fatalf("revocation error leaks: %v", err)
 	}
 }
+
+// A provider that echoes what it received (the Authorization header, the
+// form, the query) must not get the client secret into our errors, in any
+// encoding: HTTP Basic carries it as base64(url(id):url(secret)).
+func TestEchoedCredentialsRedactedInEveryAuthStyle(t *testing.T) {
+	sb := sandbox.New()
+	srv := httptest.NewServer(sb.Handler())
+	defer srv.Close()
+	for name, def := range sandbox.DemoProviders(sb, srv.URL) {
+		t.Run(name, func(t *testing.T) {
+			sb.SetFault(sandbox.Fault{ClientID: def.ClientID, Body: "echo_auth", Times: 1})
+			_, err := (&Client{}).Fetch(context.Background(), def, nil)
+			re, ok := AsRetrieveError(err)
+			if !ok || re.Code != "invalid_client" || !strings.Contains(re.Description, "[REDACTED]") {
+				t.Fatalf("want a redacted invalid_client, got %v", err)
+			}
+			basic := base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(def.ClientID) + ":" + url.QueryEscape(def.ClientSecret)))
+			for _, leak := range []string{def.ClientSecret, url.QueryEscape(def.ClientSecret), basic, strings.TrimRight(basic, "=")} {
+				if strings.Contains(err.Error(), leak) {
+					t.Fatalf("credential leaked in %q", err.Error())
+				}
+			}
+		})
+	}
+}

@@ -2,10 +2,12 @@ package upstream
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"math"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -58,10 +60,11 @@ type errorJSON struct {
 }
 
 // ParseTokenResponse interprets one token endpoint response. It is pure, so it
-// is fuzzed directly. secret is redacted from any text kept from the body.
-func ParseTokenResponse(provider string, status int, header http.Header, body []byte, issuedAt time.Time, requestedScope string, rules ExpiryRules, secret string) (*Token, error) {
+// is fuzzed directly. The credentials in redact are removed from any text
+// kept from the body.
+func ParseTokenResponse(provider string, status int, header http.Header, body []byte, issuedAt time.Time, requestedScope string, rules ExpiryRules, redact ...string) (*Token, error) {
 	if status < 200 || status > 299 {
-		return nil, errorFromResponse(provider, status, header, body, issuedAt, secret)
+		return nil, errorFromResponse(provider, status, header, body, issuedAt, redact...)
 	}
 	bad := func(desc string) error {
 		return &RetrieveError{Provider: provider, Kind: Transient, StatusCode: status, Code: "invalid_response", Description: desc}
@@ -244,8 +247,20 @@ func visibleASCII(s string) bool {
 }
 
 // sanitize keeps a short printable description with every credential in
-// redact removed, in the forms servers echo them (raw, form- or path-encoded).
+// redact removed, in the forms servers echo them: raw, form- or
+// path-encoded, or inside base64 (an echoed Authorization: Basic header).
 func sanitize(s string, redact ...string) string {
+	s = redactCredentials(s, redact)
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s) && len(b) < 200; i++ {
+		if c := s[i]; c >= 0x20 && c < 0x7f {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+func redactCredentials(s string, redact []string) string {
 	for _, secret := range redact {
 		if secret == "" {
 			continue
@@ -254,11 +269,37 @@ func sanitize(s string, redact ...string) string {
 			s = strings.ReplaceAll(s, form, "[REDACTED]")
 		}
 	}
-	b := make([]byte, 0, len(s))
-	for i := 0; i < len(s) && len(b) < 200; i++ {
-		if c := s[i]; c >= 0x20 && c < 0x7f {
-			b = append(b, c)
+	s = base64Runs.ReplaceAllStringFunc(s, func(run string) string {
+		if decoded, ok := decodeBase64(run); ok && containsAny(decoded, redact) {
+			return "[REDACTED]"
+		}
+		return run
+	})
+	return s
+}
+
+// base64Runs finds what could be base64 of a credential (8 characters and up).
+var base64Runs = regexp.MustCompile(`[A-Za-z0-9+/_-]{8,}={0,2}`)
+
+func decodeBase64(s string) (string, bool) {
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil {
+			return string(b), true
 		}
 	}
-	return string(b)
+	return "", false
+}
+
+func containsAny(s string, secrets []string) bool {
+	for _, secret := range secrets {
+		if secret == "" {
+			continue
+		}
+		for _, form := range []string{secret, url.QueryEscape(secret)} {
+			if strings.Contains(s, form) {
+				return true
+			}
+		}
+	}
+	return false
 }
