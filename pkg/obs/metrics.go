@@ -133,15 +133,18 @@ type emfMetric struct {
 	Unit string `json:"Unit"`
 }
 
-// directive publishes a metric twice: per provider, and as the fleet-wide
-// aggregate with Provider left out. CloudWatch treats each dimension set as
+// directive publishes a metric per provider, and as fleet-wide aggregates
+// with Provider left out (and, for a metric with an extra dimension such as
+// Source, its total as well). CloudWatch treats each dimension set as
 // its own metric; the alarms and the dashboard watch the aggregate, which
 // with Provider alone would never exist.
 func (m *Metrics) directive(ts int64, name, unit string, extra []string) map[string]any {
-	perProvider := append([]string{"Provider"}, extra...)
-	fleet := append([]string{}, extra...)
+	sets := [][]string{append([]string{"Provider"}, extra...), append([]string{}, extra...)}
+	if len(extra) > 0 {
+		sets = append(sets, []string{}) // the fleet-wide total across the extra dimension too
+	}
 	return map[string]any{"Timestamp": ts, "CloudWatchMetrics": []emfDirective{{
-		Namespace: m.namespace, Dimensions: [][]string{perProvider, fleet}, Metrics: []emfMetric{{Name: name, Unit: unit}}}}}
+		Namespace: m.namespace, Dimensions: sets, Metrics: []emfMetric{{Name: name, Unit: unit}}}}}
 }
 
 // Flush writes one EMF document per metric and dimension set recorded since

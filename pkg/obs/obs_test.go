@@ -152,7 +152,8 @@ func TestEveryMetricPublishedFleetWide(t *testing.T) {
 			t.Fatal(err)
 		}
 		dims := doc.AWS.CloudWatchMetrics[0].Dimensions
-		if len(dims) != 2 || dims[0][0] != "Provider" || slices.Contains(dims[1], "Provider") || len(dims[1]) != len(dims[0])-1 {
+		if len(dims) < 2 || dims[0][0] != "Provider" || slices.Contains(dims[1], "Provider") || len(dims[1]) != len(dims[0])-1 ||
+			len(dims[len(dims)-1]) != 0 {
 			t.Fatalf("dimension sets %v in %s", dims, line)
 		}
 		n++

@@ -577,8 +577,12 @@ func (v *Vendor) refreshAhead(j *job) {
 	}()
 }
 
+// EncryptionContextKeys are the keys of the KMS encryption context a cached
+// token is sealed under; template.yaml's KMS grants are conditioned on them.
+var EncryptionContextKeys = []string{"provider", "pk"}
+
 func (v *Vendor) encryptionContext(j *job) map[string]string {
-	return map[string]string{"provider": j.def.Name, "pk": j.key.PK}
+	return map[string]string{EncryptionContextKeys[0]: j.def.Name, EncryptionContextKeys[1]: j.key.PK}
 }
 
 func (v *Vendor) seal(ctx context.Context, j *job, token string) (store.Secret, error) {

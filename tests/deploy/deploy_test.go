@@ -4,14 +4,18 @@ package deploy
 
 import (
 	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/token-vendor/token-vendor/pkg/vend"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
@@ -125,6 +129,9 @@ func statements(n *yaml.Node, out *[]*yaml.Node) {
 }
 
 func scalars(n *yaml.Node) []string {
+	if n == nil {
+		return nil
+	}
 	if n.Kind == yaml.ScalarNode {
 		return []string{n.Value}
 	}
@@ -212,5 +219,114 @@ func TestBootstrapsBuildForArm64(t *testing.T) {
 		if st.Size() > 15<<20 {
 			t.Fatalf("%s: bootstrap is %d bytes, over 15 MB", fn, st.Size())
 		}
+	}
+}
+
+// Log groups must exist before their functions write to them: each function
+// names its group through LoggingConfig (so it depends on it), and no group
+// is named after a function (which would make it depend on the function).
+func TestLogGroupsCreatedBeforeFunctions(t *testing.T) {
+	root, _ := loadTemplate(t)
+	groups := resources(t, root, "AWS::Logs::LogGroup")
+	fns := resources(t, root, "AWS::Serverless::Function")
+	for name, fn := range fns {
+		lg := get(fn, "Properties", "LoggingConfig", "LogGroup")
+		if lg == nil || lg.Tag != "!Ref" || groups[lg.Value] == nil {
+			t.Errorf("%s: LoggingConfig.LogGroup is not a !Ref to a log group of the stack", name)
+		}
+	}
+	for name, g := range groups {
+		for fn := range fns {
+			if strings.Contains(get(g, "Properties", "LogGroupName").Value, "${"+fn+"}") {
+				t.Errorf("log group %s is named after %s, so it is created after it", name, fn)
+			}
+		}
+		if get(g, "Properties", "RetentionInDays") == nil {
+			t.Errorf("log group %s keeps logs forever", name)
+		}
+	}
+}
+
+// No function is granted what the code never calls: the store has no
+// delete, and listing secrets is off (it cannot be limited to the prefix).
+func TestNoUnusedGrants(t *testing.T) {
+	root, _ := loadTemplate(t)
+	for name, fn := range resources(t, root, "AWS::Serverless::Function") {
+		for _, a := range scalars(get(fn, "Properties", "Policies")) {
+			if a == "dynamodb:DeleteItem" || a == "secretsmanager:ListSecrets" {
+				t.Errorf("%s is granted %s, which the code does not use", name, a)
+			}
+		}
+	}
+	env := get(root, "Globals", "Function", "Environment", "Variables", "LIST_PROVIDER_SECRETS")
+	if env == nil || env.Value != "false" {
+		t.Error("LIST_PROVIDER_SECRETS must be false where ListSecrets is not granted")
+	}
+}
+
+// KMS may be used only for data keys bound the way the envelope binds them.
+func TestKMSGrantsConditionedOnEncryptionContext(t *testing.T) {
+	root, _ := loadTemplate(t)
+	found := 0
+	for name, fn := range resources(t, root, "AWS::Serverless::Function") {
+		var stmts []*yaml.Node
+		statements(get(fn, "Properties", "Policies"), &stmts)
+		for _, st := range stmts {
+			if !slices.ContainsFunc(scalars(get(st, "Action")), func(a string) bool { return strings.HasPrefix(a, "kms:") }) {
+				continue
+			}
+			found++
+			keys := scalars(get(st, "Condition", "ForAllValues:StringEquals", "kms:EncryptionContextKeys"))
+			slices.Sort(keys)
+			want := slices.Clone(vend.EncryptionContextKeys)
+			slices.Sort(want)
+			if !slices.Equal(keys, want) {
+				t.Errorf("%s: kms:EncryptionContextKeys %v, the envelope binds %v", name, keys, want)
+			}
+			if pk := get(st, "Condition", "StringLike", "kms:EncryptionContext:pk"); pk == nil || pk.Value != "token#*" {
+				t.Errorf("%s: KMS grant not limited to token records", name)
+			}
+		}
+	}
+	if found != 3 {
+		t.Fatalf("want a KMS grant on each of the 3 functions, found %d", found)
+	}
+}
+
+// The schedule is derived from RefreshIntervalSeconds, so the two cannot
+// disagree: every allowed interval maps to a rate of exactly that period.
+func TestScheduleDerivedFromRefreshInterval(t *testing.T) {
+	root, _ := loadTemplate(t)
+	allowed := scalars(get(root, "Parameters", "RefreshIntervalSeconds", "AllowedValues"))
+	if len(allowed) == 0 {
+		t.Fatal("RefreshIntervalSeconds has no AllowedValues")
+	}
+	rates := get(root, "Mappings", "RefreshRate")
+	for _, v := range allowed {
+		expr := get(rates, v, "Expression")
+		if expr == nil {
+			t.Fatalf("no rate for %s s", v)
+		}
+		var n int
+		var unit string
+		if _, err := fmt.Sscanf(expr.Value, "rate(%d %s", &n, &unit); err != nil {
+			t.Fatalf("%s: %v", expr.Value, err)
+		}
+		secs, _ := strconv.Atoi(v)
+		if want := map[bool]string{true: "minute)", false: "minutes)"}[n == 1]; unit != want || n*60 != secs {
+			t.Errorf("interval %s s has schedule %s", v, expr.Value)
+		}
+	}
+	var sched *yaml.Node
+	for _, fn := range resources(t, root, "AWS::Serverless::Function") {
+		if s := get(fn, "Properties", "Events", "Schedule", "Properties", "Schedule"); s != nil {
+			sched = s
+		}
+	}
+	if sched == nil || sched.Tag != "!FindInMap" || !slices.Contains(scalars(sched), "RefreshIntervalSeconds") {
+		t.Fatal("the refresher's schedule is not derived from RefreshIntervalSeconds")
+	}
+	if env := get(root, "Globals", "Function", "Environment", "Variables", "REFRESH_INTERVAL"); env == nil || env.Value != "RefreshIntervalSeconds" {
+		t.Fatal("REFRESH_INTERVAL is not RefreshIntervalSeconds")
 	}
 }
