@@ -1,7 +1,9 @@
 # token-vendor — see README.md. `make run` and `make test` are the two commands.
 SHELL := /bin/bash
 GO ?= go
-GOFLAGS_LAMBDA := CGO_ENABLED=0 GOOS=linux GOARCH=arm64
+# sam build uses arm64 (template.yaml); tests build for the host with LAMBDA_ARCH.
+LAMBDA_ARCH ?= arm64
+GOFLAGS_LAMBDA := CGO_ENABLED=0 GOOS=linux GOARCH=$(LAMBDA_ARCH)
 LAMBDA_BUILD := $(GO) build -trimpath -tags lambda.norpc -ldflags "-s -w"
 ADDR ?= 127.0.0.1:8080
 # Pinned: a new staticcheck release can add checks; upgrading is a deliberate change.

@@ -132,6 +132,10 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 	if reserve <= 0 {
 		reserve = v.opts.LeaseDuration
 	}
+	if dl, ok := ctx.Deadline(); ok {
+		// A function timeout shorter than the lease still renews keys.
+		reserve = min(reserve, time.Until(dl)/2)
+	}
 	lanes := map[string][]*store.Item{}
 	for _, it := range items {
 		before := now.Add(o.Horizon + jitter(it.PK, v.opts.RefreshJitter))

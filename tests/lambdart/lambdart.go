@@ -1,0 +1,443 @@
+// Package lambdart runs the real bootstraps as Lambda runs them: built by
+// the Makefile's build-<LogicalId> targets (for the host), started with the
+// environment template.yaml gives them, and driven through a Lambda Runtime
+// API served here. Between invocations the process is frozen with SIGSTOP,
+// as Lambda freezes it, so work left running after a response shows.
+package lambdart
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/token-vendor/token-vendor/tests/testenv"
+)
+
+// Build builds the function the way `sam build` does, for the host
+// architecture, and returns the bootstrap's path.
+func Build(logicalID, dir string) (string, error) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, logicalID)
+	cmd := exec.Command("make", "-s", "build-"+logicalID, "ARTIFACTS_DIR="+out, "LAMBDA_ARCH="+runtime.GOARCH)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("make build-%s: %v\n%s", logicalID, err, b)
+	}
+	return filepath.Join(out, "bootstrap"), nil
+}
+
+// TemplateEnv is the environment template.yaml gives a function (Globals
+// merged with the function's own), with intrinsics resolved: !Ref to a
+// parameter takes its default unless refs names it, !Ref/!GetAtt to a
+// resource takes refs[name] (or refs["X.Arn"]), and !If evaluates the
+// template's conditions on parameter defaults.
+func TemplateEnv(logicalID string, refs map[string]string) (map[string]string, error) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(root, "template.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, err
+	}
+	t := &tmpl{root: doc.Content[0], refs: refs}
+	env := map[string]string{}
+	for _, vars := range []*yaml.Node{
+		get(t.root, "Globals", "Function", "Environment", "Variables"),
+		get(t.root, "Resources", logicalID, "Properties", "Environment", "Variables"),
+	} {
+		if vars == nil {
+			continue
+		}
+		for i := 0; i+1 < len(vars.Content); i += 2 {
+			v, err := t.resolve(vars.Content[i+1])
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", vars.Content[i].Value, err)
+			}
+			env[vars.Content[i].Value] = v
+		}
+	}
+	if get(t.root, "Resources", logicalID) == nil {
+		return nil, fmt.Errorf("no resource %s in template.yaml", logicalID)
+	}
+	return env, nil
+}
+
+type tmpl struct {
+	root *yaml.Node
+	refs map[string]string
+}
+
+func (t *tmpl) resolve(n *yaml.Node) (string, error) {
+	switch n.Tag {
+	case "!Ref":
+		if v, ok := t.refs[n.Value]; ok {
+			return v, nil
+		}
+		if p := get(t.root, "Parameters", n.Value); p != nil {
+			if d := get(p, "Default"); d != nil {
+				return d.Value, nil
+			}
+		}
+		return "", fmt.Errorf("unresolved !Ref %s", n.Value)
+	case "!GetAtt":
+		if v, ok := t.refs[n.Value]; ok {
+			return v, nil
+		}
+		return "", fmt.Errorf("unresolved !GetAtt %s", n.Value)
+	case "!If":
+		ok, err := t.condition(n.Content[0].Value)
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			return t.resolve(n.Content[1])
+		}
+		return t.resolve(n.Content[2])
+	}
+	if n.Kind != yaml.ScalarNode {
+		return "", fmt.Errorf("unsupported value at line %d", n.Line)
+	}
+	return n.Value, nil
+}
+
+// condition evaluates the !Equals / !Not conditions the template uses.
+func (t *tmpl) condition(name string) (bool, error) {
+	c := get(t.root, "Conditions", name)
+	if c == nil {
+		return false, fmt.Errorf("no condition %s", name)
+	}
+	var eval func(n *yaml.Node) (bool, error)
+	eval = func(n *yaml.Node) (bool, error) {
+		switch n.Tag {
+		case "!Equals":
+			a, err := t.resolve(n.Content[0])
+			if err != nil {
+				return false, err
+			}
+			b, err := t.resolve(n.Content[1])
+			return a == b, err
+		case "!Not":
+			v, err := eval(n.Content[0])
+			return !v, err
+		}
+		return false, fmt.Errorf("unsupported condition %s", n.Tag)
+	}
+	return eval(c)
+}
+
+func get(n *yaml.Node, path ...string) *yaml.Node {
+	for _, k := range path {
+		if n == nil || n.Kind != yaml.MappingNode {
+			return nil
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == k {
+				next = n.Content[i+1]
+			}
+		}
+		n = next
+	}
+	return n
+}
+
+// Timeout is the function's Timeout in template.yaml (Globals, or its own).
+func Timeout(logicalID string) (time.Duration, error) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return 0, err
+	}
+	b, err := os.ReadFile(filepath.Join(root, "template.yaml"))
+	if err != nil {
+		return 0, err
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return 0, err
+	}
+	n := get(doc.Content[0], "Resources", logicalID, "Properties", "Timeout")
+	if n == nil {
+		n = get(doc.Content[0], "Globals", "Function", "Timeout")
+	}
+	if n == nil {
+		return 3 * time.Second, nil // Lambda's default
+	}
+	secs, err := time.ParseDuration(n.Value + "s")
+	return secs, err
+}
+
+// Invocation is one event and what the function answered.
+type Invocation struct {
+	RequestID  string
+	Payload    []byte // the response, or the error document
+	ErrorType  string // set when the function reported an error
+	Start, End time.Time
+}
+
+// Function is a running bootstrap behind a Runtime API.
+type Function struct {
+	Name string
+	cmd  *exec.Cmd
+	ln   net.Listener
+	srv  *http.Server
+
+	events  chan pending
+	mu      sync.Mutex
+	current *pending
+	windows []Invocation
+	stdout  bytes.Buffer
+	seq     int
+	exited  chan struct{}
+}
+
+type pending struct {
+	id      string
+	event   []byte
+	start   time.Time
+	timeout time.Duration
+	done    chan Invocation
+}
+
+// Start runs bootstrap with env (plus what Lambda itself sets) against a
+// Runtime API on a loopback port, and waits for its first poll.
+func Start(name, bootstrap string, env map[string]string) (*Function, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	f := &Function{Name: name, ln: ln, events: make(chan pending), exited: make(chan struct{})}
+	polled := make(chan struct{}, 1)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /2018-06-01/runtime/invocation/next", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case polled <- struct{}{}:
+		default:
+		}
+		select {
+		case p := <-f.events:
+			f.mu.Lock()
+			f.current = &p
+			f.mu.Unlock()
+			w.Header().Set("Lambda-Runtime-Aws-Request-Id", p.id)
+			w.Header().Set("Lambda-Runtime-Deadline-Ms", fmt.Sprint(p.start.Add(p.timeout).UnixMilli()))
+			w.Header().Set("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:us-east-1:123456789012:function:"+name)
+			w.Header().Set("Lambda-Runtime-Trace-Id", "Root=1-00000000-000000000000000000000000")
+			w.Write(p.event)
+		case <-r.Context().Done():
+		}
+	})
+	finish := func(w http.ResponseWriter, r *http.Request, errType string) {
+		body, _ := io.ReadAll(r.Body)
+		f.mu.Lock()
+		p := f.current
+		f.current = nil
+		f.mu.Unlock()
+		if p == nil || r.PathValue("id") != p.id {
+			http.Error(w, "unknown request id", http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		p.done <- Invocation{RequestID: p.id, Payload: body, ErrorType: errType, Start: p.start, End: time.Now()}
+	}
+	mux.HandleFunc("POST /2018-06-01/runtime/invocation/{id}/response", func(w http.ResponseWriter, r *http.Request) { finish(w, r, "") })
+	mux.HandleFunc("POST /2018-06-01/runtime/invocation/{id}/error", func(w http.ResponseWriter, r *http.Request) {
+		// Lambda takes errorType from the error document; the header is optional.
+		body, _ := io.ReadAll(r.Body)
+		var doc struct{ ErrorType string }
+		json.Unmarshal(body, &doc)
+		t := cmp.Or(doc.ErrorType, r.Header.Get("Lambda-Runtime-Function-Error-Type"), "Unknown")
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		finish(w, r, t)
+	})
+	mux.HandleFunc("POST /2018-06-01/runtime/init/error", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusAccepted)
+	})
+	f.srv = &http.Server{Handler: mux}
+	go f.srv.Serve(ln)
+
+	f.cmd = exec.Command(bootstrap)
+	f.cmd.Env = []string{
+		"AWS_LAMBDA_RUNTIME_API=" + ln.Addr().String(),
+		"AWS_LAMBDA_FUNCTION_NAME=" + name, "AWS_LAMBDA_FUNCTION_VERSION=$LATEST", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256",
+		"AWS_REGION=us-east-1", "AWS_DEFAULT_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true",
+		"HOME=" + os.TempDir(), "TZ=:UTC",
+	}
+	for k, v := range env {
+		f.cmd.Env = append(f.cmd.Env, k+"="+v)
+	}
+	out, err := f.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	f.cmd.Stderr = f.cmd.Stdout
+	if err := f.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			f.mu.Lock()
+			f.stdout.Write(sc.Bytes())
+			f.stdout.WriteByte('\n')
+			f.mu.Unlock()
+		}
+		f.cmd.Wait()
+		close(f.exited)
+	}()
+	select {
+	case <-polled:
+		return f, nil
+	case <-f.exited:
+		return nil, fmt.Errorf("%s exited during init:\n%s", name, f.Output())
+	case <-time.After(20 * time.Second):
+		f.Stop()
+		return nil, fmt.Errorf("%s never polled for an event", name)
+	}
+}
+
+// Invoke thaws the process, hands it event, waits for its answer and
+// freezes it again.
+func (f *Function) Invoke(event []byte, timeout time.Duration) (Invocation, error) {
+	f.mu.Lock()
+	f.seq++
+	p := pending{id: fmt.Sprintf("%s-%04d", f.Name, f.seq), event: event, start: time.Now(), timeout: timeout, done: make(chan Invocation, 1)}
+	f.mu.Unlock()
+	if err := f.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		return Invocation{}, err
+	}
+	select {
+	case f.events <- p:
+	case <-f.exited:
+		return Invocation{}, fmt.Errorf("%s exited:\n%s", f.Name, f.Output())
+	case <-time.After(10 * time.Second):
+		return Invocation{}, fmt.Errorf("%s did not poll for the next event", f.Name)
+	}
+	select {
+	case inv := <-p.done:
+		// Lambda freezes the environment once the response is in.
+		_ = f.cmd.Process.Signal(syscall.SIGSTOP)
+		f.mu.Lock()
+		f.windows = append(f.windows, inv)
+		f.mu.Unlock()
+		return inv, nil
+	case <-f.exited:
+		return Invocation{}, fmt.Errorf("%s exited during an invocation:\n%s", f.Name, f.Output())
+	case <-time.After(timeout + 5*time.Second):
+		return Invocation{}, fmt.Errorf("%s did not answer within %v", f.Name, timeout)
+	}
+}
+
+// Thaw lets the process run between invocations (a test that looks for
+// work done after a response wants to give it the chance).
+func (f *Function) Thaw() error { return f.cmd.Process.Signal(syscall.SIGCONT) }
+
+// Windows returns the invocations so far.
+func (f *Function) Windows() []Invocation {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Invocation(nil), f.windows...)
+}
+
+// Output is everything the process printed (logs and EMF documents).
+func (f *Function) Output() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stdout.String()
+}
+
+// Stop kills the process and closes the Runtime API.
+func (f *Function) Stop() {
+	_ = f.cmd.Process.Signal(syscall.SIGCONT)
+	_ = f.cmd.Process.Kill()
+	<-f.exited
+	f.srv.Close()
+}
+
+// Metric is one (namespace, metric, dimension set) CloudWatch would create
+// from an EMF document, with the values it received.
+type Metric struct {
+	Namespace, Name string
+	Dimensions      string // "Name=Value,…" sorted; "" for none
+}
+
+// EMF parses the EMF documents in output into datapoints: the sum of the
+// values each metric received.
+func EMF(output string) map[Metric]float64 {
+	out := map[Metric]float64{}
+	for _, line := range strings.Split(output, "\n") {
+		if !strings.Contains(line, `"_aws"`) {
+			continue
+		}
+		var doc map[string]json.RawMessage
+		if json.Unmarshal([]byte(line), &doc) != nil {
+			continue
+		}
+		var meta struct {
+			CloudWatchMetrics []struct {
+				Namespace  string
+				Dimensions [][]string
+				Metrics    []struct{ Name string }
+			}
+		}
+		if json.Unmarshal(doc["_aws"], &meta) != nil {
+			continue
+		}
+		for _, d := range meta.CloudWatchMetrics {
+			for _, m := range d.Metrics {
+				sum := sumValues(doc[m.Name])
+				for _, set := range d.Dimensions {
+					var parts []string
+					for _, k := range set {
+						var v string
+						json.Unmarshal(doc[k], &v)
+						parts = append(parts, k+"="+v)
+					}
+					slices.Sort(parts)
+					out[Metric{d.Namespace, m.Name, strings.Join(parts, ",")}] += sum
+				}
+			}
+		}
+	}
+	return out
+}
+
+func sumValues(raw json.RawMessage) float64 {
+	var one float64
+	if json.Unmarshal(raw, &one) == nil {
+		return one
+	}
+	var many []float64
+	json.Unmarshal(raw, &many)
+	s := 0.0
+	for _, v := range many {
+		s += v
+	}
+	return s
+}
+

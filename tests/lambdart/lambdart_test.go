@@ -1,0 +1,397 @@
+package lambdart
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"gopkg.in/yaml.v3"
+
+	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/sandbox"
+	"github.com/token-vendor/token-vendor/tests/eventcases"
+	"github.com/token-vendor/token-vendor/tests/testenv"
+)
+
+var (
+	buildOnce  sync.Once
+	bootstraps map[string]string
+	buildErr   error
+)
+
+// built builds the three functions once per test binary.
+func built(t *testing.T) map[string]string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "lambdart-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		bootstraps = map[string]string{}
+		for _, fn := range []string{"ApiFunction", "VendFunction", "RefresherFunction"} {
+			if bootstraps[fn], buildErr = Build(fn, dir); buildErr != nil {
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return bootstraps
+}
+
+// stack is one deployment on the emulators: the table, the provider secrets
+// and the KMS key the template would create, and an upstream sandbox whose
+// requests are timed.
+type stack struct {
+	t       *testing.T
+	sb      *sandbox.Server
+	url     string
+	refs    map[string]string
+	aws     map[string]string
+	mu      sync.Mutex
+	upTimes []time.Time
+	fns     []*Function
+}
+
+func newStack(t *testing.T, params map[string]string) *stack {
+	ddb, moto := testenv.DynamoDB(t), testenv.Moto(t)
+	s := &stack{t: t, sb: sandbox.New()}
+	h := s.sb.Handler()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/_sandbox/") {
+			s.mu.Lock()
+			s.upTimes = append(s.upTimes, time.Now())
+			s.mu.Unlock()
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	s.url = srv.URL
+	kc := kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(moto) })
+	key, err := kc.CreateKey(context.Background(), &kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.refs = map[string]string{
+		"TokenTable":           testenv.NewTable(t, ddb),
+		"TokenKey.Arn":         aws.ToString(key.KeyMetadata.Arn),
+		"ProviderSecretPrefix": "tv-" + testenv.RandomSuffix() + "/providers/",
+	}
+	for k, v := range params {
+		s.refs[k] = v
+	}
+	s.aws = map[string]string{
+		"AWS_ENDPOINT_URL_DYNAMODB": ddb, "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto, "AWS_ENDPOINT_URL_KMS": moto,
+		"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+	}
+	// The names the sample events use, one per seed style.
+	defs := sandbox.DemoProviders(s.sb, srv.URL)
+	s.provider("kopokopo", defs["demo-k2"])
+	s.provider("mobifinance", defs["demo-mobi"])
+	s.provider("dot-api", defs["demo-dot"])
+	return s
+}
+
+// provider stores d as the secret for name.
+func (s *stack) provider(name string, d *provider.Definition) {
+	s.t.Helper()
+	sm := secretsmanager.NewFromConfig(testenv.Config(), func(o *secretsmanager.Options) { o.BaseEndpoint = aws.String(s.aws["AWS_ENDPOINT_URL_SECRETS_MANAGER"]) })
+	b, _ := json.Marshal(d)
+	if _, err := sm.CreateSecret(context.Background(), &secretsmanager.CreateSecretInput{
+		Name: aws.String(s.refs["ProviderSecretPrefix"] + name), SecretString: aws.String(string(b))}); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// client registers a K2-style client with its own lifetime and provider.
+func (s *stack) client(name string, expiresIn int) {
+	s.sb.AddClient(sandbox.Client{ID: name + "-client", Secret: name + "-secret", Style: sandbox.K2, ExpiresIn: expiresIn})
+	s.provider(name, &provider.Definition{Name: name, TokenURL: s.url + sandbox.K2TokenPath, ClientID: name + "-client",
+		ClientSecret: name + "-secret", AuthMethod: provider.AuthPost})
+}
+
+// start runs a function with the template's environment; override replaces
+// variables after it (an endpoint made unreachable, say).
+func (s *stack) start(logicalID string, override map[string]string) *Function {
+	s.t.Helper()
+	env, err := TemplateEnv(logicalID, s.refs)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for k, v := range s.aws {
+		env[k] = v
+	}
+	for k, v := range override {
+		env[k] = v
+	}
+	f, err := Start(logicalID, built(s.t)[logicalID], env)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(f.Stop)
+	s.fns = append(s.fns, f)
+	return f
+}
+
+func (s *stack) invoke(f *Function, event string) Invocation {
+	s.t.Helper()
+	timeout, err := Timeout(f.Name)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	inv, err := f.Invoke([]byte(event), timeout)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return inv
+}
+
+func (s *stack) output() string {
+	var b strings.Builder
+	for _, f := range s.fns {
+		b.WriteString(f.Output())
+	}
+	return b.String()
+}
+
+// TestBootstrapsReplayEvents runs every file in events/ through the real
+// bootstraps under the Runtime API, with the template's environment.
+func TestBootstrapsReplayEvents(t *testing.T) {
+	s := newStack(t, nil)
+	fns := map[string]*Function{
+		"ApiFunction": s.start("ApiFunction", nil), "VendFunction": s.start("VendFunction", nil),
+		"RefresherFunction": s.start("RefresherFunction", nil),
+	}
+	root, _ := testenv.RepoRoot()
+	files, _ := filepath.Glob(filepath.Join(root, "events", "*.json"))
+	replayed := 0
+	for _, file := range files {
+		name := filepath.Base(file)
+		c, ok := eventcases.For(name)
+		if !ok {
+			continue // env.json
+		}
+		b, _ := os.ReadFile(file)
+		inv := s.invoke(fns[c.Function], string(b))
+		if err := c.Check(inv.Payload, inv.ErrorType); err != nil {
+			t.Errorf("%s through %s: %v", name, c.Function, err)
+		}
+		replayed++
+	}
+	if replayed != len(files)-1 {
+		t.Fatalf("replayed %d of %d event files", replayed, len(files)-1)
+	}
+	for _, f := range fns {
+		for _, inv := range f.Windows() {
+			if inv.End.Sub(inv.Start) > 10*time.Second {
+				t.Errorf("%s took %v", inv.RequestID, inv.End.Sub(inv.Start))
+			}
+		}
+	}
+}
+
+// TestNoWorkAfterResponse: Lambda freezes the process when the handler
+// returns. A read that finds its token past refresh_at must not leave a
+// renewal running: every upstream request happens inside an invocation,
+// even when the process is left running afterwards.
+func TestNoWorkAfterResponse(t *testing.T) {
+	s := newStack(t, map[string]string{"L1MaxAge": "0"})
+	s.client("short", 4) // refresh_at 2 s after issue
+	vend := s.start("VendFunction", nil)
+	ev := `{"provider":"short","min_ttl":0}`
+	first := s.invoke(vend, ev)
+	if first.ErrorType != "" {
+		t.Fatalf("first: %s %s", first.ErrorType, first.Payload)
+	}
+	time.Sleep(2500 * time.Millisecond) // past refresh_at, 1.5 s of life left
+	second := s.invoke(vend, ev)
+	if second.ErrorType != "" {
+		t.Fatalf("second: %s %s", second.ErrorType, second.Payload)
+	}
+	if err := vend.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // a background renewal would run now
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, at := range s.upTimes {
+		inside := false
+		for _, w := range vend.Windows() {
+			inside = inside || (!at.Before(w.Start) && !at.After(w.End))
+		}
+		if !inside {
+			t.Fatalf("upstream request at %s, outside every invocation (windows %v)", at.Format(time.StampMilli), vend.Windows())
+		}
+	}
+	if len(s.upTimes) != 1 {
+		t.Fatalf("%d upstream requests; want 1 (the second read had a token above min_ttl)", len(s.upTimes))
+	}
+}
+
+// TestAlarmsAndDashboardFromEMF drives each failure the alarms exist for
+// through the bootstraps, collects the EMF documents they print, and checks
+// that every alarm's and dashboard widget's metric (namespace, name,
+// dimensions) is published and that each alarm's threshold is crossed.
+func TestAlarmsAndDashboardFromEMF(t *testing.T) {
+	s := newStack(t, nil)
+	for _, name := range []string{"rejecting", "down", "flaky"} {
+		s.client(name, 3600)
+	}
+	vend, api, ref := s.start("VendFunction", nil), s.start("ApiFunction", nil), s.start("RefresherFunction", nil)
+	expectErr := func(inv Invocation, want string) {
+		t.Helper()
+		if inv.ErrorType != want {
+			t.Fatalf("want %s, got %q: %s", want, inv.ErrorType, inv.Payload)
+		}
+	}
+	// Healthy traffic: upstream, then L1 on the same instance, L2 on another.
+	expectErr(s.invoke(vend, `{"provider":"kopokopo"}`), "")
+	expectErr(s.invoke(vend, `{"provider":"kopokopo"}`), "")
+	s.invoke(api, `{"version":"2.0","rawPath":"/v1/tokens/kopokopo","requestContext":{"http":{"method":"GET","path":"/v1/tokens/kopokopo"}}}`)
+	expectErr(s.invoke(ref, `{"providers":["kopokopo"],"force":true}`), "")
+	// UpstreamRejectedAlarm: the provider refuses the registration.
+	s.sb.SetFault(sandbox.Fault{ClientID: "rejecting-client", Status: 400})
+	expectErr(s.invoke(vend, `{"provider":"rejecting"}`), "UpstreamRejected")
+	// NearExpiryAlarm: provider down, no token: 503s, a cooldown, refusals.
+	s.sb.SetFault(sandbox.Fault{ClientID: "down-client", Status: 503, RetryAfter: 30})
+	expectErr(s.invoke(vend, `{"provider":"down"}`), "UpstreamUnavailable")
+	expectErr(s.invoke(vend, `{"provider":"down"}`), "UpstreamUnavailable")
+	// RefresherErrorsAlarm: the refresher cannot renew a key.
+	expectErr(s.invoke(vend, `{"provider":"flaky"}`), "")
+	s.sb.SetFault(sandbox.Fault{ClientID: "flaky-client", Status: 500})
+	expectErr(s.invoke(ref, `{"providers":["flaky"],"force":true}`), "")
+	// StoreFallbackAlarm: DynamoDB unreachable from a vend instance.
+	dead := map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:1"}
+	expectErr(s.invoke(s.start("VendFunction", dead), `{"provider":"mobifinance"}`), "")
+	// RefresherFunctionErrorsAlarm (AWS/Lambda Errors): the run itself fails.
+	refErr := s.invoke(s.start("RefresherFunction", dead), `{"providers":[],"force":false}`)
+	if refErr.ErrorType == "" {
+		t.Fatalf("refresher with DynamoDB unreachable reported no error: %s", refErr.Payload)
+	}
+
+	published := EMF(s.output())
+	root := loadTemplate(t)
+	res := get(root, "Resources")
+	alarms := 0
+	for i := 0; i+1 < len(res.Content); i += 2 {
+		r := res.Content[i+1]
+		if get(r, "Type").Value != "AWS::CloudWatch::Alarm" {
+			continue
+		}
+		alarms++
+		name, p := res.Content[i].Value, get(r, "Properties")
+		ns, metric := get(p, "Namespace").Value, get(p, "MetricName").Value
+		var threshold float64
+		yaml.Unmarshal([]byte(get(p, "Threshold").Value), &threshold)
+		if ns == "AWS/Lambda" {
+			fn := get(p, "Dimensions").Content[0]
+			if get(fn, "Value").Value != "RefresherFunction" || metric != "Errors" {
+				t.Errorf("%s: unexpected AWS/Lambda alarm", name)
+			}
+			continue // Lambda counts the error the runtime reported above
+		}
+		if stat := get(p, "Statistic").Value; stat != "Sum" {
+			t.Errorf("%s: statistic %s", name, stat)
+		}
+		dims := ""
+		if d := get(p, "Dimensions"); d != nil {
+			t.Errorf("%s: alarm on a per-dimension metric %v; the code publishes the fleet-wide aggregate", name, scalarsOf(d))
+		}
+		got, ok := published[Metric{ns, metric, dims}]
+		if !ok {
+			t.Errorf("%s watches %s/%s with dimensions [%s], which the code never published", name, ns, metric, dims)
+			continue
+		}
+		if got < threshold {
+			t.Errorf("%s: %s reached %v in its scenario, threshold %v", name, metric, got, threshold)
+		}
+	}
+	if alarms < 5 {
+		t.Fatalf("found %d alarms", alarms)
+	}
+	// Dashboard widgets.
+	body := get(res, "Dashboard", "Properties", "DashboardBody")
+	if body == nil || body.Tag != "!Sub" || len(body.Content) != 2 {
+		t.Fatal("Dashboard body is not a !Sub [body, vars]")
+	}
+	text := strings.NewReplacer("${Ns}", "TokenVendor", "${AWS::Region}", "us-east-1").Replace(body.Content[0].Value)
+	var dash struct {
+		Widgets []struct {
+			Properties struct {
+				Title   string
+				Metrics [][]any
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(text), &dash); err != nil {
+		t.Fatalf("dashboard body is not JSON: %v", err)
+	}
+	widgets := 0
+	for _, w := range dash.Widgets {
+		for _, m := range w.Properties.Metrics {
+			widgets++
+			var parts []string
+			for i := 2; i+1 < len(m); i += 2 {
+				k, _ := m[i].(string)
+				v, _ := m[i+1].(string)
+				parts = append(parts, k+"="+v)
+			}
+			ns, _ := m[0].(string)
+			name, _ := m[1].(string)
+			if ns == "AWS/Lambda" {
+				for _, p := range parts {
+					fn := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(p, "FunctionName="), "${"), "}")
+					if get(res, fn) == nil {
+						t.Errorf("widget %q: no function %s", w.Properties.Title, fn)
+					}
+				}
+				continue
+			}
+			if _, ok := published[Metric{ns, name, strings.Join(parts, ",")}]; !ok {
+				t.Errorf("widget %q shows %s/%s [%s], which the code never published", w.Properties.Title, ns, name, strings.Join(parts, ","))
+			}
+		}
+	}
+	if widgets < 10 {
+		t.Fatalf("dashboard has %d metrics", widgets)
+	}
+}
+
+func loadTemplate(t *testing.T) *yaml.Node {
+	root, _ := testenv.RepoRoot()
+	b, err := os.ReadFile(filepath.Join(root, "template.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	return doc.Content[0]
+}
+
+func scalarsOf(n *yaml.Node) []string {
+	if n.Kind == yaml.ScalarNode {
+		return []string{n.Value}
+	}
+	var out []string
+	for _, c := range n.Content {
+		out = append(out, scalarsOf(c)...)
+	}
+	return out
+}
+
+var _ = events.APIGatewayV2HTTPResponse{}
