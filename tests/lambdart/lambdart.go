@@ -440,4 +440,3 @@ func sumValues(raw json.RawMessage) float64 {
 	}
 	return s
 }
-

@@ -108,7 +108,9 @@ func newStack(t *testing.T, params map[string]string) *stack {
 // provider stores d as the secret for name.
 func (s *stack) provider(name string, d *provider.Definition) {
 	s.t.Helper()
-	sm := secretsmanager.NewFromConfig(testenv.Config(), func(o *secretsmanager.Options) { o.BaseEndpoint = aws.String(s.aws["AWS_ENDPOINT_URL_SECRETS_MANAGER"]) })
+	sm := secretsmanager.NewFromConfig(testenv.Config(), func(o *secretsmanager.Options) {
+		o.BaseEndpoint = aws.String(s.aws["AWS_ENDPOINT_URL_SECRETS_MANAGER"])
+	})
 	b, _ := json.Marshal(d)
 	if _, err := sm.CreateSecret(context.Background(), &secretsmanager.CreateSecretInput{
 		Name: aws.String(s.refs["ProviderSecretPrefix"] + name), SecretString: aws.String(string(b))}); err != nil {
