@@ -1,4 +1,4 @@
-// Package httpapi is the vendor's HTTP API (DESIGN.md §5), one net/http
+// Package httpapi is the vendor's HTTP API (docs/design.md §5), one net/http
 // handler served by API Gateway (through lambdafn) and by local mode alike.
 package httpapi
 

@@ -1,5 +1,5 @@
 // Package provider parses and validates provider definitions: one client
-// registration at one OAuth 2.0 authorization server (DESIGN.md §2).
+// registration at one OAuth 2.0 authorization server (docs/design.md §2).
 package provider
 
 import (

@@ -1,5 +1,5 @@
 // Package sandbox is an OAuth 2.0 authorization server that speaks each seed
-// provider style exactly (DESIGN.md §1): Kopo Kopo K2 Connect, Mobifinance and
+// provider style exactly (docs/design.md §1): Kopo Kopo K2 Connect, Mobifinance and
 // django-oauth-toolkit. Local mode serves it so a newcomer sees tokens vended
 // with no account anywhere; tests use it as the upstream fake, because it
 // counts requests per client and can be told to misbehave.

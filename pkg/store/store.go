@@ -43,7 +43,7 @@ type Secret struct {
 // IsZero reports whether no token is stored.
 func (s Secret) IsZero() bool { return s.Plain == "" && len(s.Sealed) == 0 }
 
-// Item is one cache record (DESIGN.md §4). Times in seconds are what DynamoDB
+// Item is one cache record (docs/design.md §4). Times in seconds are what DynamoDB
 // TTL and humans read; lease and cooldown times are in milliseconds because
 // leases are seconds long.
 type Item struct {

@@ -104,7 +104,7 @@ func ParseTokenResponse(provider string, status int, header http.Header, body []
 	}, nil
 }
 
-// ResolveExpiresIn applies DESIGN.md §3.1: a number or numeric string is
+// ResolveExpiresIn applies docs/design.md §3.1: a number or numeric string is
 // used; missing, null, zero, negative or unparsable means the default;
 // anything above MaxCacheSeconds is capped, so nothing is cached forever.
 func ResolveExpiresIn(raw json.RawMessage, r ExpiryRules) time.Duration {

@@ -1,4 +1,4 @@
-// Package vend is the vending core (DESIGN.md §3): it hands out access tokens
+// Package vend is the vending core (docs/design.md §3): it hands out access tokens
 // from an in-process cache (L1) and a shared store (L2), and makes sure that
 // across every process sharing the store there is one upstream request per
 // key per refresh. It never vends a token with less than the caller's min_ttl

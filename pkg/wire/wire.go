@@ -1,5 +1,5 @@
 // Package wire holds what crosses the edge: the token and error JSON of
-// DESIGN.md §5, and the one place errors become HTTP statuses, error codes
+// docs/design.md §5, and the one place errors become HTTP statuses, error codes
 // and Lambda errorTypes. Clients never see internal error text.
 package wire
 

@@ -90,7 +90,7 @@ func TestEveryRouteUsesIAM(t *testing.T) {
 		}
 	}
 	if routes != 6 {
-		t.Fatalf("want the 6 routes of DESIGN.md §5, found %d", routes)
+		t.Fatalf("want the 6 routes of docs/design.md §5, found %d", routes)
 	}
 }
 

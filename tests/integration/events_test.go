@@ -164,13 +164,6 @@ func mustRoot(t *testing.T) string {
 	return r
 }
 
-func checkTokenJSON(t *testing.T, name string, body map[string]any) {
-	t.Helper()
-	if err := eventcases.TokenJSON(body); err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-}
-
 // TestInvokeAndHTTPShareTheCachedToken: a direct invoke and an HTTP request
 // on two instances vend the same token, and the refresher renews it so the
 // next caller gets the new one without an upstream call on its path.

@@ -1,5 +1,5 @@
 // Package dynamostore keeps token cache records in a DynamoDB table
-// (DESIGN.md §4): string partition key pk, TTL on expires_at.
+// (docs/design.md §4): string partition key pk, TTL on expires_at.
 package dynamostore
 
 import (
@@ -166,7 +166,7 @@ type TableAPI interface {
 	UpdateTimeToLive(ctx context.Context, in *dynamodb.UpdateTimeToLiveInput, optFns ...func(*dynamodb.Options)) (*dynamodb.UpdateTimeToLiveOutput, error)
 }
 
-// CreateTable creates the table with the schema of DESIGN.md §4 (for local
+// CreateTable creates the table with the schema of docs/design.md §4 (for local
 // mode and tests; in AWS the SAM template owns the table). An existing table
 // is left as it is.
 func CreateTable(ctx context.Context, api TableAPI, table string) error {
