@@ -263,10 +263,10 @@ func slow(q bool) ([]row, error) {
 	before := w.upstream("demo-mobi")
 	w.hammer(bg, &s2, vs, 10, req("demo-mobi"))
 	over := row{Fault: "slow provider at 120% of the attempt timeout (cold key)", Runs: 1, Calls: s2.calls, Refused: s2.errs, Below: s2.below, Upstream: w.upstream("demo-mobi") - before,
-		Expect: "503 + Retry-After to callers, upstream attempts ≤ 3 per lease"}
+		Expect: "503 + Retry-After to callers, upstream attempts ≤ 3 per lease, recovery within the timeout cooldown (10 s)"}
 	w.sb.ClearFaults()
 	start := time.Now()
-	for i := 0; i < 100; i++ {
+	for i := 0; i < 300; i++ { // timeouts open a 10 s cooldown
 		var s3 tally
 		w.hammer(bg, &s3, vs[:1], 1, req("demo-mobi"))
 		if s3.errs == 0 {
