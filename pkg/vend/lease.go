@@ -105,11 +105,11 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 				return cur, nil
 			}
 		case modeForce:
-			if usable && !time.Unix(it.IssuedAt, 0).Before(j.since.Truncate(time.Second)) && pass > 0 {
+			if usable && pass > 0 && j.satisfiedBy(it, cur) {
 				return cur, nil // another caller's forced refresh finished while we waited
 			}
 		case modeRejected:
-			if usable && tokenSHA(cur.AccessToken) != j.rejected {
+			if usable && j.satisfiedBy(it, cur) {
 				return cur, nil
 			}
 			if usable && !held {
@@ -228,11 +228,17 @@ func (v *Vendor) acquire(ctx context.Context, j *job, it *store.Item, drop bool,
 	if drop || !now.Before(next.Expiry()) {
 		// The token is dropped or dead; the record lives on as the lease, and
 		// its TTL must not delete it under the holder.
-		next.Token, next.TokenType, next.IssuedAt, next.RefreshAt = store.Secret{}, "", 0, 0
-		next.ExpiresAt = leaseUntil.Add(time.Hour).Unix()
+		dropToken(next, leaseUntil)
 	}
 	next.WriteID = randomID()
 	return next, v.cas(ctx, next, expect)
+}
+
+// dropToken empties a record's token; the record itself lives on (as a lease
+// or a revocation tombstone) until an hour after until, when TTL removes it.
+func dropToken(it *store.Item, until time.Time) {
+	it.Token, it.TokenType, it.IssuedAt, it.RefreshAt = store.Secret{}, "", 0, 0
+	it.ExpiresAt = until.Add(time.Hour).Unix()
 }
 
 // nextVersion is the version a write after expect carries. A record's first
@@ -281,12 +287,10 @@ func (v *Vendor) cas(ctx context.Context, next *store.Item, expect int64) error 
 // fetchUnderLease asks the provider and stores the answer with a CAS on the
 // leased version.
 func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item) (Token, error) {
-	// The outcome is written with its own short context: a fetch that ran
-	// out the caller's deadline must still free the lease or record its
-	// failure, or the fleet waits out the whole lease. The fetch stops short
-	// of the deadline to leave time for that write.
-	sctx, scancel := settleContext(ctx)
-	defer scancel()
+	// The fetch stops short of the caller's deadline, and its outcome is
+	// written with a settle context made after it: a fetch that ran out the
+	// deadline must still free the lease or record its failure, or the fleet
+	// waits out the whole lease.
 	fctx, fcancel := fetchContext(ctx)
 	defer fcancel()
 	def := j.def
@@ -295,7 +299,9 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 		// Maybe the secret was rotated: re-read it once, bypassing caches.
 		if fresh, rerr := v.providers.Reload(ctx, def.Name); rerr == nil && !fresh.SameCredentials(def) {
 			if fresh.Fingerprint() != def.Fingerprint() {
-				v.release(sctx, leased)
+				rctx, rcancel := settleContext(ctx)
+				defer rcancel()
+				v.release(rctx, leased)
 				return Token{}, errRegistrationChanged
 			}
 			v.log.InfoContext(ctx, "provider refused credentials; retrying with the re-read secret", "provider", def.Name)
@@ -303,6 +309,8 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 			up, err = v.fetch(fctx, def, j.key.Scopes)
 		}
 	}
+	sctx, scancel := settleContext(ctx)
+	defer scancel()
 	now := v.opts.Now()
 	if err != nil {
 		v.recordFailure(sctx, j, leased, err, now)
@@ -345,8 +353,8 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 // release) once the caller's context is gone.
 const settleTimeout = 2 * time.Second
 
-// settleContext outlives ctx's cancellation but not by much: at least
-// settleTimeout, at most what the caller had left (10 s with no deadline).
+// settleContext outlives ctx's cancellation but not by much: what the
+// caller has left, at least settleTimeout (10 s when ctx has no deadline).
 func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	d := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
@@ -376,15 +384,20 @@ func (v *Vendor) storedSince(ctx context.Context, j *job, leased *store.Item, no
 		return Token{}, false
 	}
 	cur, ok, _ := v.usable(ctx, j, it, now)
-	switch {
-	case !ok:
-		return Token{}, false
-	case j.mode == modeRejected:
-		return cur, tokenSHA(cur.AccessToken) != j.rejected
-	case j.mode == modeForce:
-		return cur, !time.Unix(it.IssuedAt, 0).Before(j.since.Truncate(time.Second))
+	return cur, ok && j.satisfiedBy(it, cur)
+}
+
+// satisfiedBy reports whether a usable stored token (cur, from it) answers
+// the job without a fetch: any token for a get, another token than the
+// rejected one, a token issued since a forced refresh began.
+func (j *job) satisfiedBy(it *store.Item, cur Token) bool {
+	switch j.mode {
+	case modeRejected:
+		return tokenSHA(cur.AccessToken) != j.rejected
+	case modeForce:
+		return !time.Unix(it.IssuedAt, 0).Before(j.since.Truncate(time.Second))
 	}
-	return cur, true
+	return true
 }
 
 // refreshAt is expires_at − max(60 s, lifetime/5), or the provider's own

@@ -64,10 +64,8 @@ func (v *Vendor) Revoke(ctx context.Context, req Request) (RevokeResult, error) 
 		}
 		next := *it
 		next.Version = nextVersion(it.Version, now)
-		next.Token, next.TokenType, next.IssuedAt, next.RefreshAt = store.Secret{}, "", 0, 0
 		next.LeaseOwner, next.LeaseUntilMS = "", 0
-		// The tombstone outlives any lease by far; TTL then removes it.
-		next.ExpiresAt = now.Add(time.Hour).Unix()
+		dropToken(&next, now) // the tombstone outlives any lease by far
 		next.WriteID = randomID()
 		err = v.cas(ctx, &next, it.Version)
 		if err == nil {

@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/token-vendor/token-vendor/pkg/vend"
+	"github.com/token-vendor/token-vendor/tests/lambdart"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
@@ -25,33 +26,17 @@ func loadTemplate(t *testing.T) (*yaml.Node, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(root, "template.yaml"))
+	doc, err := lambdart.LoadTemplate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		t.Fatal(err)
-	}
-	return doc.Content[0], root
+	return doc, root
 }
 
-// get walks mapping keys.
-func get(n *yaml.Node, path ...string) *yaml.Node {
-	for _, k := range path {
-		if n == nil || n.Kind != yaml.MappingNode {
-			return nil
-		}
-		var next *yaml.Node
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == k {
-				next = n.Content[i+1]
-			}
-		}
-		n = next
-	}
-	return n
-}
+var (
+	get     = lambdart.Get
+	scalars = lambdart.Scalars
+)
 
 func resources(t *testing.T, root *yaml.Node, typ string) map[string]*yaml.Node {
 	out := map[string]*yaml.Node{}
@@ -126,20 +111,6 @@ func statements(n *yaml.Node, out *[]*yaml.Node) {
 	for _, c := range n.Content {
 		statements(c, out)
 	}
-}
-
-func scalars(n *yaml.Node) []string {
-	if n == nil {
-		return nil
-	}
-	if n.Kind == yaml.ScalarNode {
-		return []string{n.Value}
-	}
-	var out []string
-	for _, c := range n.Content {
-		out = append(out, scalars(c)...)
-	}
-	return out
 }
 
 func TestLeastPrivilege(t *testing.T) {

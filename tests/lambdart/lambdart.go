@@ -51,23 +51,15 @@ func Build(logicalID, dir string) (string, error) {
 // resource takes refs[name] (or refs["X.Arn"]), and !If evaluates the
 // template's conditions on parameter defaults.
 func TemplateEnv(logicalID string, refs map[string]string) (map[string]string, error) {
-	root, err := testenv.RepoRoot()
+	root, err := LoadTemplate()
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(root, "template.yaml"))
-	if err != nil {
-		return nil, err
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		return nil, err
-	}
-	t := &tmpl{root: doc.Content[0], refs: refs}
+	t := &tmpl{root: root, refs: refs}
 	env := map[string]string{}
 	for _, vars := range []*yaml.Node{
-		get(t.root, "Globals", "Function", "Environment", "Variables"),
-		get(t.root, "Resources", logicalID, "Properties", "Environment", "Variables"),
+		Get(t.root, "Globals", "Function", "Environment", "Variables"),
+		Get(t.root, "Resources", logicalID, "Properties", "Environment", "Variables"),
 	} {
 		if vars == nil {
 			continue
@@ -80,7 +72,7 @@ func TemplateEnv(logicalID string, refs map[string]string) (map[string]string, e
 			env[vars.Content[i].Value] = v
 		}
 	}
-	if get(t.root, "Resources", logicalID) == nil {
+	if Get(t.root, "Resources", logicalID) == nil {
 		return nil, fmt.Errorf("no resource %s in template.yaml", logicalID)
 	}
 	return env, nil
@@ -97,8 +89,8 @@ func (t *tmpl) resolve(n *yaml.Node) (string, error) {
 		if v, ok := t.refs[n.Value]; ok {
 			return v, nil
 		}
-		if p := get(t.root, "Parameters", n.Value); p != nil {
-			if d := get(p, "Default"); d != nil {
+		if p := Get(t.root, "Parameters", n.Value); p != nil {
+			if d := Get(p, "Default"); d != nil {
 				return d.Value, nil
 			}
 		}
@@ -126,7 +118,7 @@ func (t *tmpl) resolve(n *yaml.Node) (string, error) {
 
 // condition evaluates the !Equals / !Not conditions the template uses.
 func (t *tmpl) condition(name string) (bool, error) {
-	c := get(t.root, "Conditions", name)
+	c := Get(t.root, "Conditions", name)
 	if c == nil {
 		return false, fmt.Errorf("no condition %s", name)
 	}
@@ -149,7 +141,40 @@ func (t *tmpl) condition(name string) (bool, error) {
 	return eval(c)
 }
 
-func get(n *yaml.Node, path ...string) *yaml.Node {
+// LoadTemplate parses the repository's template.yaml and returns its root mapping.
+func LoadTemplate() (*yaml.Node, error) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(root, "template.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, err
+	}
+	return doc.Content[0], nil
+}
+
+// Scalars lists every scalar under n, depth first (nil for nil).
+func Scalars(n *yaml.Node) []string {
+	if n == nil {
+		return nil
+	}
+	if n.Kind == yaml.ScalarNode {
+		return []string{n.Value}
+	}
+	var out []string
+	for _, c := range n.Content {
+		out = append(out, Scalars(c)...)
+	}
+	return out
+}
+
+// Get walks mapping keys; nil where a key is missing.
+func Get(n *yaml.Node, path ...string) *yaml.Node {
 	for _, k := range path {
 		if n == nil || n.Kind != yaml.MappingNode {
 			return nil
@@ -167,21 +192,13 @@ func get(n *yaml.Node, path ...string) *yaml.Node {
 
 // Timeout is the function's Timeout in template.yaml (Globals, or its own).
 func Timeout(logicalID string) (time.Duration, error) {
-	root, err := testenv.RepoRoot()
+	root, err := LoadTemplate()
 	if err != nil {
 		return 0, err
 	}
-	b, err := os.ReadFile(filepath.Join(root, "template.yaml"))
-	if err != nil {
-		return 0, err
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		return 0, err
-	}
-	n := get(doc.Content[0], "Resources", logicalID, "Properties", "Timeout")
+	n := Get(root, "Resources", logicalID, "Properties", "Timeout")
 	if n == nil {
-		n = get(doc.Content[0], "Globals", "Function", "Timeout")
+		n = Get(root, "Globals", "Function", "Timeout")
 	}
 	if n == nil {
 		return 3 * time.Second, nil // Lambda's default

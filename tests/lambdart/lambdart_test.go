@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
@@ -285,32 +284,35 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 	}
 
 	published := EMF(s.output())
-	root := loadTemplate(t)
-	res := get(root, "Resources")
+	root, err := LoadTemplate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := Get(root, "Resources")
 	alarms := 0
 	for i := 0; i+1 < len(res.Content); i += 2 {
 		r := res.Content[i+1]
-		if get(r, "Type").Value != "AWS::CloudWatch::Alarm" {
+		if Get(r, "Type").Value != "AWS::CloudWatch::Alarm" {
 			continue
 		}
 		alarms++
-		name, p := res.Content[i].Value, get(r, "Properties")
-		ns, metric := get(p, "Namespace").Value, get(p, "MetricName").Value
+		name, p := res.Content[i].Value, Get(r, "Properties")
+		ns, metric := Get(p, "Namespace").Value, Get(p, "MetricName").Value
 		var threshold float64
-		yaml.Unmarshal([]byte(get(p, "Threshold").Value), &threshold)
+		yaml.Unmarshal([]byte(Get(p, "Threshold").Value), &threshold)
 		if ns == "AWS/Lambda" {
-			fn := get(p, "Dimensions").Content[0]
-			if get(fn, "Value").Value != "RefresherFunction" || metric != "Errors" {
+			fn := Get(p, "Dimensions").Content[0]
+			if Get(fn, "Value").Value != "RefresherFunction" || metric != "Errors" {
 				t.Errorf("%s: unexpected AWS/Lambda alarm", name)
 			}
 			continue // Lambda counts the error the runtime reported above
 		}
-		if stat := get(p, "Statistic").Value; stat != "Sum" {
+		if stat := Get(p, "Statistic").Value; stat != "Sum" {
 			t.Errorf("%s: statistic %s", name, stat)
 		}
 		dims := ""
-		if d := get(p, "Dimensions"); d != nil {
-			t.Errorf("%s: alarm on a per-dimension metric %v; the code publishes the fleet-wide aggregate", name, scalarsOf(d))
+		if d := Get(p, "Dimensions"); d != nil {
+			t.Errorf("%s: alarm on a per-dimension metric %v; the code publishes the fleet-wide aggregate", name, Scalars(d))
 		}
 		got, ok := published[Metric{ns, metric, dims}]
 		if !ok {
@@ -325,7 +327,7 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 		t.Fatalf("found %d alarms", alarms)
 	}
 	// Dashboard widgets.
-	body := get(res, "Dashboard", "Properties", "DashboardBody")
+	body := Get(res, "Dashboard", "Properties", "DashboardBody")
 	if body == nil || body.Tag != "!Sub" || len(body.Content) != 2 {
 		t.Fatal("Dashboard body is not a !Sub [body, vars]")
 	}
@@ -356,7 +358,7 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 			if ns == "AWS/Lambda" {
 				for _, p := range parts {
 					fn := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(p, "FunctionName="), "${"), "}")
-					if get(res, fn) == nil {
+					if Get(res, fn) == nil {
 						t.Errorf("widget %q: no function %s", w.Properties.Title, fn)
 					}
 				}
@@ -371,29 +373,3 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 		t.Fatalf("dashboard has %d metrics", widgets)
 	}
 }
-
-func loadTemplate(t *testing.T) *yaml.Node {
-	root, _ := testenv.RepoRoot()
-	b, err := os.ReadFile(filepath.Join(root, "template.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		t.Fatal(err)
-	}
-	return doc.Content[0]
-}
-
-func scalarsOf(n *yaml.Node) []string {
-	if n.Kind == yaml.ScalarNode {
-		return []string{n.Value}
-	}
-	var out []string
-	for _, c := range n.Content {
-		out = append(out, scalarsOf(c)...)
-	}
-	return out
-}
-
-var _ = events.APIGatewayV2HTTPResponse{}

@@ -59,21 +59,13 @@ func (e *events) Value(string, string, string, float64)     {}
 func (e *events) Event(_, name string)                      { e.mu.Lock(); e.n[name]++; e.mu.Unlock() }
 func (e *events) count(name string) int                     { e.mu.Lock(); defer e.mu.Unlock(); return e.n[name] }
 func newEvents() *events                                    { return &events{n: map[string]int{}} }
-func (f *fixture) instance(o vend.Options, st vend.Store) *vend.Vendor {
-	o.Now, o.Sleep = f.clock.Now, f.clock.Sleep
-	if st == nil {
-		st = f.store
-	}
-	return vend.New(f.provs, Client(f.clock), st, o)
-}
-
 func testRetriedWritesThatLandedAreRecognised(t *testing.T, newStore NewStore) {
 	f := newFixture(t, newStore)
 	// Every write is retried after landing: the lease take, the token write
 	// and (after a failure) the release.
 	st := &sdkRetriedStore{Store: f.store, match: func(*store.Item) bool { return true }}
 	ev := newEvents()
-	v := f.instance(vend.Options{DisableRefreshAhead: true, Observer: ev}, st)
+	v := f.instance(vend.Options{DisableRefreshAhead: true, Observer: ev}, st, nil)
 	start := f.clock.Now()
 	tok, err := v.Token(bg, req("demo-k2", ""))
 	if err != nil {
@@ -151,10 +143,10 @@ func goToken(v *vend.Vendor, r vend.Request) chan result {
 
 func testRevokeDuringHeldLeaseNoABA(t *testing.T, newStore NewStore) {
 	f := newFixture(t, newStore)
-	o := vend.Options{DisableRefreshAhead: true, L1MaxAge: -1, Now: f.clock.Now, Sleep: f.clock.Sleep}
+	o := vend.Options{DisableRefreshAhead: true, L1MaxAge: -1}
 	gateA, gateB := newGate(f.clock), newGate(f.clock)
-	a := vend.New(f.provs, gateA, f.store, o)
-	b := vend.New(f.provs, gateB, f.store, o)
+	a := f.instance(o, nil, gateA)
+	b := f.instance(o, nil, gateB)
 	resA := goToken(a, req("demo-k2", ""))
 	relA := gateA.next(t) // a holds the lease on the cold key and is fetching
 	if _, err := f.vendor(o).Revoke(bg, req("demo-k2", "")); err != nil {
@@ -184,9 +176,9 @@ func testRevokeDuringHeldLeaseNoABA(t *testing.T, newStore NewStore) {
 
 func testStalledHolderServesTokenStoredMeanwhile(t *testing.T, newStore NewStore) {
 	f := newFixture(t, newStore)
-	o := vend.Options{DisableRefreshAhead: true, L1MaxAge: -1, LeaseDuration: 10 * time.Second, Now: f.clock.Now, Sleep: f.clock.Sleep}
+	o := vend.Options{DisableRefreshAhead: true, L1MaxAge: -1, LeaseDuration: 10 * time.Second}
 	gate := newGate(f.clock)
-	stalled := vend.New(f.provs, gate, f.store, o)
+	stalled := f.instance(o, nil, gate)
 	res := goToken(stalled, req("demo-k2", ""))
 	rel := gate.next(t)
 	f.clock.Advance(11 * time.Second) // the holder stalls past its lease

@@ -67,9 +67,19 @@ func newFixture(t *testing.T, newStore NewStore) *fixture {
 }
 
 // vendor returns a new "instance": own L1 and single-flight, shared store.
-func (f *fixture) vendor(o vend.Options) *vend.Vendor {
+func (f *fixture) vendor(o vend.Options) *vend.Vendor { return f.instance(o, nil, nil) }
+
+// instance is vendor with its own store (nil: the fixture's) and fetcher
+// (nil: the sandbox client on the fixture's clock).
+func (f *fixture) instance(o vend.Options, st vend.Store, fe vend.Fetcher) *vend.Vendor {
 	o.Now, o.Sleep = f.clock.Now, f.clock.Sleep
-	return vend.New(f.provs, Client(f.clock), f.store, o)
+	if st == nil {
+		st = f.store
+	}
+	if fe == nil {
+		fe = Client(f.clock)
+	}
+	return vend.New(f.provs, fe, st, o)
 }
 
 func (f *fixture) requests(provider string) int {
