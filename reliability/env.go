@@ -65,9 +65,17 @@ func (w *world) instance(o vend.Options, st vend.Store) *vend.Vendor {
 // instanceWith is instance with an upstream attempt timeout; the lease is
 // sized from it as in production (3 attempts + margin).
 func (w *world) instanceWith(o vend.Options, st vend.Store, attempt time.Duration) *vend.Vendor {
-	up := &upstream.Client{AttemptTimeout: attempt, MaxRetryAfter: -1, BaseBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}
+	return w.instanceUp(o, st, &upstream.Client{AttemptTimeout: attempt, MaxRetryAfter: -1, BaseBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+}
+
+// instanceUp is instance with its own upstream client.
+func (w *world) instanceUp(o vend.Options, st vend.Store, up *upstream.Client) *vend.Vendor {
+	attempts := up.MaxAttempts
+	if attempts == 0 {
+		attempts = upstream.DefaultMaxAttempts
+	}
 	if o.LeaseDuration == 0 {
-		o.LeaseDuration = 3*attempt + time.Second
+		o.LeaseDuration = time.Duration(attempts)*up.AttemptTimeout + time.Second
 	}
 	if w.clock != nil {
 		// Waits are real (and short): a wait must not move the shared fake

@@ -174,16 +174,21 @@ func providerDown(q bool) (row, error) {
 	return r, nil
 }
 
-// storm429: every request is rate-limited; the fleet must back off together.
-func storm429(q bool) (row, error) {
+// retryAfterStorm: every request is answered status with Retry-After (429,
+// or a 503 on the first attempt); the fleet must back off together.
+func retryAfterStorm(status int) func(bool) (row, error) {
+	return func(q bool) (row, error) { return storm(q, status) }
+}
+
+func storm(q bool, status int) (row, error) {
 	w, err := newWorld(true)
 	if err != nil {
 		return row{}, err
 	}
 	defer w.close()
 	vs := instances(w, 4, vend.Options{})
-	w.sb.SetFault(sandbox.Fault{Status: 429, RetryAfter: 30})
-	r := row{Fault: "429 storm with Retry-After: 30 (cold key, 4 instances)", Expect: "provider asked at most once per Retry-After window, fleet-wide"}
+	w.sb.SetFault(sandbox.Fault{Status: status, RetryAfter: 30})
+	r := row{Fault: fmt.Sprintf("%d storm with Retry-After: 30 on every answer, the first included (cold key, 4 instances)", status), Expect: "provider asked at most once per Retry-After window, fleet-wide"}
 	const window = 30 * time.Second
 	dur := 10 * time.Minute
 	for start := w.now(); w.now().Before(start.Add(dur)); w.clock.Advance(time.Second) {

@@ -290,8 +290,10 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 	// The fetch stops short of the caller's deadline, and its outcome is
 	// written with a settle context made after it: a fetch that ran out the
 	// deadline must still free the lease or record its failure, or the fleet
-	// waits out the whole lease.
-	fctx, fcancel := fetchContext(ctx)
+	// waits out the whole lease. It also stops when the lease lapses: an
+	// instance that stalled (frozen, starved) must not go on retrying a
+	// provider on a key another instance may own by now.
+	fctx, fcancel := fetchContext(ctx, leased.LeaseUntil().Sub(v.opts.Now()))
 	defer fcancel()
 	def := j.def
 	up, err := v.fetch(fctx, def, j.key.Scopes)
@@ -313,7 +315,14 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 	defer scancel()
 	now := v.opts.Now()
 	if err != nil {
-		v.recordFailure(sctx, j, leased, err, now)
+		if now.Before(leased.LeaseUntil()) {
+			v.recordFailure(sctx, j, leased, err, now)
+		} else {
+			// The lease lapsed under us: the failure may be our own stall,
+			// not the provider's, so it opens no cooldown, and the record
+			// belongs to whoever took the lease over.
+			v.log.WarnContext(ctx, "lease lapsed during the fetch; not recording its failure", "provider", def.Name, "error", err)
+		}
 		// A holder that stalled past its lease (GC pause, frozen process)
 		// may find that another instance took over and stored a token
 		// meanwhile: hand that out rather than refuse.
@@ -363,13 +372,15 @@ func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), d)
 }
 
-// fetchContext ends the upstream fetch settleTimeout before ctx's deadline,
-// when there is room for that.
-func fetchContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) > 2*settleTimeout {
-		return context.WithDeadline(ctx, dl.Add(-settleTimeout))
+// fetchContext ends the upstream fetch when the lease lapses (leaseLeft
+// from now), and settleTimeout before ctx's deadline when there is room
+// for that.
+func fetchContext(ctx context.Context, leaseLeft time.Duration) (context.Context, context.CancelFunc) {
+	end := time.Now().Add(max(leaseLeft, 0))
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) > 2*settleTimeout && dl.Add(-settleTimeout).Before(end) {
+		end = dl.Add(-settleTimeout)
 	}
-	return context.WithCancel(ctx)
+	return context.WithDeadline(ctx, end)
 }
 
 // storedSince reads the record again after a failed fetch and returns a

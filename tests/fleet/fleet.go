@@ -41,6 +41,7 @@ const (
 	envTable    = "TV_FLEET_TABLE"
 	envDefs     = "TV_FLEET_DEFS"
 	envLeaseMS  = "TV_FLEET_LEASE_MS"
+	envEndpoint = "TV_FLEET_DYNAMODB"
 )
 
 // Approaches a member can take to get a token.
@@ -56,6 +57,7 @@ type Options struct {
 	Table    string        // DynamoDB table (Vendor); endpoint from testenv.EnvDynamoDB
 	DefsFile string        // providers file (registry.ParseFile format)
 	Lease    time.Duration // vend lease (default 10 s)
+	Endpoint string        // DynamoDB endpoint, for a fault proxy (default testenv.EnvDynamoDB)
 }
 
 // Command is one round for a member.
@@ -103,7 +105,7 @@ func Main() int {
 	var v *vend.Vendor
 	sources := map[string]oauth2.TokenSource{}
 	if os.Getenv(envApproach) == Vendor {
-		st := dynamostore.New(testenv.DynamoDBClient(os.Getenv(testenv.EnvDynamoDB)), os.Getenv(envTable))
+		st := dynamostore.New(testenv.DynamoDBClient(os.Getenv(envEndpoint)), os.Getenv(envTable))
 		up := &upstream.Client{Now: now, AttemptTimeout: 2 * time.Second, MaxRetryAfter: -1, BaseBackoff: 10 * time.Millisecond}
 		v = vend.New(registry.NewStatic(defs), up, st, vend.Options{Now: now, LeaseDuration: time.Duration(lease) * time.Millisecond, DisableRefreshAhead: true})
 	}
@@ -197,6 +199,9 @@ func Start(n int, o Options) (*Fleet, error) {
 	if o.Lease == 0 {
 		o.Lease = 10 * time.Second
 	}
+	if o.Endpoint == "" {
+		o.Endpoint = os.Getenv(testenv.EnvDynamoDB)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -205,7 +210,7 @@ func Start(n int, o Options) (*Fleet, error) {
 	for i := 0; i < n; i++ {
 		cmd := exec.Command(self, "-test.run=^$")
 		cmd.Env = append(os.Environ(), EnvChild+"=1", envApproach+"="+o.Approach, envTable+"="+o.Table, envDefs+"="+o.DefsFile,
-			envLeaseMS+"="+strconv.FormatInt(o.Lease.Milliseconds(), 10))
+			envLeaseMS+"="+strconv.FormatInt(o.Lease.Milliseconds(), 10), envEndpoint+"="+o.Endpoint)
 		cmd.Stderr = os.Stderr
 		in, _ := cmd.StdinPipe()
 		outp, _ := cmd.StdoutPipe()
@@ -246,6 +251,13 @@ func (m *Member) Kill() error {
 	m.dead = true
 	return m.cmd.Process.Signal(syscall.SIGKILL)
 }
+
+// Stop freezes the member with SIGSTOP, as Lambda freezes an instance or a
+// long GC pause stalls one; Cont resumes it.
+func (m *Member) Stop() error { return m.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Cont resumes a stopped member.
+func (m *Member) Cont() error { return m.cmd.Process.Signal(syscall.SIGCONT) }
 
 // Round sends c to every live member (starting together shortly) and
 // merges their reports.

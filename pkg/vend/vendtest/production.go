@@ -47,24 +47,28 @@ func (s *sdkRetriedStore) Put(ctx context.Context, it *store.Item, expect int64)
 	return s.Store.Put(ctx, it, expect)
 }
 
-// events records core events by name.
-type events struct {
+// Events records core events by name (a vend.Observer).
+type Events struct {
 	mu sync.Mutex
 	n  map[string]int
 }
 
-func (e *events) Vended(string, vend.Source, time.Duration) {}
-func (e *events) Upstream(string, time.Duration, string)    {}
-func (e *events) Value(string, string, string, float64)     {}
-func (e *events) Event(_, name string)                      { e.mu.Lock(); e.n[name]++; e.mu.Unlock() }
-func (e *events) count(name string) int                     { e.mu.Lock(); defer e.mu.Unlock(); return e.n[name] }
-func newEvents() *events                                    { return &events{n: map[string]int{}} }
+func (e *Events) Vended(string, vend.Source, time.Duration) {}
+func (e *Events) Upstream(string, time.Duration, string)    {}
+func (e *Events) Value(string, string, string, float64)     {}
+func (e *Events) Event(_, name string)                      { e.mu.Lock(); e.n[name]++; e.mu.Unlock() }
+
+// Count is how many times the event was seen.
+func (e *Events) Count(name string) int { e.mu.Lock(); defer e.mu.Unlock(); return e.n[name] }
+
+// NewEvents returns an empty recorder.
+func NewEvents() *Events { return &Events{n: map[string]int{}} }
 func testRetriedWritesThatLandedAreRecognised(t *testing.T, newStore NewStore) {
 	f := newFixture(t, newStore)
 	// Every write is retried after landing: the lease take, the token write
 	// and (after a failure) the release.
 	st := &sdkRetriedStore{Store: f.store, match: func(*store.Item) bool { return true }}
-	ev := newEvents()
+	ev := NewEvents()
 	v := f.instance(vend.Options{DisableRefreshAhead: true, Observer: ev}, st, nil)
 	start := f.clock.Now()
 	tok, err := v.Token(bg, req("demo-k2", ""))
@@ -77,7 +81,7 @@ func testRetriedWritesThatLandedAreRecognised(t *testing.T, newStore NewStore) {
 	if n := f.requests("demo-k2"); n != 1 || st.retried.Load() < 2 {
 		t.Fatalf("upstream requests %d, retried writes %d", n, st.retried.Load())
 	}
-	if n := ev.count("store_write_lost"); n != 0 {
+	if n := ev.Count("store_write_lost"); n != 0 {
 		t.Fatalf("a token write that landed was counted lost %d times", n)
 	}
 	// The token is in the store: another instance reads it, no fetch.
@@ -191,6 +195,10 @@ func testStalledHolderServesTokenStoredMeanwhile(t *testing.T, newStore NewStore
 	r := <-res
 	if r.err != nil || r.tok.AccessToken != other.AccessToken {
 		t.Fatalf("stalled holder refused although a token was stored: %v", r.err)
+	}
+	// Its timeout was its own stall, not the provider's fault.
+	if it, _ := f.store.Get(bg, "cooldown#demo-k2", true); it != nil {
+		t.Fatalf("the stalled holder's own timeout opened a cooldown on a healthy provider (until %v)", time.UnixMilli(it.CooldownUntil))
 	}
 }
 

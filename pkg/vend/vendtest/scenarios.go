@@ -464,31 +464,23 @@ func testDeadLeaseHolderTakenOverByOneWaiter(t *testing.T, newStore NewStore) {
 
 func testLostLeaseCannotOverwriteNewerToken(t *testing.T, newStore NewStore) {
 	f := newFixture(t, newStore)
-	// Real clock here: the slow holder's lease must lapse while it fetches.
-	mem := newStore(t, nil)
-	a := vend.New(f.provs, Client(nil), mem, vend.Options{LeaseDuration: 300 * time.Millisecond})
-	b := vend.New(f.provs, Client(nil), mem, vend.Options{LeaseDuration: 5 * time.Second})
-	f.up.Server.SetFault(sandbox.Fault{Delay: 500 * time.Millisecond, Times: 1})
-	var ta vend.Token
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var err error
-		ta, err = a.Token(bg, req("demo-k2", ""))
-		if err != nil {
-			t.Error(err)
-		}
-	}()
-	time.Sleep(350 * time.Millisecond) // a's lease has lapsed; a is still waiting on the provider
-	tb, err := b.Token(bg, req("demo-k2", ""))
-	if err != nil {
-		t.Fatal(err)
+	o := vend.Options{LeaseDuration: 10 * time.Second, L1MaxAge: -1, DisableRefreshAhead: true}
+	gate := newGate(f.clock)
+	resA := goToken(f.instance(o, nil, gate), req("demo-k2", ""))
+	rel := gate.next(t)               // a holds the lease and is fetching
+	f.clock.Advance(11 * time.Second) // a stalls past its lease
+	tb, err := f.vendor(o).Token(bg, req("demo-k2", ""))
+	if err != nil || tb.Source != vend.FromUpstream {
+		t.Fatalf("take-over: %v %v", tb.Source, err)
 	}
-	<-done
-	c := vend.New(f.provs, Client(nil), mem, vend.Options{})
-	tc, _ := c.Token(bg, req("demo-k2", ""))
-	if ta.AccessToken == tb.AccessToken || tc.AccessToken != tb.AccessToken {
-		t.Fatalf("the late writer overwrote the newer token (a=%v b=%v stored=%v)", ta.AccessToken[:8], tb.AccessToken[:8], tc.AccessToken[:8])
+	rel <- nil // a's fetch completes late, with a token of its own
+	ra := <-resA
+	if ra.err != nil {
+		t.Fatal(ra.err)
+	}
+	tc, _ := f.vendor(o).Token(bg, req("demo-k2", ""))
+	if ra.tok.AccessToken == tb.AccessToken || tc.AccessToken != tb.AccessToken {
+		t.Fatalf("the late writer overwrote the newer token (a=%v b=%v stored=%v)", ra.tok.AccessToken[:8], tb.AccessToken[:8], tc.AccessToken[:8])
 	}
 }
 
