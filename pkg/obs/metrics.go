@@ -105,6 +105,7 @@ var eventMetrics = map[string]string{
 	"refreshed":        "Refreshes",
 	"refresh_failed":   "RefreshFailures",
 	"revoked":          "Revocations",
+	"retired":          "KeysRetired",
 	// Named in template.yaml's alarms.
 	"upstream_rejected": "UpstreamRejections",
 	"unavailable":       "Unavailable",

@@ -24,6 +24,12 @@ const (
 	AuthQuery = "query"
 )
 
+// DefaultMaxKeys and MaxMaxKeys bound max_keys.
+const (
+	DefaultMaxKeys = 100
+	MaxMaxKeys     = 1000
+)
+
 // DefaultExpiresIn is the lifetime assumed when a token response has no usable expires_in.
 const DefaultExpiresIn = 3600
 
@@ -46,6 +52,13 @@ type Definition struct {
 	RevokeURL            string            `json:"revoke_url,omitempty"`
 	DefaultExpiresIn     int64             `json:"default_expires_in,omitempty"`
 	RefreshBeforeSeconds int64             `json:"refresh_before_seconds,omitempty"`
+	// IdleAfterSeconds overrides IDLE_AFTER: a key not vended for this long
+	// is no longer renewed (0: the deployment's default).
+	IdleAfterSeconds int64 `json:"idle_after_seconds,omitempty"`
+	// MaxKeys caps the distinct scope sets cached for a provider without
+	// allowed_scopes (0: DefaultMaxKeys; ignored with allowed_scopes, which
+	// bound the keys already).
+	MaxKeys int `json:"max_keys,omitempty"`
 
 	fp string // Fingerprint, computed once by Validate: it is on the L1 hot path
 }
@@ -189,6 +202,15 @@ func (d *Definition) Validate() error {
 	}
 	if d.DefaultExpiresIn == 0 {
 		d.DefaultExpiresIn = DefaultExpiresIn
+	}
+	if d.IdleAfterSeconds < 0 || d.IdleAfterSeconds > 86400*366 {
+		return fe("idle_after_seconds", "must be between 0 and 31622400")
+	}
+	if d.MaxKeys < 0 || d.MaxKeys > MaxMaxKeys {
+		return fe("max_keys", fmt.Sprintf("must be between 0 and %d", MaxMaxKeys))
+	}
+	if d.MaxKeys == 0 {
+		d.MaxKeys = DefaultMaxKeys
 	}
 	if d.RefreshBeforeSeconds < 0 || d.RefreshBeforeSeconds > 86400*366 {
 		return fe("refresh_before_seconds", "must be between 0 and 31622400 seconds")

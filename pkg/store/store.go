@@ -64,12 +64,33 @@ type Item struct {
 	LastErrorAt   int64  `dynamodbav:"last_error_at,omitempty"`
 	FailedUntilMS int64  `dynamodbav:"failed_until,omitempty"`
 	RejectedAtMS  int64  `dynamodbav:"rejected_at,omitempty"`
-	LastUsedAt    int64  `dynamodbav:"last_used_at,omitempty"`
-	CooldownUntil int64  `dynamodbav:"cooldown_until,omitempty"` // ms
-	CooldownFrom  int64  `dynamodbav:"cooldown_from,omitempty"`  // ms: when the current cooldown opened
+	// LastUsedAt is when a caller last had this key's token (epoch
+	// seconds), recorded at most once per usage interval (docs/design.md §3).
+	LastUsedAt int64 `dynamodbav:"last_used_at,omitempty"`
+	// RetiredAt is set when the refresher stopped renewing an idle key; the
+	// record leaves the refresh index and expires by TTL unless used again.
+	RetiredAt     int64 `dynamodbav:"retired_at,omitempty"`
+	CooldownUntil int64 `dynamodbav:"cooldown_until,omitempty"` // ms
+	CooldownFrom  int64 `dynamodbav:"cooldown_from,omitempty"`  // ms: when the current cooldown opened
 	// WriteID is unique per write, so a write whose outcome is unknown
 	// (timeout, 5xx) can be recognised when the record is read back.
 	WriteID string `dynamodbav:"write_id,omitempty"`
+}
+
+// InRefreshIndex reports whether the record belongs in the refresh index:
+// it holds a token and has not been retired. The DynamoDB store writes the
+// index key only on such records (a sparse index).
+func (it *Item) InRefreshIndex() bool { return !it.Token.IsZero() && it.RetiredAt == 0 }
+
+// IndexAttributes are the attributes the refresh index projects besides its
+// keys (pk, and refresh_at): what a refresher run needs to order and
+// confirm a key, never the token.
+var IndexAttributes = []string{"provider", "scope", "registration", "issued_at", "expires_at", "last_used_at"}
+
+// Projected is the record as the refresh index holds it.
+func (it *Item) Projected() *Item {
+	return &Item{PK: it.PK, Provider: it.Provider, Scope: it.Scope, Fingerprint: it.Fingerprint,
+		IssuedAt: it.IssuedAt, ExpiresAt: it.ExpiresAt, RefreshAt: it.RefreshAt, LastUsedAt: it.LastUsedAt}
 }
 
 // Expiry returns the token's expiry.
@@ -162,6 +183,31 @@ func (m *Memory) Scan(_ context.Context, f Filter) ([]*Item, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].PK < out[j].PK })
 	return out, nil
+}
+
+// Due returns, as the refresh index holds them (Projected), the records in
+// the index whose refresh_at is before before, closest to expiry first.
+func (m *Memory) Due(_ context.Context, before time.Time) ([]*Item, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*Item
+	for _, it := range m.items {
+		if it.InRefreshIndex() && it.RefreshAt < before.Unix() {
+			out = append(out, it.Projected())
+		}
+	}
+	SortByExpiry(out)
+	return out, nil
+}
+
+// SortByExpiry orders records closest to expiry first (then by key).
+func SortByExpiry(items []*Item) {
+	sort.Slice(items, func(i, j int) bool {
+		if items[i].ExpiresAt != items[j].ExpiresAt {
+			return items[i].ExpiresAt < items[j].ExpiresAt
+		}
+		return items[i].PK < items[j].PK
+	})
 }
 
 func clone(it *Item) *Item {

@@ -80,7 +80,14 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 	}
 	consistent := j.mode != modeGet
 	for pass := 0; ; pass++ {
+		var joinUses func()
+		if pass == 0 {
+			joinUses = v.flushUses(ctx) // queued usage writes ride along with this read
+		}
 		it, err := v.store.Get(ctx, j.key.PK, consistent)
+		if joinUses != nil {
+			joinUses()
+		}
 		if err != nil {
 			return v.withoutStore(ctx, j, err)
 		}
@@ -99,6 +106,7 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 		switch j.mode {
 		case modeGet:
 			if usable {
+				v.noteUse(it, now)
 				if !v.opts.DisableRefreshAhead && it.RefreshAt <= now.Unix() && !held {
 					v.refreshAhead(j)
 				}
@@ -121,6 +129,9 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 		case modeAhead, modeScheduled:
 			if held || it == nil || it.Token.IsZero() || (!j.force && (it.RefreshAt >= j.before.Unix() || young(it, now))) {
 				return Token{}, errSkipped
+			}
+			if j.mode == modeScheduled && v.idle(j.def, it, now) {
+				return Token{}, v.retire(ctx, it, now)
 			}
 		}
 		if err := v.blocked(ctx, j, it, now); err != nil {
@@ -342,6 +353,7 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 	next.IssuedAt = up.IssuedAt.Unix()
 	next.ExpiresAt = up.Expiry.Unix()
 	next.RefreshAt = refreshAt(def, up).Unix()
+	next.LastUsedAt, next.RetiredAt = usedAt(j, leased, now), 0
 	next.WriteID = randomID()
 	sealed, err := v.seal(sctx, j, up.AccessToken)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -106,6 +107,9 @@ type RefreshResult struct {
 	// Deferred keys were due but left for the next run: the run's time was
 	// up, or their provider failed earlier in the run.
 	Deferred int `json:"deferred"`
+	// Retired keys were due but idle (not vended for IDLE_AFTER): no longer
+	// renewed, they expire by TTL unless a caller wants them again.
+	Retired int `json:"retired"`
 }
 
 // RefreshDue renews every cached key due before the next run, each under the
@@ -114,13 +118,16 @@ type RefreshResult struct {
 // renewal failed as unavailable is not tried again in the same run.
 func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResult, error) {
 	now := v.opts.Now()
-	f := store.Filter{Prefix: "token#", Providers: o.Providers}
-	if !o.Force {
-		f.RefreshBefore = now.Add(o.Horizon + v.opts.RefreshJitter)
+	before := now.Add(o.Horizon + v.opts.RefreshJitter)
+	if o.Force {
+		before = now.AddDate(100, 0, 0) // every key in the index
 	}
-	items, err := v.store.Scan(ctx, f)
+	// The index lists what is due, and nothing else: a run reads O(keys
+	// due), not O(table). It may lag the table; each key is confirmed by a
+	// consistent read under the lease before anything is written.
+	items, err := v.store.Due(ctx, before)
 	if err != nil {
-		return RefreshResult{}, fmt.Errorf("list cached tokens: %w", err)
+		return RefreshResult{}, fmt.Errorf("list due tokens: %w", err)
 	}
 	par := o.Parallel
 	if par <= 0 {
@@ -137,8 +144,8 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 	lanes := map[string][]*store.Item{}
 	for _, it := range items {
 		before := now.Add(o.Horizon + jitter(it.PK, v.opts.RefreshJitter))
-		if it.Token.IsZero() || (!o.Force && it.RefreshAt >= before.Unix()) {
-			continue // not due yet, even with its jitter
+		if (len(o.Providers) > 0 && !slices.Contains(o.Providers, it.Provider)) || (!o.Force && it.RefreshAt >= before.Unix()) {
+			continue // not asked for, or not due yet even with its jitter
 		}
 		lanes[it.Provider] = append(lanes[it.Provider], it)
 	}
@@ -223,6 +230,9 @@ func (v *Vendor) renew(ctx context.Context, it *store.Item, now time.Time, o Ref
 		v.obs.Value(def.Name, "RefreshLifeLeft", "Seconds", time.Unix(it.ExpiresAt, 0).Sub(now).Seconds())
 	case errors.Is(err, errSkipped):
 		count(&res.Skipped)
+	case errors.Is(err, errRetired):
+		count(&res.Retired)
+		v.obs.Event(def.Name, "retired")
 	default:
 		v.log.WarnContext(ctx, "refresh failed", "provider", def.Name, "scope", it.Scope, "error", err)
 		count(&res.Failed)

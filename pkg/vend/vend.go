@@ -44,6 +44,9 @@ type Store interface {
 	Get(ctx context.Context, pk string, consistent bool) (*store.Item, error)
 	Put(ctx context.Context, it *store.Item, expect int64) error
 	Scan(ctx context.Context, f store.Filter) ([]*store.Item, error)
+	// Due lists, from the refresh index (eventually consistent, projected:
+	// no token), the records holding a token due before before.
+	Due(ctx context.Context, before time.Time) ([]*store.Item, error)
 }
 
 // Sealer encrypts tokens at rest (envelope.Sealer).
@@ -111,6 +114,9 @@ type Options struct {
 	// vend from the fallback at once instead of each paying the SDK's
 	// retries against a dead endpoint (5 s). The next call after it tries again.
 	StoreRetryAfter time.Duration
+	// IdleAfter: the refresher stops renewing a key nobody vended for this
+	// long (24 h); a provider's idle_after_seconds overrides it.
+	IdleAfter time.Duration
 	// DisableRefreshAhead stops the background renewal a caller triggers
 	// when it finds a token past refresh_at (the scheduled refresher still runs).
 	DisableRefreshAhead bool
@@ -151,6 +157,7 @@ type Vendor struct {
 	sf        singleflight.Group
 	fallback  *rate.Limiter
 	seq       atomic.Uint64
+	uses      usages
 	// storeDownUntil (wall-clock UnixNano) opens the store circuit breaker.
 	storeDownUntil atomic.Int64
 }
@@ -171,6 +178,7 @@ func New(src ProviderSource, f Fetcher, st Store, o Options) *Vendor {
 	def(&o.ServerErrorCooldown, 10*time.Second)
 	def(&o.RefreshJitter, 30*time.Second)
 	def(&o.StoreRetryAfter, 5*time.Second)
+	def(&o.IdleAfter, 24*time.Hour)
 	if o.FallbackRate == 0 {
 		o.FallbackRate = 1
 	}

@@ -36,7 +36,7 @@ type fakeAWS struct {
 
 func healthy() *fakeAWS {
 	return &fakeAWS{status: cfntypes.StackStatusUpdateComplete, apiToken: secretToken,
-		refresherOut: `{"refreshed":2,"failed":0,"skipped":1,"deferred":0}`,
+		refresherOut: `{"refreshed":2,"failed":0,"skipped":1,"deferred":0,"retired":0}`,
 		dimSets:      [][]string{{"Provider", "Source"}, {"Source"}, {}}}
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -22,6 +23,26 @@ type API interface {
 	GetItem(ctx context.Context, in *dynamodb.GetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
 	PutItem(ctx context.Context, in *dynamodb.PutItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.PutItemOutput, error)
 	Scan(ctx context.Context, in *dynamodb.ScanInput, optFns ...func(*dynamodb.Options)) (*dynamodb.ScanOutput, error)
+	Query(ctx context.Context, in *dynamodb.QueryInput, optFns ...func(*dynamodb.Options)) (*dynamodb.QueryOutput, error)
+}
+
+// The refresh index (docs/design.md §4): a sparse global secondary index
+// keyed by a shard of pk and sorted by refresh_at, written only on records
+// that hold a token and are not retired, so a refresher run reads what is
+// due and nothing else. Shards spread the index's writes over partitions.
+const (
+	IndexName = "due"
+	Shards    = 8
+	shardAttr = "due_shard"
+)
+
+// Shard is the index partition of a key.
+func Shard(pk string) string {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(pk); i++ {
+		h = (h ^ uint32(pk[i])) * 16777619
+	}
+	return fmt.Sprint(h % Shards)
 }
 
 // Store is a DynamoDB-backed token cache.
@@ -59,6 +80,9 @@ func (s *Store) Put(ctx context.Context, it *store.Item, expect int64) error {
 	av, err := attributevalue.MarshalMap(it)
 	if err != nil {
 		return fmt.Errorf("dynamodb put: encode record: %w", err)
+	}
+	if it.InRefreshIndex() {
+		av[shardAttr] = &ddbtypes.AttributeValueMemberS{Value: Shard(it.PK)}
 	}
 	var cond expression.ConditionBuilder
 	if expect == 0 {
@@ -129,6 +153,56 @@ func (s *Store) Scan(ctx context.Context, f store.Filter) ([]*store.Item, error)
 	return out, nil
 }
 
+// Due queries every shard of the refresh index for records whose
+// refresh_at is before before. The index is eventually consistent: callers
+// confirm each record with a consistent read (the lease protocol does).
+func (s *Store) Due(ctx context.Context, before time.Time) ([]*store.Item, error) {
+	var (
+		mu   sync.Mutex
+		out  []*store.Item
+		errs = make([]error, Shards)
+		wg   sync.WaitGroup
+	)
+	for sh := 0; sh < Shards; sh++ {
+		wg.Go(func() {
+			key := expression.Key(shardAttr).Equal(expression.Value(fmt.Sprint(sh))).
+				And(expression.Key("refresh_at").LessThan(expression.Value(before.Unix())))
+			ex, err := expression.NewBuilder().WithKeyCondition(key).Build()
+			if err != nil {
+				errs[sh] = err
+				return
+			}
+			p := dynamodb.NewQueryPaginator(s.api, &dynamodb.QueryInput{
+				TableName: aws.String(s.table), IndexName: aws.String(IndexName),
+				KeyConditionExpression: ex.KeyCondition(), ExpressionAttributeNames: ex.Names(), ExpressionAttributeValues: ex.Values(),
+			})
+			for p.HasMorePages() {
+				page, err := p.NextPage(ctx)
+				if err != nil {
+					errs[sh] = err
+					return
+				}
+				for _, av := range page.Items {
+					var it store.Item
+					if err := attributevalue.UnmarshalMap(av, &it); err != nil {
+						errs[sh] = fmt.Errorf("decode record: %w", err)
+						return
+					}
+					mu.Lock()
+					out = append(out, &it)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("dynamodb query %s index: %w", IndexName, err)
+	}
+	store.SortByExpiry(out)
+	return out, nil
+}
+
 func filterExpr(f store.Filter) (expression.ConditionBuilder, bool) {
 	var conds []expression.ConditionBuilder
 	if f.Prefix != "" {
@@ -171,10 +245,22 @@ type TableAPI interface {
 // is left as it is.
 func CreateTable(ctx context.Context, api TableAPI, table string) error {
 	_, err := api.CreateTable(ctx, &dynamodb.CreateTableInput{
-		TableName:            aws.String(table),
-		BillingMode:          ddbtypes.BillingModePayPerRequest,
-		AttributeDefinitions: []ddbtypes.AttributeDefinition{{AttributeName: aws.String("pk"), AttributeType: ddbtypes.ScalarAttributeTypeS}},
-		KeySchema:            []ddbtypes.KeySchemaElement{{AttributeName: aws.String("pk"), KeyType: ddbtypes.KeyTypeHash}},
+		TableName:   aws.String(table),
+		BillingMode: ddbtypes.BillingModePayPerRequest,
+		AttributeDefinitions: []ddbtypes.AttributeDefinition{
+			{AttributeName: aws.String("pk"), AttributeType: ddbtypes.ScalarAttributeTypeS},
+			{AttributeName: aws.String(shardAttr), AttributeType: ddbtypes.ScalarAttributeTypeS},
+			{AttributeName: aws.String("refresh_at"), AttributeType: ddbtypes.ScalarAttributeTypeN},
+		},
+		KeySchema: []ddbtypes.KeySchemaElement{{AttributeName: aws.String("pk"), KeyType: ddbtypes.KeyTypeHash}},
+		GlobalSecondaryIndexes: []ddbtypes.GlobalSecondaryIndex{{
+			IndexName: aws.String(IndexName),
+			KeySchema: []ddbtypes.KeySchemaElement{
+				{AttributeName: aws.String(shardAttr), KeyType: ddbtypes.KeyTypeHash},
+				{AttributeName: aws.String("refresh_at"), KeyType: ddbtypes.KeyTypeRange},
+			},
+			Projection: &ddbtypes.Projection{ProjectionType: ddbtypes.ProjectionTypeInclude, NonKeyAttributes: store.IndexAttributes},
+		}},
 	})
 	var inUse *ddbtypes.ResourceInUseException
 	if errors.As(err, &inUse) {

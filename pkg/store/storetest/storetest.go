@@ -19,6 +19,7 @@ type Store interface {
 	Get(ctx context.Context, pk string, consistent bool) (*store.Item, error)
 	Put(ctx context.Context, it *store.Item, expect int64) error
 	Scan(ctx context.Context, f store.Filter) ([]*store.Item, error)
+	Due(ctx context.Context, before time.Time) ([]*store.Item, error)
 }
 
 // Run runs the contract against stores made by newStore (one per subtest).
@@ -186,5 +187,56 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		check(store.Filter{Prefix: "token#", Providers: []string{"a", "c"}}, "token#a#f#read", "token#a#f#write", "token#c#f#")
 		check(store.Filter{Prefix: "token#", RefreshBefore: now}, "token#a#f#read", "token#b#f#")
 		check(store.Filter{Prefix: "token#", RefreshBefore: now, Providers: []string{"b"}}, "token#b#f#")
+	})
+	t.Run("RefreshIndexIsSparseAndOrdered", func(t *testing.T) {
+		s := newStore(t)
+		now := time.Now()
+		at := func(d time.Duration) int64 { return now.Add(d).Unix() }
+		items := []*store.Item{
+			{PK: "token#a#f#late", Provider: "a", Scope: "late", Version: 1, Token: store.Secret{Plain: "1"}, RefreshAt: at(-time.Minute), ExpiresAt: at(time.Hour), LastUsedAt: at(-time.Hour)},
+			{PK: "token#a#f#soon", Provider: "a", Scope: "soon", Version: 1, Token: store.Secret{Sealed: []byte("x")}, RefreshAt: at(-2 * time.Minute), ExpiresAt: at(time.Minute)},
+			{PK: "token#a#f#notdue", Provider: "a", Version: 1, Token: store.Secret{Plain: "2"}, RefreshAt: at(time.Hour), ExpiresAt: at(2 * time.Hour)},
+			{PK: "token#a#f#retired", Provider: "a", Version: 1, Token: store.Secret{Plain: "3"}, RefreshAt: at(-time.Minute), ExpiresAt: at(time.Hour), RetiredAt: at(0)},
+			{PK: "token#a#f#tombstone", Provider: "a", Version: 1, RefreshAt: at(-time.Minute), ExpiresAt: at(time.Hour)},
+			{PK: "token#c#f#", Provider: "c", Version: 1, LeaseOwner: "x"},
+			{PK: "cooldown#a", Provider: "a", Version: 1, CooldownUntil: 5},
+		}
+		for _, it := range items {
+			if err := s.Put(ctx, it, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.Due(ctx, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[0].PK != "token#a#f#soon" || got[1].PK != "token#a#f#late" {
+			var pks []string
+			for _, it := range got {
+				pks = append(pks, it.PK)
+			}
+			t.Fatalf("due: %v, want soon then late (token holders only, not retired, closest to expiry first)", pks)
+		}
+		late := got[1]
+		if !late.Token.IsZero() || late.Version != 0 || late.Provider != "a" || late.Scope != "late" || late.LastUsedAt != at(-time.Hour) || late.ExpiresAt != at(time.Hour) {
+			t.Fatalf("index projection: %+v (want keys and usage, never the token)", late)
+		}
+		// Retiring takes a record out of the index, a use puts it back.
+		cur, _ := s.Get(ctx, "token#a#f#late", true)
+		next := *cur
+		next.Version, next.RetiredAt = 2, now.Unix()
+		if err := s.Put(ctx, &next, 1); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.Due(ctx, now); len(got) != 1 {
+			t.Fatalf("retired record still in the index: %d due", len(got))
+		}
+		next.Version, next.RetiredAt = 3, 0
+		if err := s.Put(ctx, &next, 2); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.Due(ctx, now.Add(3*time.Hour)); len(got) != 3 {
+			t.Fatalf("un-retired record not back in the index: %d due", len(got))
+		}
 	})
 }

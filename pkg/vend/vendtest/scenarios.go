@@ -48,8 +48,10 @@ func Run(t *testing.T, newStore NewStore) {
 	} {
 		t.Run(name, func(t *testing.T) { fn(t, newStore) })
 	}
-	for name, fn := range productionScenarios {
-		t.Run(name, func(t *testing.T) { fn(t, newStore) })
+	for _, set := range []map[string]func(*testing.T, NewStore){productionScenarios, usageScenarios} {
+		for name, fn := range set {
+			t.Run(name, func(t *testing.T) { fn(t, newStore) })
+		}
 	}
 }
 

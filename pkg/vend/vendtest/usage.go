@@ -1,0 +1,244 @@
+package vendtest
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/pkg/vend"
+)
+
+// usageScenarios: cost that grows with use, not with the table (issue 12).
+var usageScenarios = map[string]func(*testing.T, NewStore){
+	"UsageRecordedWithoutAWritePerVend":      testUsageRecordedWithoutAWritePerVend,
+	"IdleKeysRetireAndComeBackCold":          testIdleKeysRetireAndComeBackCold,
+	"RetiredKeyUsedAgainIsRenewedAgain":      testRetiredKeyUsedAgainIsRenewedAgain,
+	"ProviderIdleAfterOverridesDefault":      testProviderIdleAfterOverridesDefault,
+	"RefresherConfirmsWhatALaggingIndexSays": testRefresherConfirmsLaggingIndex,
+}
+
+// writeCounter counts writes that landed and writes attempted.
+type writeCounter struct {
+	vend.Store
+	mu              sync.Mutex
+	attempts, wrote int
+}
+
+func (c *writeCounter) Put(ctx context.Context, it *store.Item, expect int64) error {
+	err := c.Store.Put(ctx, it, expect)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.attempts++
+	if err == nil {
+		c.wrote++
+	}
+	return err
+}
+
+func (c *writeCounter) counts() (attempts, wrote int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.attempts, c.wrote
+}
+
+func testUsageRecordedWithoutAWritePerVend(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	o := vend.Options{DisableRefreshAhead: true}
+	var counters []*writeCounter
+	var vs []*vend.Vendor
+	for i := 0; i < 3; i++ {
+		c := &writeCounter{Store: f.store}
+		counters = append(counters, c)
+		vs = append(vs, f.instance(o, c, nil))
+	}
+	writes := func() (attempts, wrote int) {
+		for _, c := range counters {
+			a, w := c.counts()
+			attempts, wrote = attempts+a, wrote+w
+		}
+		return
+	}
+	pk := f.up.Defs["demo-k2"].KeyFor(nil).PK
+	if _, err := vs[0].Token(bg, req("demo-k2", "")); err != nil {
+		t.Fatal(err)
+	}
+	it, _ := f.store.Get(bg, pk, true)
+	if it.LastUsedAt != f.clock.Now().Unix() {
+		t.Fatalf("a caller's fetch must record its use: last_used_at %d, now %d", it.LastUsedAt, f.clock.Now().Unix())
+	}
+	base, _ := writes()
+	// L1 and L2 hits within the usage interval (max(5 min, 1 h/10) = 6 min) write nothing.
+	for step := 0; step < 20; step++ {
+		for _, v := range vs {
+			if _, err := v.Token(bg, req("demo-k2", "")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f.clock.Advance(16 * time.Second)
+	}
+	if a, _ := writes(); a != base {
+		t.Fatalf("%d writes for reads within the usage interval", a-base)
+	}
+	f.clock.Advance(7 * time.Minute)
+	// Every instance's read finds the usage stale; none writes on its own read.
+	for _, v := range vs {
+		if tok, err := v.Token(bg, req("demo-k2", "")); err != nil || tok.Source != vend.FromL2 {
+			t.Fatalf("%v %v", tok.Source, err)
+		}
+	}
+	if a, _ := writes(); a != base {
+		t.Fatalf("a usage write on the read that noticed it: %d writes", a-base)
+	}
+	f.clock.Advance(16 * time.Second)
+	// Their next reads carry the writes: one lands, fleet-wide.
+	for _, v := range vs {
+		if _, err := v.Token(bg, req("demo-k2", "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	attempts, wrote := writes()
+	if wrote-base != 1 || attempts-base > len(vs) {
+		t.Fatalf("usage writes: %d landed (want 1), %d attempted (want ≤ %d)", wrote-base, attempts-base, len(vs))
+	}
+	after, _ := f.store.Get(bg, pk, true)
+	if after.LastUsedAt < f.clock.Now().Add(-20*time.Second).Unix() {
+		t.Fatalf("last_used_at not moved: %v", time.Unix(after.LastUsedAt, 0))
+	}
+	if n := f.requests("demo-k2"); n != 1 {
+		t.Fatalf("%d upstream requests", n)
+	}
+}
+
+// refreshHourly runs the refresher every hour for hours, as the schedule
+// would (an hour's horizon stands for the minute-by-minute runs).
+func refreshHourly(t *testing.T, f *fixture, v *vend.Vendor, hours int) vend.RefreshResult {
+	t.Helper()
+	var total vend.RefreshResult
+	for h := 0; h < hours; h++ {
+		f.clock.Advance(time.Hour)
+		res, err := v.RefreshDue(bg, vend.RefreshOptions{Horizon: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		total.Refreshed += res.Refreshed
+		total.Retired += res.Retired
+		total.Failed += res.Failed
+	}
+	return total
+}
+
+func testIdleKeysRetireAndComeBackCold(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	o := vend.Options{DisableRefreshAhead: true, IdleAfter: 24 * time.Hour}
+	refresher := f.vendor(o)
+	if _, err := f.vendor(o).Token(bg, req("demo-k2", "")); err != nil {
+		t.Fatal(err)
+	}
+	got := refreshHourly(t, f, refresher, 23)
+	if got.Retired != 0 || got.Refreshed < 20 {
+		t.Fatalf("within IDLE_AFTER the key is renewed: %+v", got)
+	}
+	got = refreshHourly(t, f, refresher, 2)
+	if got.Retired != 1 {
+		t.Fatalf("after IDLE_AFTER the key is retired once: %+v", got)
+	}
+	before := f.requests("demo-k2")
+	got = refreshHourly(t, f, refresher, 48)
+	if got.Refreshed != 0 || got.Retired != 0 || f.requests("demo-k2") != before {
+		t.Fatalf("a retired key is not renewed or read again: %+v, %d upstream requests", got, f.requests("demo-k2")-before)
+	}
+	// Long expired: asked for again, it is fetched as a cold key, once.
+	for i := 0; i < 3; i++ {
+		tok, err := f.vendor(o).Token(bg, req("demo-k2", ""))
+		if err != nil || (i == 0) != (tok.Source == vend.FromUpstream) {
+			t.Fatalf("call %d after retirement: %v %v", i, tok.Source, err)
+		}
+	}
+	if n := f.requests("demo-k2") - before; n != 1 {
+		t.Fatalf("%d upstream requests for the returning key", n)
+	}
+	if got := refreshHourly(t, f, refresher, 1); got.Refreshed != 1 {
+		t.Fatalf("the returning key is renewed again: %+v", got)
+	}
+}
+
+func testRetiredKeyUsedAgainIsRenewedAgain(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	o := vend.Options{DisableRefreshAhead: true, IdleAfter: 2 * time.Hour}
+	refresher := f.vendor(o)
+	// DOT tokens live 10 h: a retired one is still usable for hours.
+	if _, err := f.vendor(o).Token(bg, req("demo-dot", "read")); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(8 * time.Hour)
+	if got := refreshHourly(t, f, refresher, 1); got.Retired != 1 {
+		t.Fatalf("idle key not retired: %+v", got)
+	}
+	caller := f.vendor(o)
+	if tok, err := caller.Token(bg, req("demo-dot", "read")); err != nil || tok.Source != vend.FromL2 {
+		t.Fatalf("a retired key's live token is still vended: %v %v", tok.Source, err)
+	}
+	f.clock.Advance(16 * time.Second)
+	caller.Token(bg, req("demo-dot", "read")) // carries the usage write
+	pk := f.up.Defs["demo-dot"].KeyFor([]string{"read"}).PK
+	if it, _ := f.store.Get(bg, pk, true); it.RetiredAt != 0 {
+		t.Fatal("a used key stays retired")
+	}
+	if got := refreshHourly(t, f, refresher, 1); got.Refreshed != 1 {
+		t.Fatalf("a key used again is renewed again: %+v", got)
+	}
+}
+
+func testProviderIdleAfterOverridesDefault(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	def := *f.up.Defs["demo-k2"]
+	def.IdleAfterSeconds = 3 * 3600
+	f.provs.Set(&def)
+	refresher := f.vendor(vend.Options{DisableRefreshAhead: true, IdleAfter: 24 * time.Hour})
+	f.vendor(vend.Options{}).Token(bg, req("demo-k2", ""))
+	f.vendor(vend.Options{}).Token(bg, req("demo-mobi", ""))
+	got := refreshHourly(t, f, refresher, 4)
+	if got.Retired != 1 {
+		t.Fatalf("demo-k2 (idle_after_seconds 3 h) retired, demo-mobi (24 h) not: %+v", got)
+	}
+}
+
+// laggingIndex answers Due with what the index said earlier, as an
+// eventually consistent index may.
+type laggingIndex struct {
+	vend.Store
+	snapshot []*store.Item
+}
+
+func (l *laggingIndex) Due(context.Context, time.Time) ([]*store.Item, error) { return l.snapshot, nil }
+
+func testRefresherConfirmsLaggingIndex(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	o := vend.Options{DisableRefreshAhead: true}
+	caller := f.vendor(o)
+	for _, s := range []string{"a", "b"} {
+		if _, err := caller.Token(bg, req("demo-k2", s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.clock.Advance(50 * time.Minute) // both due within the next run's horizon
+	snap, err := f.store.Due(bg, f.clock.Now().Add(2*time.Minute))
+	if err != nil || len(snap) != 2 {
+		t.Fatalf("index: %d due, %v", len(snap), err)
+	}
+	// Meanwhile "a" is renewed (a forced refresh), and the index has not caught up.
+	if _, err := caller.Refresh(bg, req("demo-k2", "a")); err != nil {
+		t.Fatal(err)
+	}
+	before := f.requests("demo-k2")
+	lagging := f.instance(o, &laggingIndex{Store: f.store, snapshot: snap}, nil)
+	res, err := lagging.RefreshDue(bg, vend.RefreshOptions{Horizon: time.Minute})
+	if err != nil || res.Refreshed != 1 || res.Skipped != 1 {
+		t.Fatalf("want b renewed and a skipped after its consistent read: %+v %v", res, err)
+	}
+	if n := f.requests("demo-k2") - before; n != 1 {
+		t.Fatalf("%d upstream requests; the stale index entry must not cause a fetch", n)
+	}
+}
