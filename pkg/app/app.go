@@ -46,6 +46,7 @@ type Config struct {
 	MaxCacheSeconds  int64         // MAX_CACHE_SECONDS (86400)
 	ProviderCacheTTL time.Duration // PROVIDER_CACHE_TTL seconds (300)
 	RefreshInterval  time.Duration // REFRESH_INTERVAL seconds (60): the refresher's schedule
+	IdleAfter        time.Duration // IDLE_AFTER seconds (86400): keys not vended for this long are not renewed
 	LogLevel         string        // LOG_LEVEL (info)
 	MetricsNamespace string        // METRICS_NAMESPACE (TokenVendor); "off" disables metrics
 	// ListProviderSecrets (LIST_PROVIDER_SECRETS, true): /v1/providers lists
@@ -68,7 +69,7 @@ func Defaults() Config {
 	return Config{
 		L1MaxAge: 15 * time.Second, DefaultMinTTL: 60 * time.Second, UpstreamTimeout: 5 * time.Second,
 		UpstreamAttempts: 3, LeaseMargin: 10 * time.Second, MaxCacheSeconds: 86400,
-		ProviderCacheTTL: 300 * time.Second, RefreshInterval: 60 * time.Second, LogLevel: "info",
+		ProviderCacheTTL: 300 * time.Second, RefreshInterval: 60 * time.Second, IdleAfter: 24 * time.Hour, LogLevel: "info",
 		MetricsNamespace: "TokenVendor", ListProviderSecrets: true, RefreshAhead: true,
 	}
 }
@@ -105,6 +106,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		{"LEASE_MARGIN", &c.LeaseMargin, 1, 300},
 		{"PROVIDER_CACHE_TTL", &c.ProviderCacheTTL, 1, 86400},
 		{"REFRESH_INTERVAL", &c.RefreshInterval, 1, 86400},
+		{"IDLE_AFTER", &c.IdleAfter, 300, 31622400},
 	}
 	for _, s := range secs {
 		v := getenv(s.name)
@@ -222,6 +224,7 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 	v := vend.New(provs, up, st, vend.Options{
 		DefaultMinTTL:       cfg.DefaultMinTTL,
 		L1MaxAge:            cfg.L1MaxAge,
+		IdleAfter:           cfg.IdleAfter,
 		LeaseDuration:       cfg.UpstreamTimeout*time.Duration(cfg.UpstreamAttempts) + cfg.LeaseMargin,
 		DisableRefreshAhead: !cfg.RefreshAhead,
 		Sealer:              sealer,

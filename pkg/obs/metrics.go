@@ -106,6 +106,7 @@ var eventMetrics = map[string]string{
 	"refresh_failed":   "RefreshFailures",
 	"revoked":          "Revocations",
 	"retired":          "KeysRetired",
+	"key_limit":        "KeyLimitRefusals",
 	// Named in template.yaml's alarms.
 	"upstream_rejected": "UpstreamRejections",
 	"unavailable":       "Unavailable",

@@ -10,6 +10,10 @@ import (
 // ErrScopeNotAllowed is wrapped by Resolve when a requested scope is outside allowed_scopes.
 var ErrScopeNotAllowed = errors.New("scope not allowed")
 
+// ErrKeyLimit is wrapped when a provider without allowed_scopes already has
+// max_keys distinct scope sets cached and a new one is asked for.
+var ErrKeyLimit = errors.New("key limit reached")
+
 // ErrBadScope is wrapped by Resolve when a scope string is malformed.
 var ErrBadScope = errors.New("invalid scope")
 

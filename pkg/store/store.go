@@ -7,6 +7,7 @@ package store
 import (
 	"context"
 	"errors"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -72,6 +73,12 @@ type Item struct {
 	RetiredAt     int64 `dynamodbav:"retired_at,omitempty"`
 	CooldownUntil int64 `dynamodbav:"cooldown_until,omitempty"` // ms
 	CooldownFrom  int64 `dynamodbav:"cooldown_from,omitempty"`  // ms: when the current cooldown opened
+	// Members is a provider's key-count record (keys#{provider}): the scope
+	// keys admitted under max_keys, each with when it was admitted (epoch s).
+	Members map[string]int64 `dynamodbav:"members,omitempty"`
+	// CheckedAtMS is when a full key-count record's members were last
+	// checked against the table.
+	CheckedAtMS int64 `dynamodbav:"checked_at,omitempty"`
 	// WriteID is unique per write, so a write whose outcome is unknown
 	// (timeout, 5xx) can be recognised when the record is read back.
 	WriteID string `dynamodbav:"write_id,omitempty"`
@@ -215,5 +222,6 @@ func clone(it *Item) *Item {
 	if it.Token.Sealed != nil {
 		cp.Token.Sealed = append([]byte(nil), it.Token.Sealed...)
 	}
+	cp.Members = maps.Clone(it.Members)
 	return &cp
 }

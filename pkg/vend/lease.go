@@ -144,6 +144,17 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 			v.obs.Event(j.def.Name, "lease_wait")
 			continue
 		}
+		if it == nil {
+			if err := v.admitKey(ctx, j, now); err != nil {
+				if errors.Is(err, provider.ErrKeyLimit) {
+					return Token{}, err
+				}
+				if _, ok := IsUnavailable(err); !ok {
+					return v.withoutStore(ctx, j, err)
+				}
+				return Token{}, err
+			}
+		}
 		leased, err := v.acquire(ctx, j, it, usable && j.mode == modeRejected, now)
 		if errors.Is(err, store.ErrConflict) {
 			continue

@@ -72,6 +72,8 @@ func Classify(err error, providerName string) Problem {
 		return mk(400, "invalid_request", "InvalidRequest", err.Error())
 	case errors.Is(err, provider.ErrScopeNotAllowed):
 		return mk(403, "scope_not_allowed", "ScopeNotAllowed", err.Error())
+	case errors.Is(err, provider.ErrKeyLimit):
+		return mk(403, "key_limit_reached", "KeyLimitReached", err.Error())
 	case errors.Is(err, provider.ErrNotFound), errors.Is(err, provider.ErrInvalidName):
 		return mk(404, "unknown_provider", "UnknownProvider", fmt.Sprintf("no provider named %q", providerName))
 	case errors.As(err, &re) && re.Kind == upstream.Permanent:
@@ -107,6 +109,7 @@ func (p Problem) RetryAfterSeconds() int64 {
 type (
 	InvalidRequest      struct{ lambdaError }
 	ScopeNotAllowed     struct{ lambdaError }
+	KeyLimitReached     struct{ lambdaError }
 	UnknownProvider     struct{ lambdaError }
 	UpstreamRejected    struct{ lambdaError }
 	UpstreamUnavailable struct{ lambdaError }
@@ -145,6 +148,8 @@ func (p Problem) LambdaError() error {
 		return &InvalidRequest{le}
 	case "ScopeNotAllowed":
 		return &ScopeNotAllowed{le}
+	case "KeyLimitReached":
+		return &KeyLimitReached{le}
 	case "UnknownProvider":
 		return &UnknownProvider{le}
 	case "UpstreamRejected":

@@ -15,6 +15,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/pkg/store/dynamostore"
 	"github.com/token-vendor/token-vendor/pkg/vend"
 	"github.com/token-vendor/token-vendor/tests/lambdart"
 	"github.com/token-vendor/token-vendor/tests/testenv"
@@ -299,5 +301,56 @@ func TestScheduleDerivedFromRefreshInterval(t *testing.T) {
 	}
 	if env := get(root, "Globals", "Function", "Environment", "Variables", "REFRESH_INTERVAL"); env == nil || env.Value != "RefreshIntervalSeconds" {
 		t.Fatal("REFRESH_INTERVAL is not RefreshIntervalSeconds")
+	}
+}
+
+// The refresh index in template.yaml is the one the code queries and
+// dynamostore.CreateTable makes for DynamoDB Local: same name, keys and
+// projection; only the refresher may query it, and nothing scans for it.
+func TestRefreshIndexMatchesTheCode(t *testing.T) {
+	root, _ := loadTemplate(t)
+	var table *yaml.Node
+	for _, tb := range resources(t, root, "AWS::DynamoDB::Table") {
+		table = tb
+	}
+	gsis := get(table, "Properties", "GlobalSecondaryIndexes")
+	if gsis == nil || len(gsis.Content) != 1 {
+		t.Fatal("want exactly one global secondary index")
+	}
+	gsi := gsis.Content[0]
+	if get(gsi, "IndexName").Value != dynamostore.IndexName {
+		t.Fatalf("index %q, the code queries %q", get(gsi, "IndexName").Value, dynamostore.IndexName)
+	}
+	keys := scalars(get(gsi, "KeySchema"))
+	if strings.Join(keys, " ") != "AttributeName due_shard KeyType HASH AttributeName refresh_at KeyType RANGE" {
+		t.Fatalf("index keys %v", keys)
+	}
+	if get(gsi, "Projection", "ProjectionType").Value != "INCLUDE" ||
+		strings.Join(scalars(get(gsi, "Projection", "NonKeyAttributes")), " ") != strings.Join(store.IndexAttributes, " ") {
+		t.Fatalf("projection %v, the code reads %v", scalars(get(gsi, "Projection")), store.IndexAttributes)
+	}
+	if strings.Contains(strings.Join(scalars(get(gsi, "Projection")), " "), "access_token") {
+		t.Fatal("the index must never hold tokens")
+	}
+	for name, fn := range resources(t, root, "AWS::Serverless::Function") {
+		var stmts []*yaml.Node
+		statements(get(fn, "Properties", "Policies"), &stmts)
+		query := false
+		for _, st := range stmts {
+			for _, a := range scalars(get(st, "Action")) {
+				if a == "dynamodb:Query" {
+					query = true
+					if r := get(st, "Resource"); r.Tag != "!Sub" || r.Value != "${TokenTable.Arn}/index/"+dynamostore.IndexName {
+						t.Errorf("%s: Query granted beyond the refresh index: %v", name, scalars(r))
+					}
+				}
+				if a == "dynamodb:Scan" && name == "RefresherFunction" {
+					t.Error("the refresher reads the index; it must not be able to scan the table")
+				}
+			}
+		}
+		if query != (name == "RefresherFunction") {
+			t.Errorf("%s: Query granted = %v; only the refresher reads the index", name, query)
+		}
 	}
 }

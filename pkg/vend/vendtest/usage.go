@@ -2,10 +2,13 @@ package vendtest
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/pkg/vend"
 )
@@ -17,6 +20,7 @@ var usageScenarios = map[string]func(*testing.T, NewStore){
 	"RetiredKeyUsedAgainIsRenewedAgain":      testRetiredKeyUsedAgainIsRenewedAgain,
 	"ProviderIdleAfterOverridesDefault":      testProviderIdleAfterOverridesDefault,
 	"RefresherConfirmsWhatALaggingIndexSays": testRefresherConfirmsLaggingIndex,
+	"KeysPerProviderBounded":                 testKeysPerProviderBounded,
 }
 
 // writeCounter counts writes that landed and writes attempted.
@@ -240,5 +244,48 @@ func testRefresherConfirmsLaggingIndex(t *testing.T, newStore NewStore) {
 	}
 	if n := f.requests("demo-k2") - before; n != 1 {
 		t.Fatalf("%d upstream requests; the stale index entry must not cause a fetch", n)
+	}
+}
+
+func testKeysPerProviderBounded(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	def := *f.up.Defs["demo-k2"] // no allowed_scopes
+	def.MaxKeys = 3
+	f.provs.Set(&def)
+	o := vend.Options{DisableRefreshAhead: true}
+	for _, s := range []string{"a", "b c", "x"} {
+		if _, err := f.vendor(o).Token(bg, req("demo-k2", s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := f.requests("demo-k2")
+	_, err := f.vendor(o).Token(bg, req("demo-k2", "d"))
+	if !errors.Is(err, provider.ErrKeyLimit) || !strings.Contains(err.Error(), "max_keys 3") {
+		t.Fatalf("a fourth scope set: want the key limit naming max_keys, got %v", err)
+	}
+	if n := f.requests("demo-k2") - before; n != 0 {
+		t.Fatalf("%d upstream requests for a refused key", n)
+	}
+	if it, _ := f.store.Get(bg, def.KeyFor([]string{"d"}).PK, true); it != nil {
+		t.Fatalf("a refused key left a record: %+v", it)
+	}
+	// Scope sets are normalized: the same set in another order is a key in use.
+	if _, err := f.vendor(o).Token(bg, req("demo-k2", "c b")); err != nil {
+		t.Fatalf("a key already in use is still vended: %v", err)
+	}
+	// Other providers have their own count; allowed_scopes bound keys already.
+	if _, err := f.vendor(o).Token(bg, req("demo-mobi", "z")); err != nil {
+		t.Fatalf("another provider: %v", err)
+	}
+	if _, err := f.vendor(o).Token(bg, req("demo-dot", "read")); err != nil {
+		t.Fatal(err)
+	}
+	if it, _ := f.store.Get(bg, "keys#demo-dot", true); it != nil {
+		t.Fatal("a provider with allowed_scopes needs no key count")
+	}
+	// Once the old keys have expired (TTL), new scope sets are admitted again.
+	f.clock.Advance(3 * time.Hour)
+	if _, err := f.vendor(o).Token(bg, req("demo-k2", "d")); err != nil {
+		t.Fatalf("after the old keys expired: %v", err)
 	}
 }
