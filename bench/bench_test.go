@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/token-vendor/token-vendor/pkg/store/dynamostore"
 	"github.com/token-vendor/token-vendor/tests/fleet"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) {
 func TestQuickRun(t *testing.T) {
 	testenv.DynamoDB(t)
 	r := &report{quick: true}
-	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart} {
+	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek} {
 		if err := step(r); err != nil {
 			t.Fatal(err)
 		}
@@ -43,6 +44,19 @@ func TestQuickRun(t *testing.T) {
 	// see the closing note of the session that changed it.
 	if r.day.VendorWaited > 2 || r.day.VendorUpstream >= r.day.BaselineUpstream {
 		t.Fatalf("day: %+v", r.day)
+	}
+	// The refresh index reads what is due, not the table.
+	for _, s := range r.scale {
+		if s.IndexItems != s.Due || s.IndexRCU+s.ConfirmRCU > 2*s.DueOwnRCU+dynamostore.Shards*0.5 || s.ScanItems < s.Keys {
+			t.Fatalf("scale %+v", s)
+		}
+	}
+	if len(r.scale) < 2 || r.scale[1].IndexRCU > 2*r.scale[0].IndexRCU+dynamostore.Shards*0.5 && r.scale[1].Due == r.scale[0].Due {
+		t.Fatalf("index reads grow with the table: %+v", r.scale)
+	}
+	// Idle keys stop costing upstream requests; renewed for ever, they did not.
+	if wk := r.week; wk.IdleUpstream != 0 || wk.IdleUpstreamForever == 0 || wk.LiveAtEnd > wk.Used || wk.LiveAtEndForever != wk.Keys {
+		t.Fatalf("week %+v", wk)
 	}
 	for fn, size := range r.cold.Sizes {
 		if size > 15<<20 {

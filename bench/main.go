@@ -38,6 +38,8 @@ func main() {
 		{"latency", latency},
 		{"throughput", throughput},
 		{"cold start", coldStart},
+		{"refresh index vs full scan", refreshScale},
+		{"simulated week", simulatedWeek},
 	}
 	for _, s := range steps {
 		fmt.Fprintf(os.Stderr, "bench: %s…\n", s.name)

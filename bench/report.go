@@ -27,6 +27,8 @@ type report struct {
 	throughput throughputResult
 	cold       coldStartResult
 	costs      []costRow
+	scale      []scaleRow
+	week       weekResult
 }
 
 // AWS list prices used for the cost estimate (us-east-1).
@@ -35,7 +37,10 @@ const (
 	lambdaPerMillionReq = 0.20
 	httpAPIPerMillion   = 1.00  // first 300 million a month
 	ddbPerMillionRRU    = 0.125 // on-demand read request units
-	memoryGB            = 0.25  // the template's 256 MB
+	ddbPerMillionWRU    = 0.625 // on-demand write request units
+	smPerSecretMonth    = 0.40  // Secrets Manager, per secret per month
+	smPer10kCalls       = 0.05
+	memoryGB            = 0.25 // the template's 256 MB
 )
 
 type costRow struct {
@@ -216,6 +221,7 @@ func (r *report) write(path, plotPath string) error {
 	}
 	w("")
 	w("A real DynamoDB GetItem from Lambda takes a few milliseconds rather than DynamoDB Local's, so an L2 hit bills a few more ms (about $0.004 per extra ms per million). Upstream fetches are rare (section 2) and not included.")
+	r.writeScale(w)
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err
 	}

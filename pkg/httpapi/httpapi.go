@@ -5,6 +5,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/provider"
@@ -27,7 +29,7 @@ type Vendor interface {
 	Refresh(ctx context.Context, req vend.Request) (vend.Token, error)
 	Rejected(ctx context.Context, req vend.Request, sha256hex string) (vend.Token, error)
 	Revoke(ctx context.Context, req vend.Request) (vend.RevokeResult, error)
-	Keys(ctx context.Context, providers []string) (map[string][]vend.KeyInfo, error)
+	Keys(ctx context.Context, providers []string, after string, limit int) (map[string][]vend.KeyInfo, string, error)
 }
 
 // Providers lists and reads definitions.
@@ -228,21 +230,44 @@ type tokenSummary struct {
 
 // providers lists definitions and their cached keys: never a secret or a token.
 func (h *Handler) providers(w http.ResponseWriter, r *http.Request) {
-	if _, err := params(r); err != nil {
+	q, err := params(r, "limit", "cursor")
+	if err != nil {
 		h.fail(w, r, "", err)
 		return
 	}
-	keys, err := h.v.Keys(r.Context(), nil)
+	limit := vend.MaxKeysPage
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > vend.MaxKeysPage {
+			h.fail(w, r, "", wire.Invalid("limit: want a whole number from 1 to %d", vend.MaxKeysPage))
+			return
+		}
+		limit = n
+	}
+	after := ""
+	if c := q.Get("cursor"); c != "" {
+		b, err := base64.RawURLEncoding.DecodeString(c)
+		if err != nil || !strings.HasPrefix(string(b), "token#") {
+			h.fail(w, r, "", wire.Invalid("cursor: not one this API returned"))
+			return
+		}
+		after = string(b)
+	}
+	keys, next, err := h.v.Keys(r.Context(), nil, after, limit)
 	if err != nil {
 		h.fail(w, r, "", err)
 		return
 	}
 	names, err := h.provs.Names(r.Context())
+	if after != "" {
+		// Later pages list the providers whose keys they hold.
+		names, err = nil, registry.ErrListingOff
+	}
 	if err != nil {
 		// Listing secrets needs secretsmanager:ListSecrets on "*", which the
 		// template does not grant (and turns off); list the providers the
 		// cache knows instead.
-		if !errors.Is(err, registry.ErrListingOff) {
+		if !errors.Is(err, registry.ErrListingOff) && after == "" {
 			h.log.WarnContext(r.Context(), "cannot list provider definitions; listing cached providers only", "error", err)
 		}
 		names = names[:0]
@@ -253,7 +278,12 @@ func (h *Handler) providers(w http.ResponseWriter, r *http.Request) {
 	}
 	out := struct {
 		Providers []providerJSON `json:"providers"`
+		// NextCursor continues a listing that looked at limit records.
+		NextCursor string `json:"next_cursor,omitempty"`
 	}{Providers: []providerJSON{}}
+	if next != "" {
+		out.NextCursor = base64.RawURLEncoding.EncodeToString([]byte(next))
+	}
 	for _, n := range names {
 		d, err := h.provs.Get(r.Context(), n)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -157,6 +158,10 @@ func TestBadInputGetsDocumentedErrorAndCachesNothing(t *testing.T) {
 		{"POST", "/v1/tokens/demo-k2/rejected", `{"token_sha256":"` + strings.Repeat("a", 64) + `"} {}`, 400, "invalid_request"},
 		{"POST", "/v1/tokens/demo-k2/rejected", strings.Repeat(" ", 5000) + "{}", 400, "invalid_request"},
 		{"GET", "/v1/providers?x=1", "", 400, "invalid_request"},
+		{"GET", "/v1/providers?limit=0", "", 400, "invalid_request"},
+		{"GET", "/v1/providers?limit=1001", "", 400, "invalid_request"},
+		{"GET", "/v1/providers?cursor=not!base64", "", 400, "invalid_request"},
+		{"GET", "/v1/providers?cursor=Y29vbGRvd24jeA", "", 400, "invalid_request"}, // "cooldown#x": not a listing cursor
 		{"GET", "/v1/tokens/demo-k2/extra", "", 404, "not_found"},
 		{"GET", "/v2/tokens/demo-k2", "", 404, "not_found"},
 		{"DELETE", "/v1/tokens/demo-k2", "", 405, "method_not_allowed"},
@@ -216,4 +221,55 @@ func FuzzHandler(f *testing.F) {
 			t.Fatal("no Cache-Control")
 		}
 	})
+}
+
+// The listing looks at a bounded number of records per page and continues
+// with next_cursor until every key was listed once.
+func TestProvidersListingPages(t *testing.T) {
+	e := newEnv(t)
+	want := map[string]bool{}
+	for i := 0; i < 7; i++ {
+		scope := fmt.Sprintf("s%d", i)
+		if resp, _ := e.do("GET", "/v1/tokens/demo-k2?scope="+scope, ""); resp.StatusCode != 200 {
+			t.Fatal(resp.Status)
+		}
+		want[scope] = true
+	}
+	seen, pages, cursor := map[string]bool{}, 0, ""
+	for {
+		target := "/v1/providers?limit=3"
+		if cursor != "" {
+			target += "&cursor=" + cursor
+		}
+		resp, body := e.do("GET", target, "")
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %v", target, resp.StatusCode, body)
+		}
+		pages++
+		n := 0
+		for _, p := range body["providers"].([]any) {
+			for _, tk := range p.(map[string]any)["tokens"].([]any) {
+				s := tk.(map[string]any)["scope"].(string)
+				if seen[s] {
+					t.Fatalf("key %s listed twice", s)
+				}
+				seen[s] = true
+				n++
+			}
+		}
+		if n > 3 {
+			t.Fatalf("page of %d keys with limit 3", n)
+		}
+		next, _ := body["next_cursor"].(string)
+		if next == "" {
+			break
+		}
+		cursor = next
+		if pages > 5 {
+			t.Fatal("listing does not end")
+		}
+	}
+	if len(seen) != len(want) || pages < 3 {
+		t.Fatalf("listed %v in %d pages, want %d keys", seen, pages, len(want))
+	}
 }

@@ -217,6 +217,32 @@ func SortByExpiry(items []*Item) {
 	})
 }
 
+// ScanPage is one bounded page of Scan: it looks at up to limit records
+// with keys after after (in key order here; DynamoDB's order there) and
+// returns those f matches, and the key to continue after ("" at the end).
+func (m *Memory) ScanPage(_ context.Context, f Filter, after string, limit int) ([]*Item, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	pks := make([]string, 0, len(m.items))
+	for pk := range m.items {
+		if pk > after {
+			pks = append(pks, pk)
+		}
+	}
+	sort.Strings(pks)
+	next := ""
+	if len(pks) > limit {
+		pks, next = pks[:limit], pks[limit-1]
+	}
+	var out []*Item
+	for _, pk := range pks {
+		if it := m.items[pk]; f.Matches(&it) {
+			out = append(out, clone(&it))
+		}
+	}
+	return out, next, nil
+}
+
 func clone(it *Item) *Item {
 	cp := *it
 	if it.Token.Sealed != nil {

@@ -106,7 +106,7 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 		switch j.mode {
 		case modeGet:
 			if usable {
-				v.noteUse(it, now)
+				v.noteUse(j.def, it, now)
 				if !v.opts.DisableRefreshAhead && it.RefreshAt <= now.Unix() && !held {
 					v.refreshAhead(j)
 				}

@@ -252,11 +252,19 @@ type KeyInfo struct {
 	LastError string    `json:"last_error"`
 }
 
-// Keys lists the live cached keys per provider: never a token.
-func (v *Vendor) Keys(ctx context.Context, providers []string) (map[string][]KeyInfo, error) {
-	items, err := v.store.Scan(ctx, store.Filter{Prefix: "token#", Providers: providers})
+// MaxKeysPage bounds how many records one listing page looks at.
+const MaxKeysPage = 1000
+
+// Keys lists live cached keys per provider, never a token, one bounded
+// page at a time: it looks at up to limit records after the cursor after,
+// and returns the cursor to continue from ("" when the listing is done).
+func (v *Vendor) Keys(ctx context.Context, providers []string, after string, limit int) (map[string][]KeyInfo, string, error) {
+	if limit <= 0 || limit > MaxKeysPage {
+		limit = MaxKeysPage
+	}
+	items, next, err := v.store.ScanPage(ctx, store.Filter{Prefix: "token#", Providers: providers}, after, limit)
 	if err != nil {
-		return nil, fmt.Errorf("list cached tokens: %w", err)
+		return nil, "", fmt.Errorf("list cached tokens: %w", err)
 	}
 	now := v.opts.Now()
 	out := map[string][]KeyInfo{}
@@ -272,7 +280,7 @@ func (v *Vendor) Keys(ctx context.Context, providers []string) (map[string][]Key
 		}
 		out[it.Provider] = append(out[it.Provider], ki)
 	}
-	return out, nil
+	return out, next, nil
 }
 
 // IsUnavailable reports whether err means "try again later".

@@ -11,8 +11,8 @@ import (
 )
 
 // Usage (docs/design.md §3): a key's last_used_at is moved forward at most
-// once per usage interval, by the first store read that finds it older
-// than that. The write is not on that read's path: it waits for this
+// once per usage interval (see usageInterval), by the first store read that
+// finds it older than that. The write is not on that read's path: it waits for this
 // instance's next store read, and runs beside it, so no vend pays a round
 // trip for it. L1 hits never write. The refresher retires keys nobody
 // vended for IDLE_AFTER, and their records expire by TTL.
@@ -32,15 +32,18 @@ type usages struct {
 }
 
 // usageInterval is how stale last_used_at may get before a read renews it:
-// max(5 min, lifetime/10).
-func usageInterval(it *store.Item) time.Duration {
-	return max(minUsageInterval, time.Duration(it.ExpiresAt-it.IssuedAt)*time.Second/10)
+// max(5 min, lifetime/10, idle period/24). Retirement needs usage to the
+// hour, not to the minute; a finer interval would cost more writes than the
+// renewals it saves (a used 1 h key: 24 usage writes a day against 30
+// renewals).
+func usageInterval(it *store.Item, idle time.Duration) time.Duration {
+	return max(minUsageInterval, time.Duration(it.ExpiresAt-it.IssuedAt)*time.Second/10, idle/24)
 }
 
 // noteUse queues a usage write if the record's last_used_at is stale (or
 // the key was retired and is wanted again).
-func (v *Vendor) noteUse(it *store.Item, now time.Time) {
-	if it.RetiredAt == 0 && now.Sub(time.Unix(it.LastUsedAt, 0)) < usageInterval(it) {
+func (v *Vendor) noteUse(def *provider.Definition, it *store.Item, now time.Time) {
+	if it.RetiredAt == 0 && now.Sub(time.Unix(it.LastUsedAt, 0)) < usageInterval(it, v.idleAfter(def)) {
 		return
 	}
 	v.uses.mu.Lock()

@@ -43,7 +43,8 @@ type Fetcher interface {
 type Store interface {
 	Get(ctx context.Context, pk string, consistent bool) (*store.Item, error)
 	Put(ctx context.Context, it *store.Item, expect int64) error
-	Scan(ctx context.Context, f store.Filter) ([]*store.Item, error)
+	// ScanPage is one bounded page of the table, for listings.
+	ScanPage(ctx context.Context, f store.Filter, after string, limit int) ([]*store.Item, string, error)
 	// Due lists, from the refresh index (eventually consistent, projected:
 	// no token), the records holding a token due before before.
 	Due(ctx context.Context, before time.Time) ([]*store.Item, error)

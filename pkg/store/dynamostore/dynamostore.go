@@ -75,14 +75,24 @@ func (s *Store) Get(ctx context.Context, pk string, consistent bool) (*store.Ite
 	return &it, nil
 }
 
-// Put writes the whole record if its stored version is expect (0: absent).
-func (s *Store) Put(ctx context.Context, it *store.Item, expect int64) error {
+// Marshal is a record as the table holds it: its attributes, and the
+// refresh index's key when it belongs in the index.
+func Marshal(it *store.Item) (map[string]ddbtypes.AttributeValue, error) {
 	av, err := attributevalue.MarshalMap(it)
 	if err != nil {
-		return fmt.Errorf("dynamodb put: encode record: %w", err)
+		return nil, fmt.Errorf("encode record: %w", err)
 	}
 	if it.InRefreshIndex() {
 		av[shardAttr] = &ddbtypes.AttributeValueMemberS{Value: Shard(it.PK)}
+	}
+	return av, nil
+}
+
+// Put writes the whole record if its stored version is expect (0: absent).
+func (s *Store) Put(ctx context.Context, it *store.Item, expect int64) error {
+	av, err := Marshal(it)
+	if err != nil {
+		return fmt.Errorf("dynamodb put: %w", err)
 	}
 	var cond expression.ConditionBuilder
 	if expect == 0 {
@@ -151,6 +161,40 @@ func (s *Store) Scan(ctx context.Context, f store.Filter) ([]*store.Item, error)
 		}
 	}
 	return out, nil
+}
+
+// ScanPage is one bounded page of Scan: DynamoDB evaluates up to limit
+// records after the key after and returns the matching ones, and the key to
+// continue after ("" at the end).
+func (s *Store) ScanPage(ctx context.Context, f store.Filter, after string, limit int) ([]*store.Item, string, error) {
+	in := &dynamodb.ScanInput{TableName: aws.String(s.table), Limit: aws.Int32(int32(limit))}
+	if after != "" {
+		in.ExclusiveStartKey = map[string]ddbtypes.AttributeValue{"pk": &ddbtypes.AttributeValueMemberS{Value: after}}
+	}
+	if cond, ok := filterExpr(f); ok {
+		ex, err := expression.NewBuilder().WithFilter(cond).Build()
+		if err != nil {
+			return nil, "", fmt.Errorf("dynamodb scan: %w", err)
+		}
+		in.FilterExpression, in.ExpressionAttributeNames, in.ExpressionAttributeValues = ex.Filter(), ex.Names(), ex.Values()
+	}
+	page, err := s.api.Scan(ctx, in)
+	if err != nil {
+		return nil, "", fmt.Errorf("dynamodb scan: %w", err)
+	}
+	var out []*store.Item
+	for _, av := range page.Items {
+		var it store.Item
+		if err := attributevalue.UnmarshalMap(av, &it); err != nil {
+			return nil, "", fmt.Errorf("dynamodb scan: decode record: %w", err)
+		}
+		out = append(out, &it)
+	}
+	next := ""
+	if pk, ok := page.LastEvaluatedKey["pk"].(*ddbtypes.AttributeValueMemberS); ok {
+		next = pk.Value
+	}
+	return out, next, nil
 }
 
 // Due queries every shard of the refresh index for records whose

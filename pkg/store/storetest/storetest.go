@@ -20,6 +20,7 @@ type Store interface {
 	Put(ctx context.Context, it *store.Item, expect int64) error
 	Scan(ctx context.Context, f store.Filter) ([]*store.Item, error)
 	Due(ctx context.Context, before time.Time) ([]*store.Item, error)
+	ScanPage(ctx context.Context, f store.Filter, after string, limit int) ([]*store.Item, string, error)
 }
 
 // Run runs the contract against stores made by newStore (one per subtest).
@@ -237,6 +238,49 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		}
 		if got, _ := s.Due(ctx, now.Add(3*time.Hour)); len(got) != 3 {
 			t.Fatalf("un-retired record not back in the index: %d due", len(got))
+		}
+	})
+	t.Run("ScanPagesAreBoundedAndComplete", func(t *testing.T) {
+		s := newStore(t)
+		want := map[string]bool{}
+		for i := 0; i < 23; i++ {
+			it := &store.Item{PK: fmt.Sprintf("token#p#f#s%02d", i), Provider: "p", Version: 1, Token: store.Secret{Plain: "t"}}
+			if i%5 == 0 {
+				it.PK, it.Provider = fmt.Sprintf("cooldown#q%02d", i), "q"
+			} else {
+				want[it.PK] = true
+			}
+			if err := s.Put(ctx, it, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := map[string]bool{}
+		after, pages := "", 0
+		for {
+			items, next, err := s.ScanPage(ctx, store.Filter{Prefix: "token#"}, after, 5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pages++
+			if len(items) > 5 {
+				t.Fatalf("page of %d records, limit 5", len(items))
+			}
+			for _, it := range items {
+				if got[it.PK] || !want[it.PK] {
+					t.Fatalf("record %s repeated or not matching", it.PK)
+				}
+				got[it.PK] = true
+			}
+			if next == "" {
+				break
+			}
+			after = next
+			if pages > 10 {
+				t.Fatal("paging does not end")
+			}
+		}
+		if len(got) != len(want) || pages < 5 {
+			t.Fatalf("%d of %d records in %d pages", len(got), len(want), pages)
 		}
 	})
 }

@@ -594,7 +594,7 @@ func testScopeValidation(t *testing.T, newStore NewStore) {
 	if f.up.Server.Stats().Total != 0 {
 		t.Fatal("bad requests reached the provider")
 	}
-	if items, _ := f.store.Scan(bg, store.Filter{}); len(items) != 0 {
+	if items, _, _ := f.store.ScanPage(bg, store.Filter{}, "", 100); len(items) != 0 {
 		t.Fatal("bad requests left records")
 	}
 }
@@ -627,7 +627,7 @@ func testRefresherRenewsDueKeys(t *testing.T, newStore NewStore) {
 	if res.Skipped != 1 || res.Refreshed != 1 {
 		t.Fatalf("removed provider: %+v", res)
 	}
-	keys, _ := v.Keys(bg, nil)
+	keys, _, _ := v.Keys(bg, nil, "", 0)
 	if len(keys["demo-k2"]) != 1 || keys["demo-k2"][0].ExpiresAt.IsZero() {
 		t.Fatalf("keys %+v", keys)
 	}

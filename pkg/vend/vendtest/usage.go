@@ -49,7 +49,7 @@ func (c *writeCounter) counts() (attempts, wrote int) {
 
 func testUsageRecordedWithoutAWritePerVend(t *testing.T, newStore NewStore) {
 	f := newFixture(t, newStore)
-	o := vend.Options{DisableRefreshAhead: true}
+	o := vend.Options{DisableRefreshAhead: true, IdleAfter: 2 * time.Hour} // usage interval max(5 min, 1 h/10, 2 h/24) = 6 min
 	var counters []*writeCounter
 	var vs []*vend.Vendor
 	for i := 0; i < 3; i++ {
@@ -73,7 +73,7 @@ func testUsageRecordedWithoutAWritePerVend(t *testing.T, newStore NewStore) {
 		t.Fatalf("a caller's fetch must record its use: last_used_at %d, now %d", it.LastUsedAt, f.clock.Now().Unix())
 	}
 	base, _ := writes()
-	// L1 and L2 hits within the usage interval (max(5 min, 1 h/10) = 6 min) write nothing.
+	// L1 and L2 hits within the usage interval write nothing.
 	for step := 0; step < 20; step++ {
 		for _, v := range vs {
 			if _, err := v.Token(bg, req("demo-k2", "")); err != nil {
