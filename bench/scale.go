@@ -426,7 +426,7 @@ func (r *report) writeScale(w func(string, ...any)) {
 		w("| %d | %d | %.1f | %d | %s | %.1f + %.1f | %d | %s | %.0f |", s.Keys, s.Due, s.ScanRCU, s.ScanItems, ms(s.ScanTime), s.IndexRCU, s.ConfirmRCU, s.IndexItems, ms(s.IndexTime), s.DueOwnRCU)
 	}
 	w("")
-	w("The index's read units per run stay within 2× the due keys' own size plus the per-shard minimum (%d shards × 0.5), whatever the table size; the Scan's grow with the table.", dynamostore.Shards)
+	w("The index's read units per run stay within 2× the due keys' own size plus the per-shard minimum (%d shards × 0.5), whatever the table size; the Scan's grow with the table. Wall times are DynamoDB Local's (a Java process on this machine): its Scan is far slower than DynamoDB's, so read the Scan's wall time as a trend, and the index's as an upper bound.", dynamostore.Shards)
 	wk := r.week
 	if wk.Keys > 0 {
 		w("")
