@@ -146,13 +146,10 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 		}
 		if it == nil {
 			if err := v.admitKey(ctx, j, now); err != nil {
-				if errors.Is(err, provider.ErrKeyLimit) {
+				if _, busy := IsUnavailable(err); busy || errors.Is(err, provider.ErrKeyLimit) {
 					return Token{}, err
 				}
-				if _, ok := IsUnavailable(err); !ok {
-					return v.withoutStore(ctx, j, err)
-				}
-				return Token{}, err
+				return v.withoutStore(ctx, j, err) // the key count could not be read or written
 			}
 		}
 		leased, err := v.acquire(ctx, j, it, usable && j.mode == modeRejected, now)
