@@ -61,9 +61,9 @@ reliability: ## fault suite at full sizes + bounded fuzzing -> RELIABILITY.md (a
 	bash scripts/ensure-tools.sh
 	$(GO) run ./tests/emulators -- $(GO) run ./reliability -out RELIABILITY.md -fuzztime 15s
 
-smoke: ## after a deploy: check the stack in AWS (make smoke STACK=name PROVIDER=name [REGION=r])
-	@test -n "$(STACK)" -a -n "$(PROVIDER)" || { echo "usage: make smoke STACK=<stack name> PROVIDER=<provider> [REGION=<region>]"; exit 2; }
-	$(GO) run ./tests/smoke -stack "$(STACK)" -provider "$(PROVIDER)" $(if $(REGION),-region "$(REGION)")
+smoke: ## after a deploy: check the stack in AWS (make smoke STACK=name [PROVIDER=name] [REGION=r])
+	@test -n "$(STACK)" || { echo "usage: make smoke STACK=<stack name> [PROVIDER=<provider>] [REGION=<region>]"; exit 2; }
+	$(GO) run ./tests/smoke -stack "$(STACK)" $(if $(PROVIDER),-provider "$(PROVIDER)") $(if $(REGION),-region "$(REGION)")
 
 clean:
 	rm -rf .aws-sam bin .cache

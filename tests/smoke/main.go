@@ -1,11 +1,16 @@
-// Command smoke checks a deployed stack the way only AWS can: it vends
+// Command smoke checks a deployed stack the way only AWS can: the table's
+// TTL and refresh index, the alarms and the schedule exist; it vends
 // through direct invoke and through the IAM-signed HTTP API, runs the
 // refresher once, confirms each function logs into the log group the
 // template declares, and waits for the fleet-wide (no-dimension) metric the
-// alarms are built on to appear in CloudWatch. Tokens are never printed.
+// alarms are built on to appear in CloudWatch. It prints a pass/fail table;
+// tokens are never printed.
 //
-//	make smoke STACK=token-vendor PROVIDER=k2
-//	go run ./tests/smoke -stack token-vendor -provider k2 [-region eu-west-1] [-wait 4m]
+//	make smoke STACK=token-vendor [PROVIDER=k2]
+//	go run ./tests/smoke -stack token-vendor [-provider k2] [-region eu-west-1] [-wait 4m]
+//
+// Without -provider it uses the first secret under the stack's
+// ProviderSecretPrefix.
 package main
 
 import (
@@ -18,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -26,7 +32,12 @@ import (
 	cfntypes "github.com/aws/aws-sdk-go-v2/service/cloudformation/types"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	smtypes "github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
 
 	"github.com/token-vendor/token-vendor/pkg/client"
 )
@@ -39,6 +50,17 @@ type (
 	}
 	metrics interface {
 		ListMetrics(context.Context, *cloudwatch.ListMetricsInput, ...func(*cloudwatch.Options)) (*cloudwatch.ListMetricsOutput, error)
+		DescribeAlarms(context.Context, *cloudwatch.DescribeAlarmsInput, ...func(*cloudwatch.Options)) (*cloudwatch.DescribeAlarmsOutput, error)
+	}
+	tables interface {
+		DescribeTimeToLive(context.Context, *dynamodb.DescribeTimeToLiveInput, ...func(*dynamodb.Options)) (*dynamodb.DescribeTimeToLiveOutput, error)
+		DescribeTable(context.Context, *dynamodb.DescribeTableInput, ...func(*dynamodb.Options)) (*dynamodb.DescribeTableOutput, error)
+	}
+	rules interface {
+		DescribeRule(context.Context, *eventbridge.DescribeRuleInput, ...func(*eventbridge.Options)) (*eventbridge.DescribeRuleOutput, error)
+	}
+	secrets interface {
+		ListSecrets(context.Context, *secretsmanager.ListSecretsInput, ...func(*secretsmanager.Options)) (*secretsmanager.ListSecretsOutput, error)
 	}
 	logStreams interface {
 		DescribeLogStreams(context.Context, *cloudwatchlogs.DescribeLogStreamsInput, ...func(*cloudwatchlogs.Options)) (*cloudwatchlogs.DescribeLogStreamsOutput, error)
@@ -51,6 +73,9 @@ type deps struct {
 	lambda  client.InvokeAPI
 	metrics metrics
 	logs    logStreams
+	tables  tables
+	rules   rules
+	secrets secrets
 	api     func(url string) client.Fetcher // the SigV4-signing HTTP API client
 	sleep   func(context.Context, time.Duration) error
 }
@@ -101,11 +126,25 @@ func run(ctx context.Context, d deps, s settings) []check {
 		return out
 	}
 	physical := map[string]string{}
-	var logGroups []string
+	byType := map[string][]string{}
 	for _, r := range res.StackResources {
 		physical[aws.ToString(r.LogicalResourceId)] = aws.ToString(r.PhysicalResourceId)
-		if aws.ToString(r.ResourceType) == "AWS::Logs::LogGroup" {
-			logGroups = append(logGroups, aws.ToString(r.PhysicalResourceId))
+		byType[aws.ToString(r.ResourceType)] = append(byType[aws.ToString(r.ResourceType)], aws.ToString(r.PhysicalResourceId))
+	}
+	logGroups := byType["AWS::Logs::LogGroup"]
+
+	table := outputs["TableName"]
+	add("table "+table+": TTL on expires_at", ttlErr(ctx, d.tables, table), "enabled")
+	add("table "+table+": refresh index", indexErr(ctx, d.tables, table), "due index active")
+	alarms := byType["AWS::CloudWatch::Alarm"]
+	add(fmt.Sprintf("%d alarms exist", len(alarms)), alarmsErr(ctx, d.metrics, alarms), "")
+	add("refresh schedule", scheduleErr(ctx, d.rules, byType["AWS::Events::Rule"]), "enabled")
+
+	if s.provider == "" {
+		var err error
+		s.provider, err = firstProvider(ctx, d.secrets, stackParam(st.Stacks[0], "ProviderSecretPrefix"))
+		if !add("a provider to vend", err, s.provider) {
+			return out
 		}
 	}
 
@@ -133,6 +172,88 @@ func run(ctx context.Context, d deps, s settings) []check {
 
 	add("fleet-wide metric "+namespace+"/Vends (no dimensions)", awaitMetric(ctx, d, "Vends", s.wait), "published; the alarms watch metrics of this shape")
 	return out
+}
+
+func stackParam(st cfntypes.Stack, key string) string {
+	for _, p := range st.Parameters {
+		if aws.ToString(p.ParameterKey) == key {
+			return aws.ToString(p.ParameterValue)
+		}
+	}
+	return ""
+}
+
+func ttlErr(ctx context.Context, api tables, table string) error {
+	out, err := api.DescribeTimeToLive(ctx, &dynamodb.DescribeTimeToLiveInput{TableName: aws.String(table)})
+	if err != nil {
+		return err
+	}
+	t := out.TimeToLiveDescription
+	if t == nil || t.TimeToLiveStatus != ddbtypes.TimeToLiveStatusEnabled || aws.ToString(t.AttributeName) != "expires_at" {
+		return fmt.Errorf("TTL is not enabled on expires_at: %+v", t)
+	}
+	return nil
+}
+
+func indexErr(ctx context.Context, api tables, table string) error {
+	out, err := api.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)})
+	if err != nil {
+		return err
+	}
+	for _, g := range out.Table.GlobalSecondaryIndexes {
+		if aws.ToString(g.IndexName) == "due" {
+			if g.IndexStatus != ddbtypes.IndexStatusActive {
+				return fmt.Errorf("index due is %s (backfilling after an upgrade?)", g.IndexStatus)
+			}
+			return nil
+		}
+	}
+	return errors.New("no index named due: the refresher cannot find due keys")
+}
+
+func alarmsErr(ctx context.Context, api metrics, names []string) error {
+	if len(names) == 0 {
+		return errors.New("the stack has no alarms")
+	}
+	out, err := api.DescribeAlarms(ctx, &cloudwatch.DescribeAlarmsInput{AlarmNames: names})
+	if err != nil {
+		return err
+	}
+	if len(out.MetricAlarms) != len(names) {
+		return fmt.Errorf("%d of %d alarms found", len(out.MetricAlarms), len(names))
+	}
+	return nil
+}
+
+func scheduleErr(ctx context.Context, api rules, names []string) error {
+	if len(names) != 1 {
+		return fmt.Errorf("want one EventBridge rule in the stack, found %d", len(names))
+	}
+	out, err := api.DescribeRule(ctx, &eventbridge.DescribeRuleInput{Name: aws.String(names[0])})
+	if err != nil {
+		return err
+	}
+	if out.State != "ENABLED" || aws.ToString(out.ScheduleExpression) == "" {
+		return fmt.Errorf("rule %s is %s with schedule %q", names[0], out.State, aws.ToString(out.ScheduleExpression))
+	}
+	return nil
+}
+
+// firstProvider names the first secret under the prefix.
+func firstProvider(ctx context.Context, api secrets, prefix string) (string, error) {
+	if prefix == "" {
+		return "", errors.New("stack has no ProviderSecretPrefix parameter; pass -provider")
+	}
+	out, err := api.ListSecrets(ctx, &secretsmanager.ListSecretsInput{Filters: []smtypes.Filter{{Key: smtypes.FilterNameStringTypeName, Values: []string{prefix}}}})
+	if err != nil {
+		return "", fmt.Errorf("%w (pass -provider)", err)
+	}
+	for _, sec := range out.SecretList {
+		if name, ok := strings.CutPrefix(aws.ToString(sec.Name), prefix); ok && name != "" {
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("no secret under %s: add a provider first", prefix)
 }
 
 // tokenErr requires a usable token.
@@ -216,18 +337,20 @@ func awaitMetric(ctx context.Context, d deps, metric string, wait time.Duration)
 	}
 }
 
+// report prints the pass/fail table and says whether everything passed.
 func report(w io.Writer, cs []check) bool {
 	ok := true
+	width := len("check")
 	for _, c := range cs {
-		mark := "ok  "
+		width = max(width, len(c.name))
+	}
+	fmt.Fprintf(w, "%-*s  %-6s  %s\n", width, "check", "result", "detail")
+	for _, c := range cs {
+		mark := "pass"
 		if !c.ok {
 			mark, ok = "FAIL", false
 		}
-		fmt.Fprintf(w, "%s %s", mark, c.name)
-		if c.detail != "" {
-			fmt.Fprintf(w, ": %s", c.detail)
-		}
-		fmt.Fprintln(w)
+		fmt.Fprintf(w, "%-*s  %-6s  %s\n", width, c.name, mark, c.detail)
 	}
 	return ok
 }
@@ -236,12 +359,12 @@ func main() {
 	var s settings
 	region := flag.String("region", "", "AWS region (default: the SDK's)")
 	flag.StringVar(&s.stack, "stack", "", "deployed stack name (required)")
-	flag.StringVar(&s.provider, "provider", "", "a provider with a secret under the stack's prefix (required)")
+	flag.StringVar(&s.provider, "provider", "", "a provider with a secret under the stack's prefix (default: the first one)")
 	flag.StringVar(&s.scope, "scope", "", "scope to ask for")
 	flag.DurationVar(&s.wait, "wait", 4*time.Minute, "how long to wait for metrics to appear")
 	flag.Parse()
-	if s.stack == "" || s.provider == "" {
-		fmt.Fprintln(os.Stderr, "usage: smoke -stack NAME -provider NAME [-scope S] [-region R] [-wait D]")
+	if s.stack == "" {
+		fmt.Fprintln(os.Stderr, "usage: smoke -stack NAME [-provider NAME] [-scope S] [-region R] [-wait D]")
 		os.Exit(2)
 	}
 	ctx := context.Background()
@@ -259,6 +382,9 @@ func main() {
 		lambda:  lambda.NewFromConfig(cfg),
 		metrics: cloudwatch.NewFromConfig(cfg),
 		logs:    cloudwatchlogs.NewFromConfig(cfg),
+		tables:  dynamodb.NewFromConfig(cfg),
+		rules:   eventbridge.NewFromConfig(cfg),
+		secrets: secretsmanager.NewFromConfig(cfg),
 		api: func(url string) client.Fetcher {
 			return client.NewHTTPFetcher(url, cfg.Credentials, cfg.Region)
 		},

@@ -16,7 +16,13 @@ import (
 	cwtypes "github.com/aws/aws-sdk-go-v2/service/cloudwatch/types"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 	logtypes "github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs/types"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	smtypes "github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
 
 	"github.com/token-vendor/token-vendor/pkg/client"
 )
@@ -31,20 +37,28 @@ type fakeAWS struct {
 	refresherOut  string
 	emptyLogGroup string
 	dimSets       [][]string // what ListMetrics returns for Vends
+	ttl           ddbtypes.TimeToLiveStatus
+	index         ddbtypes.IndexStatus // "" for no index
+	alarmsFound   int
+	ruleState     ebtypes.RuleState
+	secretNames   []string
 	invoked       []string
 }
 
 func healthy() *fakeAWS {
 	return &fakeAWS{status: cfntypes.StackStatusUpdateComplete, apiToken: secretToken,
 		refresherOut: `{"refreshed":2,"failed":0,"skipped":1,"deferred":0,"retired":0}`,
-		dimSets:      [][]string{{"Provider", "Source"}, {"Source"}, {}}}
+		dimSets:      [][]string{{"Provider", "Source"}, {"Source"}, {}},
+		ttl:          ddbtypes.TimeToLiveStatusEnabled, index: ddbtypes.IndexStatusActive, alarmsFound: 2,
+		ruleState: ebtypes.RuleStateEnabled, secretNames: []string{"token-vendor/providers/k2"}}
 }
 
 func (f *fakeAWS) DescribeStacks(_ context.Context, in *cloudformation.DescribeStacksInput, _ ...func(*cloudformation.Options)) (*cloudformation.DescribeStacksOutput, error) {
 	return &cloudformation.DescribeStacksOutput{Stacks: []cfntypes.Stack{{StackName: in.StackName, StackStatus: f.status, Outputs: []cfntypes.Output{
 		{OutputKey: aws.String("ApiUrl"), OutputValue: aws.String("https://abc.execute-api.eu-west-1.amazonaws.com")},
 		{OutputKey: aws.String("VendFunctionArn"), OutputValue: aws.String("arn:aws:lambda:eu-west-1:1:function:tv-VendFunction")},
-	}}}}, nil
+		{OutputKey: aws.String("TableName"), OutputValue: aws.String("tv-TokenTable")},
+	}, Parameters: []cfntypes.Parameter{{ParameterKey: aws.String("ProviderSecretPrefix"), ParameterValue: aws.String("token-vendor/providers/")}}}}}, nil
 }
 
 func (f *fakeAWS) DescribeStackResources(context.Context, *cloudformation.DescribeStackResourcesInput, ...func(*cloudformation.Options)) (*cloudformation.DescribeStackResourcesOutput, error) {
@@ -55,7 +69,42 @@ func (f *fakeAWS) DescribeStackResources(context.Context, *cloudformation.Descri
 		r("RefresherFunction", "AWS::Lambda::Function", "tv-RefresherFunction"),
 		r("VendLogGroup", "AWS::Logs::LogGroup", "/aws/lambda/tv-VendFunction"),
 		r("RefresherLogGroup", "AWS::Logs::LogGroup", "/aws/lambda/tv-RefresherFunction"),
+		r("RefresherErrorsAlarm", "AWS::CloudWatch::Alarm", "tv-RefresherErrorsAlarm"),
+		r("NearExpiryAlarm", "AWS::CloudWatch::Alarm", "tv-NearExpiryAlarm"),
+		r("RefresherFunctionSchedule", "AWS::Events::Rule", "tv-RefresherFunctionSchedule"),
 	}}, nil
+}
+
+func (f *fakeAWS) DescribeAlarms(_ context.Context, in *cloudwatch.DescribeAlarmsInput, _ ...func(*cloudwatch.Options)) (*cloudwatch.DescribeAlarmsOutput, error) {
+	out := &cloudwatch.DescribeAlarmsOutput{}
+	for _, n := range in.AlarmNames[:min(f.alarmsFound, len(in.AlarmNames))] {
+		out.MetricAlarms = append(out.MetricAlarms, cwtypes.MetricAlarm{AlarmName: aws.String(n)})
+	}
+	return out, nil
+}
+
+func (f *fakeAWS) DescribeTimeToLive(context.Context, *dynamodb.DescribeTimeToLiveInput, ...func(*dynamodb.Options)) (*dynamodb.DescribeTimeToLiveOutput, error) {
+	return &dynamodb.DescribeTimeToLiveOutput{TimeToLiveDescription: &ddbtypes.TimeToLiveDescription{AttributeName: aws.String("expires_at"), TimeToLiveStatus: f.ttl}}, nil
+}
+
+func (f *fakeAWS) DescribeTable(context.Context, *dynamodb.DescribeTableInput, ...func(*dynamodb.Options)) (*dynamodb.DescribeTableOutput, error) {
+	td := &ddbtypes.TableDescription{}
+	if f.index != "" {
+		td.GlobalSecondaryIndexes = []ddbtypes.GlobalSecondaryIndexDescription{{IndexName: aws.String("due"), IndexStatus: f.index}}
+	}
+	return &dynamodb.DescribeTableOutput{Table: td}, nil
+}
+
+func (f *fakeAWS) DescribeRule(_ context.Context, in *eventbridge.DescribeRuleInput, _ ...func(*eventbridge.Options)) (*eventbridge.DescribeRuleOutput, error) {
+	return &eventbridge.DescribeRuleOutput{Name: in.Name, State: f.ruleState, ScheduleExpression: aws.String("rate(1 minute)")}, nil
+}
+
+func (f *fakeAWS) ListSecrets(context.Context, *secretsmanager.ListSecretsInput, ...func(*secretsmanager.Options)) (*secretsmanager.ListSecretsOutput, error) {
+	out := &secretsmanager.ListSecretsOutput{}
+	for _, n := range f.secretNames {
+		out.SecretList = append(out.SecretList, smtypes.SecretListEntry{Name: aws.String(n)})
+	}
+	return out, nil
 }
 
 func (f *fakeAWS) Invoke(_ context.Context, in *lambda.InvokeInput, _ ...func(*lambda.Options)) (*lambda.InvokeOutput, error) {
@@ -95,14 +144,19 @@ func (f *fakeAWS) DescribeLogStreams(_ context.Context, in *cloudwatchlogs.Descr
 }
 
 func (f *fakeAWS) deps() deps {
-	return deps{stacks: f, lambda: f, metrics: f, logs: f, api: func(string) client.Fetcher { return f },
+	return deps{stacks: f, lambda: f, metrics: f, logs: f, tables: f, rules: f, secrets: f, api: func(string) client.Fetcher { return f },
 		sleep: func(ctx context.Context, _ time.Duration) error { return ctx.Err() }}
 }
 
 func smoke(t *testing.T, f *fakeAWS) (bool, string) {
 	t.Helper()
+	return smokeWith(t, f, "k2")
+}
+
+func smokeWith(t *testing.T, f *fakeAWS, provider string) (bool, string) {
+	t.Helper()
 	var out bytes.Buffer
-	ok := report(&out, run(context.Background(), f.deps(), settings{stack: "tv", provider: "k2", wait: 0}))
+	ok := report(&out, run(context.Background(), f.deps(), settings{stack: "tv", provider: provider, wait: 0}))
 	if strings.Contains(out.String(), secretToken) {
 		t.Fatalf("the report prints a token:\n%s", out.String())
 	}
@@ -115,7 +169,7 @@ func TestHealthyStackPasses(t *testing.T) {
 	if !ok {
 		t.Fatalf("a healthy stack failed:\n%s", out)
 	}
-	for _, want := range []string{"direct invoke", "HTTP API", "share the cached token", "refresher run", "/aws/lambda/tv-VendFunction", "no dimensions"} {
+	for _, want := range []string{"TTL on expires_at", "refresh index", "2 alarms exist", "refresh schedule", "direct invoke", "HTTP API", "share the cached token", "refresher run", "/aws/lambda/tv-VendFunction", "no dimensions"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}
@@ -131,24 +185,52 @@ func TestBrokenStacksFail(t *testing.T) {
 		spoil func(*fakeAWS)
 		want  string
 	}{
-		"stack rolled back":           {func(f *fakeAWS) { f.status = cfntypes.StackStatusUpdateRollbackComplete }, "FAIL stack status"},
-		"API refuses the signed call": {func(f *fakeAWS) { f.apiToken = "" }, "FAIL GET /v1/tokens/k2"},
-		"cache not shared":            {func(f *fakeAWS) { f.apiToken = "another-token" }, "FAIL both entry points"},
-		"refresher failed keys":       {func(f *fakeAWS) { f.refresherOut = `{"refreshed":0,"failed":3}` }, "FAIL refresher run: 3 renewals failed"},
-		"refresher errored":           {func(f *fakeAWS) { f.refresherOut = `{"errorType":"Runtime.ExitError"}` }, "FAIL refresher run"},
-		"function logs elsewhere":     {func(f *fakeAWS) { f.emptyLogGroup = "/aws/lambda/tv-RefresherFunction" }, "FAIL log group /aws/lambda/tv-RefresherFunction"},
+		"stack rolled back":           {func(f *fakeAWS) { f.status = cfntypes.StackStatusUpdateRollbackComplete }, "stack status"},
+		"TTL off":                     {func(f *fakeAWS) { f.ttl = ddbtypes.TimeToLiveStatusDisabled }, "table tv-TokenTable: TTL"},
+		"no refresh index":            {func(f *fakeAWS) { f.index = "" }, "table tv-TokenTable: refresh index"},
+		"index still backfilling":     {func(f *fakeAWS) { f.index = ddbtypes.IndexStatusCreating }, "table tv-TokenTable: refresh index"},
+		"an alarm missing":            {func(f *fakeAWS) { f.alarmsFound = 1 }, "2 alarms exist"},
+		"schedule disabled":           {func(f *fakeAWS) { f.ruleState = ebtypes.RuleStateDisabled }, "refresh schedule"},
+		"API refuses the signed call": {func(f *fakeAWS) { f.apiToken = "" }, "GET /v1/tokens/k2"},
+		"cache not shared":            {func(f *fakeAWS) { f.apiToken = "another-token" }, "both entry points"},
+		"refresher failed keys":       {func(f *fakeAWS) { f.refresherOut = `{"refreshed":0,"failed":3}` }, "refresher run"},
+		"refresher errored":           {func(f *fakeAWS) { f.refresherOut = `{"errorType":"Runtime.ExitError"}` }, "refresher run"},
+		"function logs elsewhere":     {func(f *fakeAWS) { f.emptyLogGroup = "/aws/lambda/tv-RefresherFunction" }, "log group /aws/lambda/tv-RefresherFunction"},
 		// The defect issue 11 names: metrics only per provider, so the alarms' metric never exists.
-		"metric only per provider": {func(f *fakeAWS) { f.dimSets = [][]string{{"Provider", "Source"}} }, "FAIL fleet-wide metric"},
+		"metric only per provider": {func(f *fakeAWS) { f.dimSets = [][]string{{"Provider", "Source"}} }, "fleet-wide metric"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
 			f := healthy()
 			c.spoil(f)
 			ok, out := smoke(t, f)
-			if ok || !strings.Contains(out, c.want) {
-				t.Fatalf("want a failure %q, got ok=%v:\n%s", c.want, ok, out)
+			if ok || !failed(out, c.want) {
+				t.Fatalf("want the check %q to fail, got ok=%v:\n%s", c.want, ok, out)
 			}
 		})
+	}
+}
+
+// failed reports whether the table has a FAIL row whose check starts with name.
+func failed(table, name string) bool {
+	for _, line := range strings.Split(table, "\n") {
+		if strings.HasPrefix(line, name) && strings.Contains(line, " FAIL ") {
+			return true
+		}
+	}
+	return false
+}
+
+// Without -provider, the first secret under the stack's prefix is used;
+// with none, the report says to add one.
+func TestProviderFromTheSecretPrefix(t *testing.T) {
+	f := healthy()
+	if ok, out := smokeWith(t, f, ""); !ok || !strings.Contains(out, "a provider to vend") || !strings.Contains(out, "k2") {
+		t.Fatalf("provider not found from the prefix:\n%s", out)
+	}
+	f.secretNames = nil
+	if ok, out := smokeWith(t, f, ""); ok || !failed(out, "a provider to vend") {
+		t.Fatalf("want a failure naming the missing provider:\n%s", out)
 	}
 }
 
