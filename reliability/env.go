@@ -102,6 +102,7 @@ type tally struct {
 	errs   int
 	below  int
 	tokens map[string]int
+	first  error // the first error seen, for the report
 }
 
 // hammer has callers on every instance ask at once and tallies the outcome
@@ -130,6 +131,9 @@ func (t *tally) add(tok vend.Token, err error, now time.Time, minTTL time.Durati
 	t.calls++
 	if err != nil {
 		t.errs++
+		if t.first == nil {
+			t.first = err
+		}
 		return
 	}
 	if minTTL < 0 {

@@ -225,7 +225,9 @@ func flapping(q bool) (row, error) {
 	if q {
 		hours = 4
 	}
-	for start := w.now(); w.now().Before(start.Add(time.Duration(hours) * time.Hour)); w.clock.Advance(time.Minute) {
+	var firstErr error
+	start := w.now()
+	for ; w.now().Before(start.Add(time.Duration(hours) * time.Hour)); w.clock.Advance(time.Minute) {
 		w.sb.ClearFaults()
 		if r.Runs > 0 && rng.IntN(2) == 0 {
 			w.sb.SetFault(sandbox.Fault{Status: 503})
@@ -237,9 +239,15 @@ func flapping(q bool) (row, error) {
 		r.Calls += s.calls
 		r.Errors += s.errs
 		r.Below += s.below
+		if s.first != nil && firstErr == nil {
+			firstErr = fmt.Errorf("at %s: %w", w.now().Sub(start), s.first)
+		}
 	}
 	r.Upstream = w.upstream("demo-k2")
 	r.Recovery = "n/a (never unavailable)"
+	if firstErr != nil {
+		r.Recovery = "first error " + firstErr.Error()
+	}
 	r.Pass = r.Errors == 0 && r.Below == 0
 	return r, nil
 }

@@ -23,8 +23,11 @@ type Clock struct {
 	now time.Time
 }
 
-// NewClock starts at a fixed instant.
-func NewClock() *Clock { return &Clock{now: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)} }
+// NewClock starts a year ahead of the wall clock, on the hour. Never in the
+// past: DynamoDB Local runs TTL on the wall clock, and would delete records
+// whose fake expiry it finds past (a fixed start date became such a time
+// bomb once the real date passed it).
+func NewClock() *Clock { return &Clock{now: time.Now().UTC().AddDate(1, 0, 0).Truncate(time.Hour)} }
 
 // Now returns the clock's time.
 func (c *Clock) Now() time.Time {
