@@ -10,7 +10,7 @@ ADDR ?= 127.0.0.1:8080
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := .cache/bin/staticcheck-$(STATICCHECK_VERSION)
 
-.PHONY: run test unit vet lint lint-template build bench reliability smoke clean build-ApiFunction build-VendFunction build-RefresherFunction
+.PHONY: run test unit vet lint lint-template build bench reliability smoke clean build-ApiFunction build-VendFunction build-RefresherFunction build-TokenExtensionArm64 build-TokenExtensionX86
 
 run: ## local vendor on embedded defaults (sandbox providers, in-memory cache)
 	$(GO) run ./cmd/tokenvendor serve --addr $(ADDR)
@@ -43,6 +43,12 @@ build-VendFunction:
 	$(GOFLAGS_LAMBDA) $(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/vend
 build-RefresherFunction:
 	$(GOFLAGS_LAMBDA) $(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/refresher
+# The extension layers: /opt/extensions/token-vendor, one layer per architecture
+# (LAYER_ARCH overrides it for tests on the host).
+build-TokenExtensionArm64:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(or $(LAYER_ARCH),arm64) $(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/extensions/token-vendor ./functions/extension
+build-TokenExtensionX86:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(or $(LAYER_ARCH),amd64) $(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/extensions/token-vendor ./functions/extension
 
 build: ## the three bootstraps under bin/<function>/
 	$(MAKE) build-ApiFunction ARTIFACTS_DIR=bin/api

@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 func TestQuickRun(t *testing.T) {
 	testenv.DynamoDB(t)
 	r := &report{quick: true}
-	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek} {
+	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench} {
 		if err := step(r); err != nil {
 			t.Fatal(err)
 		}
@@ -56,6 +56,10 @@ func TestQuickRun(t *testing.T) {
 	// Idle keys stop costing upstream requests; renewed for ever, they did not.
 	if wk := r.week; wk.IdleUpstream != 0 || wk.IdleUpstreamForever == 0 || wk.LiveAtEnd > wk.Used || wk.LiveAtEndForever != wk.Keys {
 		t.Fatalf("week %+v", wk)
+	}
+	// A cached read through the extension beats a direct invoke, and costs less.
+	if e := r.ext; e.Extension.P50 >= e.DirectInvoke.P50 || e.CostWith >= e.CostWithout {
+		t.Fatalf("extension %+v", e)
 	}
 	for fn, size := range r.cold.Sizes {
 		if size > 15<<20 {

@@ -40,6 +40,7 @@ func main() {
 		{"cold start", coldStart},
 		{"refresh index vs full scan", refreshScale},
 		{"simulated week", simulatedWeek},
+		{"extension", extensionBench},
 	}
 	for _, s := range steps {
 		fmt.Fprintf(os.Stderr, "bench: %s…\n", s.name)

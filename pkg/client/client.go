@@ -18,6 +18,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +45,8 @@ type Token struct {
 type Request struct {
 	Provider, Scope string
 	RejectedSHA256  string
+	// MinTTL asks for a token with at least this long left (0: the vendor's default).
+	MinTTL time.Duration
 }
 
 // Fetcher asks the vendor for a token: an HTTPFetcher or a LambdaInvoker.
@@ -208,6 +211,9 @@ func (h *HTTPFetcher) Fetch(ctx context.Context, r Request) (*Token, error) {
 	if r.Scope != "" {
 		q.Set("scope", r.Scope)
 	}
+	if r.MinTTL > 0 && r.RejectedSHA256 == "" {
+		q.Set("min_ttl", strconv.FormatInt(int64(r.MinTTL/time.Second), 10))
+	}
 	target := h.BaseURL + "/v1/tokens/" + url.PathEscape(r.Provider)
 	method, body := http.MethodGet, []byte(nil)
 	if r.RejectedSHA256 != "" {
@@ -286,7 +292,11 @@ func NewLambdaInvoker(api InvokeAPI, function string) *LambdaInvoker {
 
 // Fetch invokes the function with {"provider","scope"[,"rejected_token_sha256"]}.
 func (l *LambdaInvoker) Fetch(ctx context.Context, r Request) (*Token, error) {
-	payload, _ := json.Marshal(map[string]any{"provider": r.Provider, "scope": r.Scope, "rejected_token_sha256": r.RejectedSHA256})
+	ev := map[string]any{"provider": r.Provider, "scope": r.Scope, "rejected_token_sha256": r.RejectedSHA256}
+	if r.MinTTL > 0 {
+		ev["min_ttl"] = int64(r.MinTTL / time.Second)
+	}
+	payload, _ := json.Marshal(ev)
 	out, err := l.api.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String(l.function), Payload: payload})
 	if err != nil {
 		return nil, fmt.Errorf("token vendor: invoke: %w", err)

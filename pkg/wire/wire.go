@@ -61,41 +61,68 @@ func Invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", vend.ErrInvalidRequest, fmt.Sprintf(format, args...))
 }
 
+// kinds is every error the edges report: Lambda errorType → HTTP status
+// and error code.
+var kinds = map[string]struct {
+	Status int
+	Code   string
+}{
+	"InvalidRequest":      {400, "invalid_request"},
+	"ScopeNotAllowed":     {403, "scope_not_allowed"},
+	"KeyLimitReached":     {403, "key_limit_reached"},
+	"UnknownProvider":     {404, "unknown_provider"},
+	"UpstreamRejected":    {502, "upstream_rejected"},
+	"UpstreamUnavailable": {503, "upstream_unavailable"},
+	"InternalError":       {500, "internal_error"},
+}
+
+// ForErrorType is the HTTP status and error code of a Lambda errorType, for
+// an edge that relays the vend function's errors (the extension); an
+// unknown type is an internal error.
+func ForErrorType(errorType string) (status int, code string) {
+	k, ok := kinds[errorType]
+	if !ok {
+		k = kinds["InternalError"]
+	}
+	return k.Status, k.Code
+}
+
 // Classify maps err to its status, code and errorType.
 func Classify(err error, providerName string) Problem {
-	mk := func(status int, code, typ, desc string) Problem {
-		return Problem{Status: status, Code: code, Type: typ, Body: ErrorResponse{Error: code, ErrorDescription: desc, Provider: providerName}}
+	mk := func(typ, desc string) Problem {
+		k := kinds[typ]
+		return Problem{Status: k.Status, Code: k.Code, Type: typ, Body: ErrorResponse{Error: k.Code, ErrorDescription: desc, Provider: providerName}}
 	}
 	var re *upstream.RetrieveError
 	switch {
 	case errors.Is(err, vend.ErrInvalidRequest):
-		return mk(400, "invalid_request", "InvalidRequest", err.Error())
+		return mk("InvalidRequest", err.Error())
 	case errors.Is(err, provider.ErrScopeNotAllowed):
-		return mk(403, "scope_not_allowed", "ScopeNotAllowed", err.Error())
+		return mk("ScopeNotAllowed", err.Error())
 	case errors.Is(err, provider.ErrKeyLimit):
-		return mk(403, "key_limit_reached", "KeyLimitReached", err.Error())
+		return mk("KeyLimitReached", err.Error())
 	case errors.Is(err, provider.ErrNotFound), errors.Is(err, provider.ErrInvalidName):
-		return mk(404, "unknown_provider", "UnknownProvider", fmt.Sprintf("no provider named %q", providerName))
+		return mk("UnknownProvider", fmt.Sprintf("no provider named %q", providerName))
 	case errors.As(err, &re) && re.Kind == upstream.Permanent:
 		desc := "the provider refused the token request"
 		if re.Description != "" {
 			desc += ": " + re.Description
 		}
-		p := mk(502, "upstream_rejected", "UpstreamRejected", desc)
+		p := mk("UpstreamRejected", desc)
 		p.Body.UpstreamError = re.Code
 		return p
 	}
 	if ue, ok := vend.IsUnavailable(err); ok {
-		p := mk(503, "upstream_unavailable", "UpstreamUnavailable", "no usable token right now: "+ue.Reason)
+		p := mk("UpstreamUnavailable", "no usable token right now: "+ue.Reason)
 		p.RetryAfter = max(ue.RetryAfter, time.Second)
 		return p
 	}
 	if errors.Is(err, provider.ErrSourceUnavailable) {
-		p := mk(503, "upstream_unavailable", "UpstreamUnavailable", "provider definitions cannot be read right now")
+		p := mk("UpstreamUnavailable", "provider definitions cannot be read right now")
 		p.RetryAfter = 5 * time.Second
 		return p
 	}
-	p := mk(500, "internal_error", "InternalError", "internal error; see the vendor's logs")
+	p := mk("InternalError", "internal error; see the vendor's logs")
 	p.Internal = true
 	return p
 }

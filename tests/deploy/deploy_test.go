@@ -354,3 +354,35 @@ func TestRefreshIndexMatchesTheCode(t *testing.T) {
 		}
 	}
 }
+
+// The extension layers build through their build-<LogicalId> targets, as
+// `sam build` calls them, into extensions/token-vendor for the architecture
+// each layer declares.
+func TestExtensionLayersBuildForTheirArchitectures(t *testing.T) {
+	root, dir := loadTemplate(t)
+	machines := map[string]elf.Machine{"arm64": elf.EM_AARCH64, "x86_64": elf.EM_X86_64}
+	layers := resources(t, root, "AWS::Serverless::LayerVersion")
+	if len(layers) != 2 {
+		t.Fatalf("want an extension layer per architecture, got %d layers", len(layers))
+	}
+	for name, l := range layers {
+		arch := get(l, "Metadata", "BuildArchitecture").Value
+		if compat := scalars(get(l, "Properties", "CompatibleArchitectures")); len(compat) != 1 || compat[0] != arch {
+			t.Errorf("%s: built for %s, compatible with %v", name, arch, compat)
+		}
+		out := t.TempDir()
+		cmd := exec.Command("make", "-s", "build-"+name, "ARTIFACTS_DIR="+out)
+		cmd.Dir = dir
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, b)
+		}
+		f, err := elf.Open(filepath.Join(out, "extensions", "token-vendor"))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if f.Machine != machines[arch] {
+			t.Errorf("%s: machine %v, want %s", name, f.Machine, arch)
+		}
+		f.Close()
+	}
+}

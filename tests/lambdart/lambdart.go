@@ -6,22 +6,14 @@
 package lambdart
 
 import (
-	"bufio"
-	"bytes"
-	"cmp"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -215,21 +207,9 @@ type Invocation struct {
 	Start, End time.Time
 }
 
-// Function is a running bootstrap behind a Runtime API.
-type Function struct {
-	Name string
-	cmd  *exec.Cmd
-	ln   net.Listener
-	srv  *http.Server
-
-	events  chan pending
-	mu      sync.Mutex
-	current *pending
-	windows []Invocation
-	stdout  bytes.Buffer
-	seq     int
-	exited  chan struct{}
-}
+// Function is a running bootstrap behind a Runtime API: an execution
+// environment without extensions.
+type Function = Env
 
 type pending struct {
 	id      string
@@ -242,158 +222,7 @@ type pending struct {
 // Start runs bootstrap with env (plus what Lambda itself sets) against a
 // Runtime API on a loopback port, and waits for its first poll.
 func Start(name, bootstrap string, env map[string]string) (*Function, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	f := &Function{Name: name, ln: ln, events: make(chan pending), exited: make(chan struct{})}
-	polled := make(chan struct{}, 1)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /2018-06-01/runtime/invocation/next", func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case polled <- struct{}{}:
-		default:
-		}
-		select {
-		case p := <-f.events:
-			f.mu.Lock()
-			f.current = &p
-			f.mu.Unlock()
-			w.Header().Set("Lambda-Runtime-Aws-Request-Id", p.id)
-			w.Header().Set("Lambda-Runtime-Deadline-Ms", fmt.Sprint(p.start.Add(p.timeout).UnixMilli()))
-			w.Header().Set("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:us-east-1:123456789012:function:"+name)
-			w.Header().Set("Lambda-Runtime-Trace-Id", "Root=1-00000000-000000000000000000000000")
-			w.Write(p.event)
-		case <-r.Context().Done():
-		}
-	})
-	finish := func(w http.ResponseWriter, r *http.Request, errType string) {
-		body, _ := io.ReadAll(r.Body)
-		f.mu.Lock()
-		p := f.current
-		f.current = nil
-		f.mu.Unlock()
-		if p == nil || r.PathValue("id") != p.id {
-			http.Error(w, "unknown request id", http.StatusBadRequest)
-			return
-		}
-		w.WriteHeader(http.StatusAccepted)
-		p.done <- Invocation{RequestID: p.id, Payload: body, ErrorType: errType, Start: p.start, End: time.Now()}
-	}
-	mux.HandleFunc("POST /2018-06-01/runtime/invocation/{id}/response", func(w http.ResponseWriter, r *http.Request) { finish(w, r, "") })
-	mux.HandleFunc("POST /2018-06-01/runtime/invocation/{id}/error", func(w http.ResponseWriter, r *http.Request) {
-		// Lambda takes errorType from the error document; the header is optional.
-		body, _ := io.ReadAll(r.Body)
-		var doc struct{ ErrorType string }
-		json.Unmarshal(body, &doc)
-		t := cmp.Or(doc.ErrorType, r.Header.Get("Lambda-Runtime-Function-Error-Type"), "Unknown")
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		finish(w, r, t)
-	})
-	mux.HandleFunc("POST /2018-06-01/runtime/init/error", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusAccepted)
-	})
-	f.srv = &http.Server{Handler: mux}
-	go f.srv.Serve(ln)
-
-	f.cmd = exec.Command(bootstrap)
-	f.cmd.Env = []string{
-		"AWS_LAMBDA_RUNTIME_API=" + ln.Addr().String(),
-		"AWS_LAMBDA_FUNCTION_NAME=" + name, "AWS_LAMBDA_FUNCTION_VERSION=$LATEST", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256",
-		"AWS_REGION=us-east-1", "AWS_DEFAULT_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true",
-		"HOME=" + os.TempDir(), "TZ=:UTC",
-	}
-	for k, v := range env {
-		f.cmd.Env = append(f.cmd.Env, k+"="+v)
-	}
-	out, err := f.cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	f.cmd.Stderr = f.cmd.Stdout
-	if err := f.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			f.mu.Lock()
-			f.stdout.Write(sc.Bytes())
-			f.stdout.WriteByte('\n')
-			f.mu.Unlock()
-		}
-		f.cmd.Wait()
-		close(f.exited)
-	}()
-	select {
-	case <-polled:
-		return f, nil
-	case <-f.exited:
-		return nil, fmt.Errorf("%s exited during init:\n%s", name, f.Output())
-	case <-time.After(20 * time.Second):
-		f.Stop()
-		return nil, fmt.Errorf("%s never polled for an event", name)
-	}
-}
-
-// Invoke thaws the process, hands it event, waits for its answer and
-// freezes it again.
-func (f *Function) Invoke(event []byte, timeout time.Duration) (Invocation, error) {
-	f.mu.Lock()
-	f.seq++
-	p := pending{id: fmt.Sprintf("%s-%04d", f.Name, f.seq), event: event, start: time.Now(), timeout: timeout, done: make(chan Invocation, 1)}
-	f.mu.Unlock()
-	if err := f.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-		return Invocation{}, err
-	}
-	select {
-	case f.events <- p:
-	case <-f.exited:
-		return Invocation{}, fmt.Errorf("%s exited:\n%s", f.Name, f.Output())
-	case <-time.After(10 * time.Second):
-		return Invocation{}, fmt.Errorf("%s did not poll for the next event", f.Name)
-	}
-	select {
-	case inv := <-p.done:
-		// Lambda freezes the environment once the response is in.
-		_ = f.cmd.Process.Signal(syscall.SIGSTOP)
-		f.mu.Lock()
-		f.windows = append(f.windows, inv)
-		f.mu.Unlock()
-		return inv, nil
-	case <-f.exited:
-		return Invocation{}, fmt.Errorf("%s exited during an invocation:\n%s", f.Name, f.Output())
-	case <-time.After(timeout + 5*time.Second):
-		return Invocation{}, fmt.Errorf("%s did not answer within %v", f.Name, timeout)
-	}
-}
-
-// Thaw lets the process run between invocations (a test that looks for
-// work done after a response wants to give it the chance).
-func (f *Function) Thaw() error { return f.cmd.Process.Signal(syscall.SIGCONT) }
-
-// Windows returns the invocations so far.
-func (f *Function) Windows() []Invocation {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]Invocation(nil), f.windows...)
-}
-
-// Output is everything the process printed (logs and EMF documents).
-func (f *Function) Output() string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.stdout.String()
-}
-
-// Stop kills the process and closes the Runtime API.
-func (f *Function) Stop() {
-	_ = f.cmd.Process.Signal(syscall.SIGCONT)
-	_ = f.cmd.Process.Kill()
-	<-f.exited
-	f.srv.Close()
+	return StartEnv(name, []string{bootstrap}, nil, env)
 }
 
 // Metric is one (namespace, metric, dimension set) CloudWatch would create
