@@ -12,12 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
 // Env is one Lambda execution environment with extensions: a runtime (the
@@ -335,15 +332,6 @@ func (e *Env) Stop() {
 // (make build-<LogicalId>), for the host, and returns the executable's path
 // (the layer's extensions/ entry).
 func BuildExtension(logicalID, dir string) (string, error) {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	out := filepath.Join(dir, logicalID)
-	cmd := exec.Command("make", "-s", "build-"+logicalID, "ARTIFACTS_DIR="+out, "LAYER_ARCH="+runtime.GOARCH)
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("make build-%s: %v\n%s", logicalID, err, b)
-	}
-	return filepath.Join(out, "extensions", "token-vendor"), nil
+	out, err := makeTarget(logicalID, dir, "LAYER_ARCH")
+	return filepath.Join(out, "extensions", "token-vendor"), err
 }

@@ -24,17 +24,24 @@ import (
 // Build builds the function the way `sam build` does, for the host
 // architecture, and returns the bootstrap's path.
 func Build(logicalID, dir string) (string, error) {
+	out, err := makeTarget(logicalID, dir, "LAMBDA_ARCH")
+	return filepath.Join(out, "bootstrap"), err
+}
+
+// makeTarget runs make build-<logicalID> as sam build does, into
+// dir/<logicalID>, with archVar set to the host's architecture.
+func makeTarget(logicalID, dir, archVar string) (string, error) {
 	root, err := testenv.RepoRoot()
 	if err != nil {
 		return "", err
 	}
 	out := filepath.Join(dir, logicalID)
-	cmd := exec.Command("make", "-s", "build-"+logicalID, "ARTIFACTS_DIR="+out, "LAMBDA_ARCH="+runtime.GOARCH)
+	cmd := exec.Command("make", "-s", "build-"+logicalID, "ARTIFACTS_DIR="+out, archVar+"="+runtime.GOARCH)
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("make build-%s: %v\n%s", logicalID, err, b)
 	}
-	return filepath.Join(out, "bootstrap"), nil
+	return out, nil
 }
 
 // TemplateEnv is the environment template.yaml gives a function (Globals
