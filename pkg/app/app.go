@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 
+	"github.com/token-vendor/token-vendor/pkg/assertion"
 	"github.com/token-vendor/token-vendor/pkg/envelope"
 	"github.com/token-vendor/token-vendor/pkg/httpapi"
 	"github.com/token-vendor/token-vendor/pkg/obs"
@@ -208,7 +209,12 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		}
 		sealer = envelope.New(c.KMS, cfg.KMSKeyID)
 	}
+	var signer assertion.KMS // private_key_jwt with kms_key_id; PEM keys need none
+	if c.KMS != nil {
+		signer = c.KMS
+	}
 	up := &upstream.Client{
+		Assertions:      assertion.New(signer),
 		HTTP:            &http.Client{Transport: transport()},
 		AttemptTimeout:  cfg.UpstreamTimeout,
 		MaxAttempts:     cfg.UpstreamAttempts,

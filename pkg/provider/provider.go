@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,9 @@ const (
 	AuthBasic = "client_secret_basic"
 	AuthPost  = "client_secret_post"
 	AuthQuery = "query"
+	// AuthPrivateKeyJWT signs a client assertion (RFC 7523 §2.2) with
+	// private_key (PEM) or kms_key_id (an asymmetric KMS key).
+	AuthPrivateKeyJWT = "private_key_jwt"
 )
 
 // DefaultMaxKeys and MaxMaxKeys bound max_keys.
@@ -52,6 +56,15 @@ type Definition struct {
 	RevokeURL            string            `json:"revoke_url,omitempty"`
 	DefaultExpiresIn     int64             `json:"default_expires_in,omitempty"`
 	RefreshBeforeSeconds int64             `json:"refresh_before_seconds,omitempty"`
+	// private_key_jwt: exactly one of KMSKeyID and PrivateKey (a secret,
+	// like ClientSecret). SigningAlg RS256, PS256 or ES256 (default: the
+	// key's); KeyID the JWS kid (default: the RFC 7638 thumbprint);
+	// AssertionAudience the aud (default: token_url).
+	KMSKeyID          string `json:"kms_key_id,omitempty"`
+	PrivateKey        string `json:"private_key,omitempty"`
+	SigningAlg        string `json:"signing_alg,omitempty"`
+	KeyID             string `json:"key_id,omitempty"`
+	AssertionAudience string `json:"assertion_audience,omitempty"`
 	// IdleAfterSeconds overrides IDLE_AFTER: a key not vended for this long
 	// is no longer renewed (0: the deployment's default).
 	IdleAfterSeconds int64 `json:"idle_after_seconds,omitempty"`
@@ -160,18 +173,29 @@ func (d *Definition) Validate() error {
 	if !printable(d.ClientID) {
 		return fe("client_id", "must not contain control characters")
 	}
-	if d.ClientSecret == "" {
-		return fe("client_secret", "required")
-	}
-	if !printable(d.ClientSecret) {
-		return fe("client_secret", "must not contain control characters")
-	}
 	switch d.AuthMethod {
 	case "":
 		d.AuthMethod = AuthBasic // RFC 6749 §2.3.1: servers MUST support Basic.
-	case AuthBasic, AuthPost, AuthQuery:
+	case AuthBasic, AuthPost, AuthQuery, AuthPrivateKeyJWT:
 	default:
-		return fe("auth_method", "must be one of client_secret_basic, client_secret_post, query")
+		return fe("auth_method", "must be one of client_secret_basic, client_secret_post, query, private_key_jwt")
+	}
+	if d.AuthMethod == AuthPrivateKeyJWT {
+		if err := d.validateKeyAuth(fe); err != nil {
+			return err
+		}
+	} else {
+		if d.ClientSecret == "" {
+			return fe("client_secret", "required")
+		}
+		for name, v := range map[string]string{"kms_key_id": d.KMSKeyID, "private_key": d.PrivateKey, "signing_alg": d.SigningAlg, "key_id": d.KeyID, "assertion_audience": d.AssertionAudience} {
+			if v != "" {
+				return fe(name, "only with auth_method private_key_jwt")
+			}
+		}
+	}
+	if !printable(d.ClientSecret) {
+		return fe("client_secret", "must not contain control characters")
 	}
 	for _, f := range []struct {
 		name   string
@@ -290,7 +314,40 @@ func (d *Definition) fingerprint() string {
 
 // SameCredentials reports whether two definitions authenticate identically.
 func (d *Definition) SameCredentials(o *Definition) bool {
-	return d.ClientID == o.ClientID && d.ClientSecret == o.ClientSecret && d.AuthMethod == o.AuthMethod && d.TokenURL == o.TokenURL
+	return d.ClientID == o.ClientID && d.ClientSecret == o.ClientSecret && d.AuthMethod == o.AuthMethod && d.TokenURL == o.TokenURL &&
+		d.PrivateKey == o.PrivateKey && d.KMSKeyID == o.KMSKeyID && d.KeyID == o.KeyID && d.SigningAlg == o.SigningAlg
+}
+
+// validateKeyAuth checks a private_key_jwt registration; errors never
+// quote the key.
+func (d *Definition) validateKeyAuth(fe func(field, reason string) error) error {
+	if d.ClientSecret != "" {
+		return fe("client_secret", "not used with private_key_jwt; remove it")
+	}
+	switch {
+	case d.KMSKeyID == "" && d.PrivateKey == "":
+		return fe("kms_key_id", "private_key_jwt needs kms_key_id (an asymmetric KMS key) or private_key (PEM)")
+	case d.KMSKeyID != "" && d.PrivateKey != "":
+		return fe("private_key", "give kms_key_id or private_key, not both")
+	case d.PrivateKey != "":
+		if b, _ := pem.Decode([]byte(d.PrivateKey)); b == nil || !strings.HasSuffix(b.Type, "PRIVATE KEY") {
+			return fe("private_key", "must be a PEM private key (PKCS #8, PKCS #1 or SEC 1)")
+		}
+	case !printable(d.KMSKeyID) || strings.ContainsAny(d.KMSKeyID, " \t"):
+		return fe("kms_key_id", "must be a KMS key id, ARN or alias")
+	}
+	switch d.SigningAlg {
+	case "", "RS256", "PS256", "ES256":
+	default:
+		return fe("signing_alg", "must be RS256, PS256 or ES256")
+	}
+	if d.AssertionAudience != "" && !printable(d.AssertionAudience) {
+		return fe("assertion_audience", "must not contain control characters")
+	}
+	if d.KeyID != "" && !printable(d.KeyID) {
+		return fe("key_id", "must not contain control characters")
+	}
+	return nil
 }
 
 func subset(a, b []string) bool {

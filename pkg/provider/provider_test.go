@@ -69,7 +69,25 @@ func TestParseRejectsWithFieldAndNoSecret(t *testing.T) {
 		{"missing client_id", "client_id", def(func(m map[string]any) { delete(m, "client_id") })},
 		{"missing secret", "client_secret", def(func(m map[string]any) { delete(m, "client_secret") })},
 		{"secret with newline", "client_secret", def(func(m map[string]any) { m["client_secret"] = canary + "\n" })},
-		{"bad auth method", "auth_method", def(func(m map[string]any) { m["auth_method"] = "private_key_jwt" })},
+		{"bad auth method", "auth_method", def(func(m map[string]any) { m["auth_method"] = "client_secret_jwt" })},
+		{"private_key_jwt with a secret", "client_secret", def(func(m map[string]any) { m["auth_method"] = "private_key_jwt"; m["kms_key_id"] = "alias/k" })},
+		{"private_key_jwt without a key", "kms_key_id", def(func(m map[string]any) { m["auth_method"] = "private_key_jwt"; delete(m, "client_secret") })},
+		{"private_key_jwt with both keys", "private_key", def(func(m map[string]any) {
+			m["auth_method"] = "private_key_jwt"
+			delete(m, "client_secret")
+			m["kms_key_id"], m["private_key"] = "alias/k", "-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----\n"
+		})},
+		{"private_key not PEM", "private_key", def(func(m map[string]any) {
+			m["auth_method"] = "private_key_jwt"
+			delete(m, "client_secret")
+			m["private_key"] = "SECRET-not-pem"
+		})},
+		{"unsupported signing_alg", "signing_alg", def(func(m map[string]any) {
+			m["auth_method"] = "private_key_jwt"
+			delete(m, "client_secret")
+			m["kms_key_id"], m["signing_alg"] = "alias/k", "HS256"
+		})},
+		{"kms_key_id with a secret method", "kms_key_id", def(func(m map[string]any) { m["kms_key_id"] = "alias/k" })},
 		{"scope with space", "scopes", def(func(m map[string]any) { m["scopes"] = []string{"read write"} })},
 		{"empty scope", "allowed_scopes", def(func(m map[string]any) { m["allowed_scopes"] = []string{""} })},
 		{"default outside allowed", "scopes", def(func(m map[string]any) {

@@ -51,6 +51,28 @@ type Client struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	// UserAgent is sent on every request.
 	UserAgent string
+	// Assertions signs private_key_jwt client assertions (assertion.Keys);
+	// nil refuses private_key_jwt providers.
+	Assertions Assertions
+}
+
+// Assertions makes a signed client assertion for def, audience aud, with a
+// fresh jti: each attempt gets its own, since servers refuse a replayed one.
+type Assertions interface {
+	Assertion(ctx context.Context, def *provider.Definition, aud string) (string, error)
+}
+
+// clientAssertion signs one for an attempt at endpoint ("" for other methods).
+func (c *Client) clientAssertion(ctx context.Context, def *provider.Definition, endpoint string) (string, error) {
+	if def.AuthMethod != provider.AuthPrivateKeyJWT {
+		return "", nil
+	}
+	if c.Assertions == nil {
+		return "", &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "signing_key_invalid", Description: "private_key_jwt is not configured in this vendor"}
+	}
+	// The audience is the token endpoint, for revocation too (RFC 7523 §3:
+	// the authorization server; the token endpoint URL identifies it).
+	return c.Assertions.Assertion(ctx, def, def.TokenURL)
 }
 
 func (c *Client) now() time.Time {
@@ -107,7 +129,11 @@ func (c *Client) Fetch(ctx context.Context, def *provider.Definition, scopes []s
 		for k, v := range def.ExtraParams {
 			params.Set(k, v)
 		}
-		req, err := buildRequest(ctx, def, def.TokenURL, params)
+		asn, err := c.clientAssertion(ctx, def, def.TokenURL)
+		if err != nil {
+			return err
+		}
+		req, err := buildRequest(ctx, def, def.TokenURL, params, asn)
 		if err != nil {
 			return err
 		}
@@ -116,7 +142,7 @@ func (c *Client) Fetch(ctx context.Context, def *provider.Definition, scopes []s
 		if err != nil {
 			return err
 		}
-		tok, err = ParseTokenResponse(def.Name, status, header, body, sent, scope, rules, def.ClientSecret)
+		tok, err = ParseTokenResponse(def.Name, status, header, body, sent, scope, rules, def.ClientSecret, asn)
 		return err
 	})
 	return tok, err
@@ -133,7 +159,11 @@ func (c *Client) Revoke(ctx context.Context, def *provider.Definition, token str
 	}
 	return c.retry(ctx, def, func(ctx context.Context) error {
 		params := url.Values{"token": {token}, "token_type_hint": {"access_token"}}
-		req, err := buildRequest(ctx, def, def.RevokeURL, params)
+		asn, err := c.clientAssertion(ctx, def, def.RevokeURL)
+		if err != nil {
+			return err
+		}
+		req, err := buildRequest(ctx, def, def.RevokeURL, params, asn)
 		if err != nil {
 			return err
 		}
@@ -144,12 +174,13 @@ func (c *Client) Revoke(ctx context.Context, def *provider.Definition, token str
 		if status == http.StatusOK {
 			return nil
 		}
-		return errorFromResponse(def.Name, status, header, body, c.now(), def.ClientSecret, token)
+		return errorFromResponse(def.Name, status, header, body, c.now(), def.ClientSecret, token, asn)
 	})
 }
 
-// buildRequest places client authentication and params as def.AuthMethod says.
-func buildRequest(ctx context.Context, def *provider.Definition, endpoint string, params url.Values) (*http.Request, error) {
+// buildRequest places client authentication and params as def.AuthMethod
+// says; assertion is the signed client assertion for private_key_jwt.
+func buildRequest(ctx context.Context, def *provider.Definition, endpoint string, params url.Values, assertion string) (*http.Request, error) {
 	if err := provider.CheckEndpoint(endpoint); err != nil {
 		return nil, &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "invalid_endpoint", Description: err.Error()}
 	}
@@ -171,6 +202,13 @@ func buildRequest(ctx context.Context, def *provider.Definition, endpoint string
 	case provider.AuthPost:
 		params.Set("client_id", def.ClientID)
 		params.Set("client_secret", def.ClientSecret)
+		body = params.Encode()
+	case provider.AuthPrivateKeyJWT:
+		// RFC 7523 §2.2; client_id too, which RFC 6749 §3.2.1 allows and
+		// many servers want.
+		params.Set("client_id", def.ClientID)
+		params.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+		params.Set("client_assertion", assertion)
 		body = params.Encode()
 	default:
 		body = params.Encode()

@@ -1,0 +1,344 @@
+// Package assertion makes RFC 7523 client assertions for private_key_jwt
+// (RFC 7523 §2.2, OpenID Connect Core §9): a short-lived JWT signed either
+// by a PEM private key from the provider's secret, or by an asymmetric KMS
+// key that the vendor may only ask to sign with, so the private key never
+// exists in any process.
+package assertion
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/asn1"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	kmstypes "github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/aws/smithy-go"
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+
+	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/upstream"
+)
+
+// Lifetime is how long an assertion is valid (OIDC Core asks for short;
+// the brief: at most 5 minutes).
+const Lifetime = 2 * time.Minute
+
+// KMS is the part of the KMS client signing uses.
+type KMS interface {
+	Sign(ctx context.Context, in *kms.SignInput, optFns ...func(*kms.Options)) (*kms.SignOutput, error)
+	GetPublicKey(ctx context.Context, in *kms.GetPublicKeyInput, optFns ...func(*kms.Options)) (*kms.GetPublicKeyOutput, error)
+}
+
+// Keys signs assertions for providers. Public keys are cached per KMS key
+// and parsed PEM keys per secret, so a warm instance calls KMS once per
+// assertion (Sign), never for the key itself.
+type Keys struct {
+	kms KMS // nil: only PEM keys
+	now func() time.Time
+
+	mu   sync.Mutex
+	pubs map[string]crypto.PublicKey // KMS key id -> public key
+	pems map[string]crypto.Signer    // SHA-256 of the PEM -> parsed key
+}
+
+// New returns Keys using api for kms_key_id providers (nil: none).
+func New(api KMS) *Keys {
+	return &Keys{kms: api, now: time.Now, pubs: map[string]crypto.PublicKey{}, pems: map[string]crypto.Signer{}}
+}
+
+// signer signs a JWS signing input for one algorithm.
+type signer interface {
+	Public() crypto.PublicKey
+	signInput(ctx context.Context, input []byte) ([]byte, error)
+}
+
+// signer returns def's signer and algorithm.
+func (k *Keys) signer(ctx context.Context, def *provider.Definition) (signer, jwa.SignatureAlgorithm, error) {
+	if def.KMSKeyID != "" {
+		pub, err := k.kmsPublic(ctx, def)
+		if err != nil {
+			return nil, jwa.SignatureAlgorithm{}, err
+		}
+		alg, spec, err := algorithm(def, pub)
+		if err != nil {
+			return nil, alg, err
+		}
+		return &kmsSigner{api: k.kms, def: def, pub: pub, spec: spec}, alg, nil
+	}
+	key, err := k.pem(def)
+	if err != nil {
+		return nil, jwa.SignatureAlgorithm{}, err
+	}
+	alg, _, err := algorithm(def, key.Public())
+	return localSigner{key: key, alg: alg}, alg, err
+}
+
+// Assertion returns a signed client assertion for def, its audience the
+// token endpoint (or assertion_audience), with a fresh jti.
+func (k *Keys) Assertion(ctx context.Context, def *provider.Definition, audience string) (string, error) {
+	s, alg, err := k.signer(ctx, def)
+	if err != nil {
+		return "", err
+	}
+	kid, err := keyID(def, s.Public())
+	if err != nil {
+		return "", permanent(def, "signing_key_invalid", err)
+	}
+	if def.AssertionAudience != "" {
+		audience = def.AssertionAudience
+	}
+	jti := make([]byte, 16)
+	rand.Read(jti)
+	now := k.now().Unix()
+	header, _ := json.Marshal(map[string]string{"alg": alg.String(), "typ": "JWT", "kid": kid})
+	claims, _ := json.Marshal(map[string]any{"iss": def.ClientID, "sub": def.ClientID, "aud": audience,
+		"jti": hex.EncodeToString(jti), "iat": now, "nbf": now, "exp": now + int64(Lifetime/time.Second)})
+	// JWS compact serialization (RFC 7515 §7.1), assembled here rather than
+	// by jwx: a KMS key signs the signing input itself (MessageType RAW),
+	// which jwx's crypto.Signer path cannot express — it hands a digest.
+	input := b64.EncodeToString(header) + "." + b64.EncodeToString(claims)
+	sig, err := s.signInput(ctx, []byte(input))
+	if err != nil {
+		var re *upstream.RetrieveError
+		if errors.As(err, &re) {
+			return "", re // a KMS failure, already classified
+		}
+		return "", permanent(def, "assertion_signing_failed", err)
+	}
+	return input + "." + b64.EncodeToString(sig), nil
+}
+
+var b64 = base64.RawURLEncoding
+
+// localSigner signs with a PEM key.
+type localSigner struct {
+	key crypto.Signer
+	alg jwa.SignatureAlgorithm
+}
+
+func (l localSigner) Public() crypto.PublicKey { return l.key.Public() }
+
+func (l localSigner) signInput(_ context.Context, input []byte) ([]byte, error) {
+	digest := sha256.Sum256(input)
+	var opts crypto.SignerOpts = crypto.SHA256
+	if l.alg == jwa.PS256() {
+		opts = &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256}
+	}
+	sig, err := l.key.Sign(rand.Reader, digest[:], opts)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := l.key.Public().(*ecdsa.PublicKey); ok {
+		return rawECDSA(sig)
+	}
+	return sig, nil
+}
+
+// rawECDSA turns an ASN.1 DER ECDSA signature into JWS's r || s, 32 bytes
+// each for P-256 (RFC 7518 §3.4).
+func rawECDSA(der []byte) ([]byte, error) {
+	var rs struct{ R, S *big.Int }
+	if rest, err := asn1.Unmarshal(der, &rs); err != nil || len(rest) > 0 {
+		return nil, errors.New("malformed ECDSA signature")
+	}
+	out := make([]byte, 64)
+	rs.R.FillBytes(out[:32])
+	rs.S.FillBytes(out[32:])
+	return out, nil
+}
+
+// JWKS returns the public JWK Set to register at the provider.
+func (k *Keys) JWKS(ctx context.Context, def *provider.Definition) ([]byte, error) {
+	s, alg, err := k.signer(ctx, def)
+	if err != nil {
+		return nil, err
+	}
+	key, err := jwk.Import(s.Public())
+	if err != nil {
+		return nil, err
+	}
+	kid, err := keyID(def, s.Public())
+	if err != nil {
+		return nil, err
+	}
+	key.Set(jwk.KeyIDKey, kid)
+	key.Set(jwk.AlgorithmKey, alg)
+	key.Set(jwk.KeyUsageKey, "sig")
+	set := jwk.NewSet()
+	if err := set.AddKey(key); err != nil {
+		return nil, err
+	}
+	return json.MarshalIndent(set, "", "  ")
+}
+
+// keyID is the configured key_id, else the RFC 7638 thumbprint (SHA-256,
+// base64url) of the public key.
+func keyID(def *provider.Definition, pub crypto.PublicKey) (string, error) {
+	if def.KeyID != "" {
+		return def.KeyID, nil
+	}
+	key, err := jwk.Import(pub)
+	if err != nil {
+		return "", err
+	}
+	tp, err := key.Thumbprint(crypto.SHA256)
+	if err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(tp), nil
+}
+
+// algorithm is def's signing_alg, checked against the key, or the key's
+// natural one (RS256 for RSA, ES256 for P-256), with its KMS spec.
+func algorithm(def *provider.Definition, pub crypto.PublicKey) (jwa.SignatureAlgorithm, kmstypes.SigningAlgorithmSpec, error) {
+	name := def.SigningAlg
+	switch p := pub.(type) {
+	case *rsa.PublicKey:
+		switch name {
+		case "", "RS256":
+			return jwa.RS256(), kmstypes.SigningAlgorithmSpecRsassaPkcs1V15Sha256, nil
+		case "PS256":
+			return jwa.PS256(), kmstypes.SigningAlgorithmSpecRsassaPssSha256, nil
+		}
+	case *ecdsa.PublicKey:
+		if p.Curve == elliptic.P256() && (name == "" || name == "ES256") {
+			return jwa.ES256(), kmstypes.SigningAlgorithmSpecEcdsaSha256, nil
+		}
+	}
+	return jwa.SignatureAlgorithm{}, "", permanent(def, "signing_key_invalid", fmt.Errorf("signing_alg %q does not fit the key (RSA: RS256 or PS256; EC P-256: ES256)", name))
+}
+
+// pem parses def's private_key once per secret.
+func (k *Keys) pem(def *provider.Definition) (crypto.Signer, error) {
+	sum := sha256.Sum256([]byte(def.PrivateKey))
+	id := hex.EncodeToString(sum[:])
+	k.mu.Lock()
+	s, ok := k.pems[id]
+	k.mu.Unlock()
+	if ok {
+		return s, nil
+	}
+	s, err := ParsePrivateKey(def.PrivateKey)
+	if err != nil {
+		return nil, permanent(def, "signing_key_invalid", err)
+	}
+	k.mu.Lock()
+	k.pems[id] = s
+	k.mu.Unlock()
+	return s, nil
+}
+
+// ParsePrivateKey reads a PEM RSA or EC P-256 private key (PKCS #8, PKCS #1
+// or SEC 1). Errors never quote the key.
+func ParsePrivateKey(s string) (crypto.Signer, error) {
+	block, _ := pem.Decode([]byte(s))
+	if block == nil {
+		return nil, errors.New("private_key: not PEM")
+	}
+	if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
+		switch k := k.(type) {
+		case *rsa.PrivateKey:
+			return k, nil
+		case *ecdsa.PrivateKey:
+			return k, nil
+		}
+		return nil, errors.New("private_key: want an RSA or EC P-256 key")
+	}
+	if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
+		return k, nil
+	}
+	if k, err := x509.ParseECPrivateKey(block.Bytes); err == nil {
+		return k, nil
+	}
+	return nil, errors.New("private_key: not a PKCS #8, PKCS #1 or SEC 1 private key")
+}
+
+func (k *Keys) kmsPublic(ctx context.Context, def *provider.Definition) (crypto.PublicKey, error) {
+	if k.kms == nil {
+		return nil, permanent(def, "signing_key_invalid", errors.New("kms_key_id set but no KMS client"))
+	}
+	k.mu.Lock()
+	pub, ok := k.pubs[def.KMSKeyID]
+	k.mu.Unlock()
+	if ok {
+		return pub, nil
+	}
+	out, err := k.kms.GetPublicKey(ctx, &kms.GetPublicKeyInput{KeyId: aws.String(def.KMSKeyID)})
+	if err != nil {
+		return nil, kmsError(def, err)
+	}
+	if out.KeyUsage != kmstypes.KeyUsageTypeSignVerify {
+		return nil, permanent(def, "signing_key_invalid", fmt.Errorf("kms_key_id: key usage is %s, want SIGN_VERIFY", out.KeyUsage))
+	}
+	pub, err = x509.ParsePKIXPublicKey(out.PublicKey)
+	if err != nil {
+		return nil, permanent(def, "signing_key_invalid", err)
+	}
+	k.mu.Lock()
+	k.pubs[def.KMSKeyID] = pub
+	k.mu.Unlock()
+	return pub, nil
+}
+
+// kmsSigner signs in KMS: the private key never leaves it. The signing
+// input goes as the message (MessageType RAW; an assertion's is far under
+// KMS's 4096-byte limit) and KMS hashes it. DIGEST would do the same for
+// real KMS, but moto (5.2) signs a DIGEST as if it were the message, so it
+// could not be proven here. KMS returns ECDSA signatures DER-encoded.
+type kmsSigner struct {
+	api  KMS
+	def  *provider.Definition
+	pub  crypto.PublicKey
+	spec kmstypes.SigningAlgorithmSpec
+}
+
+func (s *kmsSigner) Public() crypto.PublicKey { return s.pub }
+
+func (s *kmsSigner) signInput(ctx context.Context, input []byte) ([]byte, error) {
+	out, err := s.api.Sign(ctx, &kms.SignInput{KeyId: aws.String(s.def.KMSKeyID), Message: input,
+		MessageType: kmstypes.MessageTypeRaw, SigningAlgorithm: s.spec})
+	if err != nil {
+		return nil, kmsError(s.def, err)
+	}
+	if _, ok := s.pub.(*ecdsa.PublicKey); ok {
+		return rawECDSA(out.Signature)
+	}
+	return out.Signature, nil
+}
+
+// kmsError types a KMS failure like an upstream one: throttling, internal
+// errors and network failures are transient (the vendor's cooldown keeps a
+// throttled KMS from being stampeded); a missing, disabled or forbidden key
+// is permanent.
+func kmsError(def *provider.Definition, err error) error {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "ThrottlingException", "KMSInternalException", "DependencyTimeoutException", "KeyUnavailableException", "LimitExceededException":
+			return &upstream.RetrieveError{Provider: def.Name, Kind: upstream.Transient, Code: "kms_unavailable", Description: "KMS signing: " + ae.ErrorCode(), Err: err}
+		}
+		return &upstream.RetrieveError{Provider: def.Name, Kind: upstream.Permanent, Code: "signing_key_invalid", Description: "KMS signing: " + ae.ErrorCode(), Err: err}
+	}
+	return &upstream.RetrieveError{Provider: def.Name, Kind: upstream.Transient, Code: "kms_unavailable", Description: "KMS signing failed", Err: err}
+}
+
+func permanent(def *provider.Definition, code string, err error) error {
+	return &upstream.RetrieveError{Provider: def.Name, Kind: upstream.Permanent, Code: code, Description: err.Error(), Err: err}
+}

@@ -1,0 +1,246 @@
+package assertion_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	kmstypes "github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+	"github.com/lestrrat-go/jwx/v3/jws"
+	"github.com/lestrrat-go/jwx/v3/jwt"
+
+	"github.com/token-vendor/token-vendor/pkg/assertion"
+	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/upstream"
+	"github.com/token-vendor/token-vendor/tests/faultproxy"
+	"github.com/token-vendor/token-vendor/tests/testenv"
+)
+
+func pemOf(t *testing.T, k crypto.Signer) string {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+}
+
+func def(extra func(*provider.Definition)) *provider.Definition {
+	d := &provider.Definition{Name: "okta", TokenURL: "https://idp.example/oauth2/v1/token", ClientID: "0oa-client", AuthMethod: provider.AuthPrivateKeyJWT}
+	extra(d)
+	return d
+}
+
+// verify checks an assertion against the JWK Set the vendor prints for
+// registration, as the server would, and returns its claims and kid.
+func verify(t *testing.T, keys *assertion.Keys, d *provider.Definition, signed string) (jwt.Token, string) {
+	t.Helper()
+	raw, err := keys.JWKS(context.Background(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := jwk.Parse(raw)
+	if err != nil {
+		t.Fatalf("JWKS %s: %v", raw, err)
+	}
+	tok, err := jwt.Parse([]byte(signed), jwt.WithKeySet(set), jwt.WithValidate(true))
+	if err != nil {
+		t.Fatalf("assertion does not verify against the printed JWKS: %v", err)
+	}
+	msg, _ := jws.Parse([]byte(signed))
+	kid, _ := msg.Signatures()[0].ProtectedHeaders().KeyID()
+	return tok, kid
+}
+
+func checkClaims(t *testing.T, tok jwt.Token, d *provider.Definition, aud string) {
+	t.Helper()
+	iss, _ := tok.Issuer()
+	sub, _ := tok.Subject()
+	auds, _ := tok.Audience()
+	jti, _ := tok.JwtID()
+	iat, _ := tok.IssuedAt()
+	exp, _ := tok.Expiration()
+	if iss != d.ClientID || sub != d.ClientID || len(auds) != 1 || auds[0] != aud || len(jti) < 16 {
+		t.Fatalf("claims iss=%q sub=%q aud=%v jti=%q", iss, sub, auds, jti)
+	}
+	if life := exp.Sub(iat); life <= 0 || life > 5*time.Minute {
+		t.Fatalf("assertion lives %v; at most 5 minutes", life)
+	}
+}
+
+func TestPEMKeysSignVerifiableAssertions(t *testing.T) {
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cases := []struct {
+		name string
+		key  crypto.Signer
+		alg  string
+		want jwa.SignatureAlgorithm
+	}{
+		{"RSA default", rsaKey, "", jwa.RS256()},
+		{"RSA PS256", rsaKey, "PS256", jwa.PS256()},
+		{"EC P-256", ecKey, "", jwa.ES256()},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			keys := assertion.New(nil)
+			d := def(func(d *provider.Definition) { d.PrivateKey, d.SigningAlg = pemOf(t, c.key), c.alg })
+			a, err := keys.Assertion(context.Background(), d, d.TokenURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok, kid := verify(t, keys, d, a)
+			checkClaims(t, tok, d, d.TokenURL)
+			pub, _ := jwk.Import(c.key.Public())
+			tp, _ := pub.Thumbprint(crypto.SHA256)
+			if kid == "" || !strings.HasPrefix(strings.TrimRight(kid, "="), base64.RawURLEncoding.EncodeToString(tp)) {
+				t.Fatalf("kid %q is not the RFC 7638 thumbprint", kid)
+			}
+			msg, _ := jws.Parse([]byte(a))
+			if alg, _ := msg.Signatures()[0].ProtectedHeaders().Algorithm(); alg != c.want {
+				t.Fatalf("alg %v, want %v", alg, c.want)
+			}
+			b, _ := keys.Assertion(context.Background(), d, d.TokenURL)
+			tb, _ := verify(t, keys, d, b)
+			j1, _ := tok.JwtID()
+			j2, _ := tb.JwtID()
+			if j1 == j2 {
+				t.Fatal("two assertions share a jti")
+			}
+		})
+	}
+}
+
+func TestConfiguredKidAndAudience(t *testing.T) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keys := assertion.New(nil)
+	d := def(func(d *provider.Definition) {
+		d.PrivateKey, d.KeyID, d.AssertionAudience = pemOf(t, k), "2026-key", "https://idp.example/oauth2/default"
+	})
+	a, err := keys.Assertion(context.Background(), d, d.TokenURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, kid := verify(t, keys, d, a)
+	checkClaims(t, tok, d, "https://idp.example/oauth2/default")
+	if kid != "2026-key" {
+		t.Fatalf("kid %q", kid)
+	}
+}
+
+func TestBadKeysArePermanentAndQuietErrors(t *testing.T) {
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	secretPEM := pemOf(t, ecKey)
+	for name, d := range map[string]*provider.Definition{
+		"alg does not fit the key": def(func(d *provider.Definition) { d.PrivateKey, d.SigningAlg = secretPEM, "RS256" }),
+		"garbled PEM":              def(func(d *provider.Definition) { d.PrivateKey = strings.Replace(secretPEM, "M", "!", 3) }),
+		"KMS key without KMS":      def(func(d *provider.Definition) { d.KMSKeyID = "alias/signing" }),
+	} {
+		_, err := assertion.New(nil).Assertion(context.Background(), d, d.TokenURL)
+		re, ok := upstream.AsRetrieveError(err)
+		if !ok || re.Kind != upstream.Permanent || strings.Contains(err.Error(), "PRIVATE KEY") || strings.Contains(err.Error(), secretPEM[40:80]) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+
+// KMS signing through moto: RSA (RS256, PS256) and ECC P-256 keys whose
+// private half never leaves KMS; throttling is transient, a key that
+// cannot sign is permanent.
+func TestKMSKeysSignThroughMoto(t *testing.T) {
+	moto := testenv.Moto(t)
+	px, err := faultproxy.Start(moto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	api := kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(px.URL); o.RetryMaxAttempts = 1 })
+	ctx := context.Background()
+	mk := func(spec kmstypes.KeySpec, usage kmstypes.KeyUsageType) string {
+		out, err := api.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: spec, KeyUsage: usage})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return aws.ToString(out.KeyMetadata.KeyId)
+	}
+	for _, c := range []struct {
+		name string
+		spec kmstypes.KeySpec
+		alg  string
+	}{
+		{"RSA RS256", kmstypes.KeySpecRsa2048, ""},
+		{"RSA PS256", kmstypes.KeySpecRsa2048, "PS256"},
+		{"ECC P-256", kmstypes.KeySpecEccNistP256, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			keys := assertion.New(api)
+			d := def(func(d *provider.Definition) { d.KMSKeyID, d.SigningAlg = mk(c.spec, kmstypes.KeyUsageTypeSignVerify), c.alg })
+			a, err := keys.Assertion(ctx, d, d.TokenURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.alg == "PS256" {
+				// moto 5.2 signs PSS with the maximal salt; real KMS uses the
+				// 32-byte salt JWS requires (RFC 7518 §3.5), which jwx insists
+				// on. Check the PSS signature with any salt, and the claims.
+				checkClaims(t, verifyPSSAnySalt(t, keys, d, a), d, d.TokenURL)
+				return
+			}
+			tok, _ := verify(t, keys, d, a)
+			checkClaims(t, tok, d, d.TokenURL)
+		})
+	}
+	keys := assertion.New(api)
+	d := def(func(d *provider.Definition) { d.KMSKeyID = mk(kmstypes.KeySpecEccNistP256, kmstypes.KeyUsageTypeSignVerify) })
+	if _, err := keys.Assertion(ctx, d, d.TokenURL); err != nil {
+		t.Fatal(err)
+	}
+	px.Add(&faultproxy.Rule{Operation: "Sign", Action: faultproxy.Throttle})
+	_, err = keys.Assertion(ctx, d, d.TokenURL)
+	if re, ok := upstream.AsRetrieveError(err); !ok || re.Kind != upstream.Transient {
+		t.Fatalf("throttled KMS: want a transient error, got %v", err)
+	}
+	px.Clear()
+	enc := def(func(d *provider.Definition) { d.KMSKeyID = mk(kmstypes.KeySpecSymmetricDefault, kmstypes.KeyUsageTypeEncryptDecrypt) })
+	_, err = assertion.New(api).Assertion(ctx, enc, enc.TokenURL)
+	if re, ok := upstream.AsRetrieveError(err); !ok || re.Kind != upstream.Permanent {
+		t.Fatalf("a key that cannot sign: want a permanent error, got %v", err)
+	}
+}
+
+func verifyPSSAnySalt(t *testing.T, keys *assertion.Keys, d *provider.Definition, signed string) jwt.Token {
+	t.Helper()
+	raw, _ := keys.JWKS(context.Background(), d)
+	set, _ := jwk.Parse(raw)
+	k, _ := set.Key(0)
+	var pub rsa.PublicKey
+	if err := jwk.Export(k, &pub); err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(signed, ".")
+	sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
+	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+	if err := rsa.VerifyPSS(&pub, crypto.SHA256, digest[:], sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}); err != nil {
+		t.Fatalf("PSS signature: %v", err)
+	}
+	tok, err := jwt.Parse([]byte(signed), jwt.WithVerify(false), jwt.WithValidate(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}

@@ -1,0 +1,312 @@
+// Package oidc proves private_key_jwt against a real, certified
+// implementation: panva/oidc-provider (npm, pinned in package.json,
+// installed by the test with npm ci), started here like the emulators. Keys
+// are PEM keys and asymmetric KMS keys in moto.
+package oidc
+
+import (
+	"bufio"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	kmstypes "github.com/aws/aws-sdk-go-v2/service/kms/types"
+
+	"github.com/token-vendor/token-vendor/pkg/assertion"
+	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/pkg/upstream"
+	"github.com/token-vendor/token-vendor/pkg/vend"
+	"github.com/token-vendor/token-vendor/pkg/vend/vendtest"
+	"github.com/token-vendor/token-vendor/tests/testenv"
+)
+
+var npmOnce sync.Once
+
+// server is a running oidc-provider.
+type server struct {
+	issuer string
+}
+
+// seen is what the server decoded from one client assertion.
+type seen struct {
+	Header map[string]any `json:"header"`
+	Claims map[string]any `json:"claims"`
+}
+
+// start runs oidc-provider with one private_key_jwt client per entry
+// (client id -> JWK Set).
+func start(t *testing.T, clients map[string]json.RawMessage) *server {
+	t.Helper()
+	if _, err := exec.LookPath("node"); err != nil {
+		testenv.SkipOrFail(t, "node is needed for oidc-provider")
+	}
+	var npmErr error
+	npmOnce.Do(func() {
+		if _, err := os.Stat("node_modules/oidc-provider"); err == nil {
+			return
+		}
+		out, err := exec.Command("npm", "ci", "--no-audit", "--no-fund", "--loglevel=error").CombinedOutput()
+		if err != nil {
+			npmErr = fmt.Errorf("npm ci: %v\n%s", err, out)
+		}
+	})
+	if npmErr != nil {
+		t.Fatal(npmErr)
+	}
+	var list []map[string]any
+	for id, jwks := range clients {
+		list = append(list, map[string]any{"client_id": id, "jwks": jwks})
+	}
+	cfg, _ := json.Marshal(list)
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("node", "server.mjs")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "CLIENTS="+string(cfg), "NODE_NO_WARNINGS=1")
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "listening ") {
+				close(ready)
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(20 * time.Second):
+		t.Fatal("oidc-provider did not start")
+	}
+	return &server{issuer: fmt.Sprintf("http://127.0.0.1:%d", port)}
+}
+
+func (s *server) assertions(t *testing.T) []seen {
+	t.Helper()
+	resp, err := http.Get(s.issuer + "/__assertions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out []seen
+	json.NewDecoder(resp.Body).Decode(&out)
+	return out
+}
+
+func pemOf(k crypto.Signer) string {
+	der, _ := x509.MarshalPKCS8PrivateKey(k)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+}
+
+func definition(s *server, id string, set func(*provider.Definition)) *provider.Definition {
+	d := &provider.Definition{Name: id, TokenURL: s.issuer + "/token", ClientID: id, AuthMethod: provider.AuthPrivateKeyJWT}
+	set(d)
+	if err := d.Validate(); err != nil {
+		panic(err)
+	}
+	return d
+}
+
+func jwks(t *testing.T, keys *assertion.Keys, defs ...*provider.Definition) json.RawMessage {
+	t.Helper()
+	var all []json.RawMessage
+	for _, d := range defs {
+		raw, err := keys.JWKS(context.Background(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var set struct{ Keys []json.RawMessage }
+		json.Unmarshal(raw, &set)
+		all = append(all, set.Keys...)
+	}
+	b, _ := json.Marshal(map[string]any{"keys": all})
+	return b
+}
+
+func kmsClient(t *testing.T) *kms.Client {
+	return kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(testenv.Moto(t)) })
+}
+
+func kmsKey(t *testing.T, api *kms.Client, spec kmstypes.KeySpec) string {
+	out, err := api.CreateKey(context.Background(), &kms.CreateKeyInput{KeySpec: spec, KeyUsage: kmstypes.KeyUsageTypeSignVerify})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return aws.ToString(out.KeyMetadata.KeyId)
+}
+
+func vendor(defs map[string]*provider.Definition, as upstream.Assertions) (*vend.Vendor, *vendtest.Providers) {
+	provs := vendtest.NewProviders(defs)
+	up := &upstream.Client{Assertions: as, MaxAttempts: 1}
+	return vend.New(provs, up, store.NewMemory(nil), vend.Options{DisableRefreshAhead: true, L1MaxAge: -1}), provs
+}
+
+// Each kind of key fetches a token from oidc-provider, which checks the
+// assertion (signature against the registered JWKS, iss, sub, aud, exp,
+// jti); the token is then cached.
+func TestPrivateKeyJWTFetchesAndCaches(t *testing.T) {
+	api := kmsClient(t)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keys := assertion.New(api)
+	placeholder := &server{issuer: "http://127.0.0.1:1"}
+	setups := map[string]func(*provider.Definition){
+		"pem-rsa":   func(d *provider.Definition) { d.PrivateKey = pemOf(rsaKey) },
+		"pem-ps256": func(d *provider.Definition) { d.PrivateKey, d.SigningAlg = pemOf(rsaKey), "PS256" },
+		"pem-ec":    func(d *provider.Definition) { d.PrivateKey = pemOf(ecKey) },
+		"kms-rsa":   func(d *provider.Definition) { d.KMSKeyID = kmsKey(t, api, kmstypes.KeySpecRsa2048) },
+		"kms-ec":    func(d *provider.Definition) { d.KMSKeyID = kmsKey(t, api, kmstypes.KeySpecEccNistP256) },
+	}
+	clients := map[string]json.RawMessage{}
+	kinds := map[string]*provider.Definition{}
+	for id, set := range setups {
+		d := definition(placeholder, id, set)
+		kinds[id] = d
+		clients[id] = jwks(t, keys, d)
+	}
+	srv := start(t, clients)
+	defs := map[string]*provider.Definition{}
+	for id, d := range kinds {
+		cp := *d
+		cp.TokenURL = srv.issuer + "/token"
+		defs[id] = &cp
+	}
+	v, _ := vendor(defs, keys)
+	for id := range defs {
+		t.Run(id, func(t *testing.T) {
+			first, err := v.Token(context.Background(), vend.Request{Provider: id, Scope: "read", MinTTL: -1})
+			if err != nil || first.Source != vend.FromUpstream || first.AccessToken == "" {
+				t.Fatalf("fetch: %v %v", first.Source, err)
+			}
+			again, err := v.Token(context.Background(), vend.Request{Provider: id, Scope: "read", MinTTL: -1})
+			if err != nil || again.Source != vend.FromL2 || again.AccessToken != first.AccessToken {
+				t.Fatalf("not cached: %v %v", again.Source, err)
+			}
+		})
+	}
+	// The server's view of every assertion.
+	got := srv.assertions(t)
+	if len(got) != len(defs) {
+		t.Fatalf("server saw %d assertions for %d fetches", len(got), len(defs))
+	}
+	jtis := map[any]bool{}
+	for _, a := range got {
+		c := a.Claims
+		id, _ := c["iss"].(string)
+		if defs[id] == nil || c["sub"] != id || c["aud"] != srv.issuer+"/token" || a.Header["kid"] == "" || jtis[c["jti"]] {
+			t.Fatalf("assertion as the server decoded it: %+v", a)
+		}
+		jtis[c["jti"]] = true
+		if exp, iat := c["exp"].(float64), c["iat"].(float64); exp-iat <= 0 || exp-iat > 300 {
+			t.Fatalf("assertion lifetime %v s", exp-iat)
+		}
+	}
+}
+
+// fixed hands out the same assertion every time, as a replaying client would.
+type fixed struct{ a string }
+
+func (f fixed) Assertion(context.Context, *provider.Definition, string) (string, error) { return f.a, nil }
+
+func TestReplayWrongKeyAndRotation(t *testing.T) {
+	keyA, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keyB, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	stranger, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keys := assertion.New(nil)
+	placeholder := &server{issuer: "http://127.0.0.1:1"}
+	withA := definition(placeholder, "svc", func(d *provider.Definition) { d.PrivateKey = pemOf(keyA) })
+	withB := definition(placeholder, "svc", func(d *provider.Definition) { d.PrivateKey = pemOf(keyB) })
+	srv := start(t, map[string]json.RawMessage{"svc": jwks(t, keys, withA, withB)}) // A and B registered: a rotation in progress
+	for _, d := range []*provider.Definition{withA, withB} {
+		d.TokenURL = srv.issuer + "/token"
+	}
+	ctx := context.Background()
+	req := vend.Request{Provider: "svc", MinTTL: -1}
+
+	// Replay: the same assertion (same jti) twice; the server refuses the second.
+	one, err := keys.Assertion(ctx, withA, withA.TokenURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := vendor(map[string]*provider.Definition{"svc": withA}, fixed{one})
+	if _, err := v.Token(ctx, req); err != nil {
+		t.Fatalf("first use of the assertion: %v", err)
+	}
+	_, err = v.Refresh(ctx, req)
+	if re, ok := upstream.AsRetrieveError(err); !ok || re.Kind != upstream.Permanent || re.Code != "invalid_client" {
+		t.Fatalf("replayed assertion: want upstream_rejected (invalid_client), got %v", err)
+	}
+
+	// A key the client never registered is refused.
+	wrong := *withA
+	wrong.PrivateKey = pemOf(stranger)
+	v, _ = vendor(map[string]*provider.Definition{"svc": &wrong}, keys)
+	if _, err := v.Token(ctx, req); err == nil {
+		t.Fatal("a token was issued for an unregistered key")
+	} else if re, ok := upstream.AsRetrieveError(err); !ok || re.Kind != upstream.Permanent {
+		t.Fatalf("wrong key: want upstream_rejected, got %v", err)
+	}
+
+	// Rotation: callers keep the cached token while the registration moves
+	// to key B (new kid); the next fetch signs with B and is accepted.
+	v, provs := vendor(map[string]*provider.Definition{"svc": withA}, keys)
+	tokA, err := v.Token(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	provs.Set(withB)
+	if cached, err := v.Token(ctx, req); err != nil || cached.AccessToken != tokA.AccessToken {
+		t.Fatalf("during the rotation: %v", err)
+	}
+	tokB, err := v.Refresh(ctx, req)
+	if err != nil || tokB.AccessToken == tokA.AccessToken {
+		t.Fatalf("after the rotation: %v", err)
+	}
+	got := srv.assertions(t)
+	last := got[len(got)-1]
+	if kidB := kid(t, keys, withB); last.Header["kid"] != kidB {
+		t.Fatalf("the fetch after the rotation signed with kid %v, want %s", last.Header["kid"], kidB)
+	}
+}
+
+func kid(t *testing.T, keys *assertion.Keys, d *provider.Definition) string {
+	raw, _ := keys.JWKS(context.Background(), d)
+	var set struct {
+		Keys []struct {
+			Kid string `json:"kid"`
+		}
+	}
+	json.Unmarshal(raw, &set)
+	return set.Keys[0].Kid
+}
+
+func TestMain(m *testing.M) {
+	if dir, err := filepath.Abs("."); err == nil {
+		os.Chdir(dir)
+	}
+	os.Exit(m.Run())
+}
