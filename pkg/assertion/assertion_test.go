@@ -158,7 +158,6 @@ func TestBadKeysArePermanentAndQuietErrors(t *testing.T) {
 	}
 }
 
-
 // KMS signing through moto: RSA (RS256, PS256) and ECC P-256 keys whose
 // private half never leaves KMS; throttling is transient, a key that
 // cannot sign is permanent.
@@ -189,7 +188,9 @@ func TestKMSKeysSignThroughMoto(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			keys := assertion.New(api)
-			d := def(func(d *provider.Definition) { d.KMSKeyID, d.SigningAlg = mk(c.spec, kmstypes.KeyUsageTypeSignVerify), c.alg })
+			d := def(func(d *provider.Definition) {
+				d.KMSKeyID, d.SigningAlg = mk(c.spec, kmstypes.KeyUsageTypeSignVerify), c.alg
+			})
 			a, err := keys.Assertion(ctx, d, d.TokenURL)
 			if err != nil {
 				t.Fatal(err)
@@ -206,7 +207,9 @@ func TestKMSKeysSignThroughMoto(t *testing.T) {
 		})
 	}
 	keys := assertion.New(api)
-	d := def(func(d *provider.Definition) { d.KMSKeyID = mk(kmstypes.KeySpecEccNistP256, kmstypes.KeyUsageTypeSignVerify) })
+	d := def(func(d *provider.Definition) {
+		d.KMSKeyID = mk(kmstypes.KeySpecEccNistP256, kmstypes.KeyUsageTypeSignVerify)
+	})
 	if _, err := keys.Assertion(ctx, d, d.TokenURL); err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +219,9 @@ func TestKMSKeysSignThroughMoto(t *testing.T) {
 		t.Fatalf("throttled KMS: want a transient error, got %v", err)
 	}
 	px.Clear()
-	enc := def(func(d *provider.Definition) { d.KMSKeyID = mk(kmstypes.KeySpecSymmetricDefault, kmstypes.KeyUsageTypeEncryptDecrypt) })
+	enc := def(func(d *provider.Definition) {
+		d.KMSKeyID = mk(kmstypes.KeySpecSymmetricDefault, kmstypes.KeyUsageTypeEncryptDecrypt)
+	})
 	_, err = assertion.New(api).Assertion(ctx, enc, enc.TokenURL)
 	if re, ok := upstream.AsRetrieveError(err); !ok || re.Kind != upstream.Permanent {
 		t.Fatalf("a key that cannot sign: want a permanent error, got %v", err)

@@ -230,7 +230,9 @@ func TestPrivateKeyJWTFetchesAndCaches(t *testing.T) {
 // fixed hands out the same assertion every time, as a replaying client would.
 type fixed struct{ a string }
 
-func (f fixed) Assertion(context.Context, *provider.Definition, string) (string, error) { return f.a, nil }
+func (f fixed) Assertion(context.Context, *provider.Definition, string) (string, error) {
+	return f.a, nil
+}
 
 func TestReplayWrongKeyAndRotation(t *testing.T) {
 	keyA, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
