@@ -40,6 +40,7 @@ import (
 const usage = `usage:
   tokenvendor serve   [--addr 127.0.0.1:8080] [--providers FILE] [--table TABLE [--create-table]] [--secret-prefix PREFIX] [--kms-key KEY] [--l1-max-age S] [--log-level L]
   tokenvendor token   PROVIDER [--scope "read write"] [--min-ttl SECONDS] [configuration flags as for serve]
+  tokenvendor jwks    PROVIDER [configuration flags as for serve]   (the public JWK Set to register for private_key_jwt)
   tokenvendor sandbox [--addr 127.0.0.1:8081]`
 
 // exitUsage is the status for bad flags, arguments or files.
@@ -67,13 +68,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = serve(ctx, args[1:], stdout, stderr)
 	case "token":
 		err = token(ctx, args[1:], stdout, stderr)
+	case "jwks":
+		err = jwks(ctx, args[1:], stdout)
 	case "sandbox":
 		err = runSandbox(ctx, args[1:], stdout)
 	case "-h", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return 0
 	default:
-		err = usageError{fmt.Sprintf("unknown command %q (want serve, token or sandbox)", args[0])}
+		err = usageError{fmt.Sprintf("unknown command %q (want serve, token, jwks or sandbox)", args[0])}
 	}
 	var ue usageError
 	switch {
@@ -96,6 +99,7 @@ type settings struct {
 	providers, table, secretPrefix, kmsKey, logLevel string
 	createTable                                      bool
 	l1MaxAge                                         int
+	awsClients                                       bool // load AWS clients even with no table, secrets or sealing key
 }
 
 func (s *settings) register(fs *flag.FlagSet, env func(string) string) {
@@ -163,7 +167,7 @@ func (s *settings) build(ctx context.Context, stderr io.Writer) (*app.App, func(
 		stop = func() { srv.Close() }
 	}
 	var clients app.Clients
-	if cfg.Table != "" || cfg.SecretPrefix != "" || cfg.KMSKeyID != "" {
+	if cfg.Table != "" || cfg.SecretPrefix != "" || cfg.KMSKeyID != "" || s.awsClients {
 		awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
 		if err != nil {
 			return nil, nil, fmt.Errorf("AWS configuration: %w", err)
@@ -266,6 +270,43 @@ func token(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(wire.NewTokenResponse(t, time.Now()))
+}
+
+// jwks prints the public JWK Set of a private_key_jwt provider's signing
+// key (from KMS GetPublicKey, or from its PEM): what to register at the
+// provider. Never a private key.
+func jwks(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("jwks", flag.ContinueOnError)
+	var s settings
+	s.register(fs, os.Getenv)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError{"jwks takes exactly one PROVIDER argument"}
+	}
+	// The signing key may be in KMS: load AWS clients when a region is set.
+	s.awsClients = os.Getenv("AWS_REGION") != "" || os.Getenv("AWS_DEFAULT_REGION") != ""
+	a, stop, err := s.build(ctx, io.Discard)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	def, err := a.Providers.Get(ctx, pos[0])
+	if err != nil {
+		p := wire.Classify(err, pos[0])
+		return errors.New(p.Body.Error + ": " + p.Body.ErrorDescription)
+	}
+	if def.AuthMethod != provider.AuthPrivateKeyJWT {
+		return usageError{fmt.Sprintf("provider %q uses %s, not private_key_jwt: it has no signing key", pos[0], def.AuthMethod)}
+	}
+	out, err := a.Keys.JWKS(ctx, def)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, string(out))
+	return err
 }
 
 type sandboxServer struct {

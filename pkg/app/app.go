@@ -170,6 +170,8 @@ type App struct {
 	Handler   *httpapi.Handler
 	Log       *slog.Logger
 	Metrics   *obs.Metrics
+	// Keys signs private_key_jwt assertions and prints their JWK Sets.
+	Keys *assertion.Keys
 }
 
 // New wires the parts. It makes no network calls.
@@ -213,8 +215,9 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 	if c.KMS != nil {
 		signer = c.KMS
 	}
+	keys := assertion.New(signer)
 	up := &upstream.Client{
-		Assertions:      assertion.New(signer),
+		Assertions:      keys,
 		HTTP:            &http.Client{Transport: transport()},
 		AttemptTimeout:  cfg.UpstreamTimeout,
 		MaxAttempts:     cfg.UpstreamAttempts,
@@ -237,7 +240,7 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		Logger:              log,
 		Observer:            metrics,
 	})
-	return &App{Config: cfg, Vendor: v, Providers: provs, Handler: httpapi.New(v, provs, log, nil), Log: log, Metrics: metrics}, nil
+	return &App{Config: cfg, Vendor: v, Providers: provs, Handler: httpapi.New(v, provs, log, nil), Log: log, Metrics: metrics, Keys: keys}, nil
 }
 
 // unlisted is a provider source whose listing is turned off.

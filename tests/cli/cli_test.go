@@ -5,7 +5,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -327,5 +332,36 @@ func TestConsumerClientAgainstServe(t *testing.T) {
 	resp.Body.Close()
 	if n := sb.Requests("demo-dot-client"); n != 2 {
 		t.Fatalf("upstream requests %d, want 2", n)
+	}
+}
+
+// jwks prints the public JWK Set of a private_key_jwt provider, never the
+// private key; for other providers it says why not.
+func TestJWKSCommand(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	pemKey := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	defs, _ := json.Marshal(map[string]any{
+		"okta":   map[string]any{"token_url": "https://idp.example/oauth2/v1/token", "client_id": "0oa1", "auth_method": "private_key_jwt", "private_key": pemKey, "key_id": "k-2026"},
+		"secret": map[string]any{"token_url": "https://idp.example/t", "client_id": "c", "client_secret": "CANARY-S"},
+	})
+	file := filepath.Join(t.TempDir(), "providers.json")
+	os.WriteFile(file, defs, 0o600)
+	code, out, stderr := run(t, "jwks", "okta", "--providers", file)
+	var set struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &set) != nil || len(set.Keys) != 1 {
+		t.Fatalf("exit %d out %q err %q", code, out, stderr)
+	}
+	k := set.Keys[0]
+	if k["kty"] != "EC" || k["crv"] != "P-256" || k["kid"] != "k-2026" || k["alg"] != "ES256" || k["use"] != "sig" || k["d"] != nil {
+		t.Fatalf("JWK %v", k)
+	}
+	if strings.Contains(out+stderr, "PRIVATE KEY") || strings.Contains(out+stderr, pemKey[40:80]) {
+		t.Fatal("the private key was printed")
+	}
+	if code, _, stderr := run(t, "jwks", "secret", "--providers", file); code != 2 || !strings.Contains(stderr, "not private_key_jwt") || strings.Contains(stderr, "CANARY-S") {
+		t.Fatalf("secret provider: %d %q", code, stderr)
 	}
 }

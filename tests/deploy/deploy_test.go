@@ -245,8 +245,8 @@ func TestKMSGrantsConditionedOnEncryptionContext(t *testing.T) {
 		var stmts []*yaml.Node
 		statements(get(fn, "Properties", "Policies"), &stmts)
 		for _, st := range stmts {
-			if !slices.ContainsFunc(scalars(get(st, "Action")), func(a string) bool { return strings.HasPrefix(a, "kms:") }) {
-				continue
+			if !slices.ContainsFunc(scalars(get(st, "Action")), func(a string) bool { return a == "kms:Decrypt" || a == "kms:GenerateDataKey" }) {
+				continue // the envelope's grants; signing keys are TestSigningGrantsOnlyOnNamedKeys'
 			}
 			found++
 			keys := scalars(get(st, "Condition", "ForAllValues:StringEquals", "kms:EncryptionContextKeys"))
@@ -384,5 +384,38 @@ func TestExtensionLayersBuildForTheirArchitectures(t *testing.T) {
 			t.Errorf("%s: machine %v, want %s", name, f.Machine, arch)
 		}
 		f.Close()
+	}
+}
+
+// kms:Sign and kms:GetPublicKey (private_key_jwt with kms_key_id) are granted
+// only on the keys the SigningKeyArns parameter names, and only when it
+// names any: no wildcard, nothing by default.
+func TestSigningGrantsOnlyOnNamedKeys(t *testing.T) {
+	root, _ := loadTemplate(t)
+	if p := get(root, "Parameters", "SigningKeyArns"); p == nil || get(p, "Default").Value != "" {
+		t.Fatal("want a SigningKeyArns parameter, empty by default")
+	}
+	for name, fn := range resources(t, root, "AWS::Serverless::Function") {
+		granted := false
+		for _, pol := range get(fn, "Properties", "Policies").Content {
+			var stmts []*yaml.Node
+			statements(pol, &stmts)
+			for _, st := range stmts {
+				acts := scalars(get(st, "Action"))
+				if !slices.Contains(acts, "kms:Sign") && !slices.Contains(acts, "kms:GetPublicKey") {
+					continue
+				}
+				granted = true
+				if pol.Tag != "!If" || pol.Content[0].Value != "HasSigningKeys" {
+					t.Errorf("%s: kms:Sign granted outside the HasSigningKeys condition", name)
+				}
+				if r := get(st, "Resource"); r.Tag != "!Ref" || r.Value != "SigningKeyArns" {
+					t.Errorf("%s: kms:Sign granted on %v, not on SigningKeyArns", name, scalars(r))
+				}
+			}
+		}
+		if !granted {
+			t.Errorf("%s fetches tokens but cannot sign assertions with a KMS key", name)
+		}
 	}
 }
