@@ -5,6 +5,7 @@ package provider
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -16,6 +17,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Auth methods a definition may name.
@@ -26,6 +28,10 @@ const (
 	// AuthPrivateKeyJWT signs a client assertion (RFC 7523 §2.2) with
 	// private_key (PEM) or kms_key_id (an asymmetric KMS key).
 	AuthPrivateKeyJWT = "private_key_jwt"
+	// AuthTLS and AuthSelfSignedTLS authenticate with a client certificate
+	// (RFC 8705 §2.1, §2.2): client_certificate and client_key.
+	AuthTLS           = "tls_client_auth"
+	AuthSelfSignedTLS = "self_signed_tls_client_auth"
 )
 
 // DefaultMaxKeys and MaxMaxKeys bound max_keys.
@@ -65,6 +71,10 @@ type Definition struct {
 	SigningAlg        string `json:"signing_alg,omitempty"`
 	KeyID             string `json:"key_id,omitempty"`
 	AssertionAudience string `json:"assertion_audience,omitempty"`
+	// tls_client_auth, self_signed_tls_client_auth: a PEM certificate
+	// chain (leaf first) and its PEM private key (a secret).
+	ClientCertificate string `json:"client_certificate,omitempty"`
+	ClientKey         string `json:"client_key,omitempty"`
 	// IdleAfterSeconds overrides IDLE_AFTER: a key not vended for this long
 	// is no longer renewed (0: the deployment's default).
 	IdleAfterSeconds int64 `json:"idle_after_seconds,omitempty"`
@@ -176,22 +186,44 @@ func (d *Definition) Validate() error {
 	switch d.AuthMethod {
 	case "":
 		d.AuthMethod = AuthBasic // RFC 6749 §2.3.1: servers MUST support Basic.
-	case AuthBasic, AuthPost, AuthQuery, AuthPrivateKeyJWT:
+	case AuthBasic, AuthPost, AuthQuery, AuthPrivateKeyJWT, AuthTLS, AuthSelfSignedTLS:
 	default:
-		return fe("auth_method", "must be one of client_secret_basic, client_secret_post, query, private_key_jwt")
+		return fe("auth_method", "must be one of client_secret_basic, client_secret_post, query, private_key_jwt, tls_client_auth, self_signed_tls_client_auth")
 	}
-	if d.AuthMethod == AuthPrivateKeyJWT {
+	keyFields := map[string]string{"kms_key_id": d.KMSKeyID, "private_key": d.PrivateKey, "signing_alg": d.SigningAlg, "key_id": d.KeyID, "assertion_audience": d.AssertionAudience}
+	certFields := map[string]string{"client_certificate": d.ClientCertificate, "client_key": d.ClientKey}
+	only := func(fields map[string]string, method string) error {
+		for name, v := range fields {
+			if v != "" {
+				return fe(name, "only with auth_method "+method)
+			}
+		}
+		return nil
+	}
+	switch d.AuthMethod {
+	case AuthPrivateKeyJWT:
 		if err := d.validateKeyAuth(fe); err != nil {
 			return err
 		}
-	} else {
+		if err := only(certFields, "tls_client_auth or self_signed_tls_client_auth"); err != nil {
+			return err
+		}
+	case AuthTLS, AuthSelfSignedTLS:
+		if err := d.validateCertAuth(fe); err != nil {
+			return err
+		}
+		if err := only(keyFields, "private_key_jwt"); err != nil {
+			return err
+		}
+	default:
 		if d.ClientSecret == "" {
 			return fe("client_secret", "required")
 		}
-		for name, v := range map[string]string{"kms_key_id": d.KMSKeyID, "private_key": d.PrivateKey, "signing_alg": d.SigningAlg, "key_id": d.KeyID, "assertion_audience": d.AssertionAudience} {
-			if v != "" {
-				return fe(name, "only with auth_method private_key_jwt")
-			}
+		if err := only(keyFields, "private_key_jwt"); err != nil {
+			return err
+		}
+		if err := only(certFields, "tls_client_auth or self_signed_tls_client_auth"); err != nil {
+			return err
 		}
 	}
 	if !printable(d.ClientSecret) {
@@ -315,7 +347,30 @@ func (d *Definition) fingerprint() string {
 // SameCredentials reports whether two definitions authenticate identically.
 func (d *Definition) SameCredentials(o *Definition) bool {
 	return d.ClientID == o.ClientID && d.ClientSecret == o.ClientSecret && d.AuthMethod == o.AuthMethod && d.TokenURL == o.TokenURL &&
-		d.PrivateKey == o.PrivateKey && d.KMSKeyID == o.KMSKeyID && d.KeyID == o.KeyID && d.SigningAlg == o.SigningAlg
+		d.PrivateKey == o.PrivateKey && d.KMSKeyID == o.KMSKeyID && d.KeyID == o.KeyID && d.SigningAlg == o.SigningAlg &&
+		d.ClientCertificate == o.ClientCertificate && d.ClientKey == o.ClientKey
+}
+
+// validateCertAuth checks a certificate registration; errors never quote
+// the key.
+func (d *Definition) validateCertAuth(fe func(field, reason string) error) error {
+	if d.ClientSecret != "" {
+		return fe("client_secret", "not used with "+d.AuthMethod+"; remove it")
+	}
+	if d.ClientCertificate == "" {
+		return fe("client_certificate", "required (PEM certificate chain, leaf first)")
+	}
+	if d.ClientKey == "" {
+		return fe("client_key", "required (PEM private key of the certificate)")
+	}
+	cert, err := tls.X509KeyPair([]byte(d.ClientCertificate), []byte(d.ClientKey))
+	if err != nil {
+		return fe("client_certificate", "certificate and client_key do not form a usable pair")
+	}
+	if cert.Leaf != nil && time.Now().After(cert.Leaf.NotAfter) {
+		return fe("client_certificate", "expired on "+cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // validateKeyAuth checks a private_key_jwt registration; errors never

@@ -11,7 +11,10 @@ package upstream
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +22,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/provider"
@@ -54,6 +58,8 @@ type Client struct {
 	// Assertions signs private_key_jwt client assertions (assertion.Keys);
 	// nil refuses private_key_jwt providers.
 	Assertions Assertions
+
+	tlsClients sync.Map // certificate-authenticated provider's identity -> *http.Client
 }
 
 // Assertions makes a signed client assertion for def, audience aud, with a
@@ -114,6 +120,56 @@ func (c *Client) httpClient() *http.Client {
 	cp := *base
 	cp.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &cp
+}
+
+// clientFor is the HTTP client for def: for certificate authentication
+// (RFC 8705) a client of its own that presents def's certificate, so it
+// goes to that provider's endpoints and nowhere else; otherwise the shared one.
+func (c *Client) clientFor(def *provider.Definition) (*http.Client, error) {
+	if def.AuthMethod != provider.AuthTLS && def.AuthMethod != provider.AuthSelfSignedTLS {
+		return c.httpClient(), nil
+	}
+	sum := sha256.Sum256([]byte(def.Name + "\x00" + def.ClientCertificate + "\x00" + def.ClientKey))
+	id := hex.EncodeToString(sum[:])
+	if hc, ok := c.tlsClients.Load(id); ok {
+		return hc.(*http.Client), nil
+	}
+	cert, err := tls.X509KeyPair([]byte(def.ClientCertificate), []byte(def.ClientKey))
+	if err != nil {
+		return nil, &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "client_certificate_invalid", Description: "client_certificate and client_key do not form a usable pair"}
+	}
+	base := c.httpClient()
+	var tr *http.Transport
+	if t, ok := base.Transport.(*http.Transport); ok {
+		tr = t.Clone()
+	} else {
+		tr = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	if tr.TLSClientConfig == nil {
+		tr.TLSClientConfig = &tls.Config{}
+	}
+	// Always present it: Go's default offers a certificate only when it
+	// chains to a CA the server lists, which a self-signed one
+	// (self_signed_tls_client_auth) never does.
+	tr.TLSClientConfig.Certificates = nil
+	tr.TLSClientConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+	hc := *base
+	hc.Transport = tr
+	actual, _ := c.tlsClients.LoadOrStore(id, &hc)
+	return actual.(*http.Client), nil
+}
+
+// CertificateExpiry is when def's client certificate expires (false for
+// providers that do not authenticate with one).
+func (c *Client) CertificateExpiry(def *provider.Definition) (time.Time, bool) {
+	if def.AuthMethod != provider.AuthTLS && def.AuthMethod != provider.AuthSelfSignedTLS {
+		return time.Time{}, false
+	}
+	cert, err := tls.X509KeyPair([]byte(def.ClientCertificate), []byte(def.ClientKey))
+	if err != nil || cert.Leaf == nil {
+		return time.Time{}, false
+	}
+	return cert.Leaf.NotAfter, true
 }
 
 // Fetch requests a token for the normalized scopes.
@@ -203,6 +259,10 @@ func buildRequest(ctx context.Context, def *provider.Definition, endpoint string
 		params.Set("client_id", def.ClientID)
 		params.Set("client_secret", def.ClientSecret)
 		body = params.Encode()
+	case provider.AuthTLS, provider.AuthSelfSignedTLS:
+		// RFC 8705 §2: the certificate authenticates; client_id names the client.
+		params.Set("client_id", def.ClientID)
+		body = params.Encode()
 	case provider.AuthPrivateKeyJWT:
 		// RFC 7523 §2.2; client_id too, which RFC 6749 §3.2.1 allows and
 		// many servers want.
@@ -233,7 +293,11 @@ func (c *Client) do(req *http.Request, def *provider.Definition) (int, http.Head
 	if c.UserAgent != "" {
 		req.Header.Set("User-Agent", c.UserAgent)
 	}
-	resp, err := c.httpClient().Do(req)
+	hc, err := c.clientFor(def)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"strconv"
 	"time"
 
@@ -457,7 +458,40 @@ func (v *Vendor) fetch(ctx context.Context, def *provider.Definition, scopes []s
 		code = "error"
 	}
 	v.obs.Upstream(def.Name, time.Since(start), code)
+	v.noteCertificate(ctx, def)
 	return up, err
+}
+
+// certificateWarning is how far ahead an expiring client certificate is reported.
+const certificateWarning = 30 * 24 * time.Hour
+
+// noteCertificate reports the days a provider's client certificate (RFC
+// 8705) has left, as a metric on every fetch and as a warning, at most
+// hourly, once fewer than 30 remain: renewing it takes a registration
+// change at the provider, which is best not discovered at expiry.
+func (v *Vendor) noteCertificate(ctx context.Context, def *provider.Definition) {
+	ce, ok := v.fetcher.(interface {
+		CertificateExpiry(*provider.Definition) (time.Time, bool)
+	})
+	if !ok {
+		return
+	}
+	notAfter, ok := ce.CertificateExpiry(def)
+	if !ok {
+		return
+	}
+	now := v.opts.Now()
+	left := notAfter.Sub(now)
+	v.obs.Value(def.Name, "ClientCertificateDaysLeft", "Count", math.Floor(left.Hours()/24))
+	if left >= certificateWarning {
+		return
+	}
+	if last, ok := v.certWarned.Load(def.Name); ok && now.Sub(last.(time.Time)) < time.Hour {
+		return
+	}
+	v.certWarned.Store(def.Name, now)
+	v.log.WarnContext(ctx, "client certificate expires soon; renew it and update the provider's secret", "provider", def.Name,
+		"not_after", notAfter.UTC().Format(time.RFC3339), "days_left", int(left.Hours()/24))
 }
 
 // release gives the lease back without changing the token.

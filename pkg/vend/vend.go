@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -159,6 +160,8 @@ type Vendor struct {
 	fallback  *rate.Limiter
 	seq       atomic.Uint64
 	uses      usages
+	// certWarned: provider -> when its expiring certificate was last reported.
+	certWarned sync.Map
 	// storeDownUntil (wall-clock UnixNano) opens the store circuit breaker.
 	storeDownUntil atomic.Int64
 }

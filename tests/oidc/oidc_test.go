@@ -51,9 +51,28 @@ type seen struct {
 	Claims map[string]any `json:"claims"`
 }
 
+// registration is one client at the server.
+type registration struct {
+	ClientID  string          `json:"client_id"`
+	Auth      string          `json:"auth,omitempty"` // private_key_jwt when empty
+	JWKS      json.RawMessage `json:"jwks,omitempty"`
+	SubjectDN string          `json:"subject_dn,omitempty"`
+}
+
+// tlsFiles serve HTTPS and verify client certificates against CA.
+type tlsFiles struct{ Key, Cert, CA string }
+
 // start runs oidc-provider with one private_key_jwt client per entry
 // (client id -> JWK Set).
 func start(t *testing.T, clients map[string]json.RawMessage) *server {
+	var regs []registration
+	for id, jwks := range clients {
+		regs = append(regs, registration{ClientID: id, JWKS: jwks})
+	}
+	return startWith(t, regs, nil)
+}
+
+func startWith(t *testing.T, regs []registration, tf *tlsFiles) *server {
 	t.Helper()
 	if _, err := exec.LookPath("node"); err != nil {
 		testenv.SkipOrFail(t, "node is needed for oidc-provider")
@@ -71,17 +90,18 @@ func start(t *testing.T, clients map[string]json.RawMessage) *server {
 	if npmErr != nil {
 		t.Fatal(npmErr)
 	}
-	var list []map[string]any
-	for id, jwks := range clients {
-		list = append(list, map[string]any{"client_id": id, "jwks": jwks})
-	}
-	cfg, _ := json.Marshal(list)
+	cfg, _ := json.Marshal(regs)
 	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("node", "server.mjs")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "CLIENTS="+string(cfg), "NODE_NO_WARNINGS=1")
+	scheme := "http"
+	if tf != nil {
+		cmd.Env = append(cmd.Env, "TLS_KEY="+tf.Key, "TLS_CERT="+tf.Cert, "TLS_CA="+tf.CA)
+		scheme = "https"
+	}
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -102,7 +122,7 @@ func start(t *testing.T, clients map[string]json.RawMessage) *server {
 	case <-time.After(20 * time.Second):
 		t.Fatal("oidc-provider did not start")
 	}
-	return &server{issuer: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	return &server{issuer: fmt.Sprintf("%s://127.0.0.1:%d", scheme, port)}
 }
 
 func (s *server) assertions(t *testing.T) []seen {

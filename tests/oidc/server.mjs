@@ -1,30 +1,58 @@
 // panva/oidc-provider configured as the authorization server for the
-// private_key_jwt tests: one client per registration in CLIENTS (JSON:
-// [{client_id, jwks}]), client_credentials only. It prints
-// "listening <port>" once ready. GET /__assertions returns the header and
-// claims of every client assertion the token endpoint received, decoded at
-// the server side.
+// private_key_jwt and mutual-TLS tests: one client per registration in
+// CLIENTS (JSON: [{client_id, auth, jwks, subject_dn}], auth one of
+// private_key_jwt (default), tls_client_auth, self_signed_tls_client_auth),
+// client_credentials only. With TLS_KEY, TLS_CERT and TLS_CA (PEM files) it
+// serves HTTPS and asks for client certificates (requestCert), which it
+// hands to oidc-provider's mTLS feature. It prints "listening <port>" once
+// ready. GET /__assertions returns the header and claims of every client
+// assertion the token endpoint received, decoded at the server side.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import https from 'node:https';
 import Provider from 'oidc-provider';
 
 const port = Number(process.env.PORT || 0);
 const clients = JSON.parse(process.env.CLIENTS || '[]').map((c) => ({
   client_id: c.client_id,
-  token_endpoint_auth_method: 'private_key_jwt',
-  jwks: c.jwks,
+  token_endpoint_auth_method: c.auth || 'private_key_jwt',
+  ...(c.jwks ? { jwks: c.jwks } : {}),
+  ...(c.subject_dn ? { tls_client_auth_subject_dn: c.subject_dn } : {}),
   grant_types: ['client_credentials'],
   response_types: [],
   redirect_uris: [],
   scope: 'read write',
 }));
+const tls = process.env.TLS_KEY ? {
+  key: fs.readFileSync(process.env.TLS_KEY),
+  cert: fs.readFileSync(process.env.TLS_CERT),
+  ca: fs.readFileSync(process.env.TLS_CA),
+  requestCert: true,
+  rejectUnauthorized: false, // the provider decides, as client authentication
+} : null;
+const peer = (ctx) => {
+  const c = ctx.socket.getPeerCertificate && ctx.socket.getPeerCertificate();
+  return c && c.raw ? new crypto.X509Certificate(c.raw) : undefined;
+};
 
 const seen = [];
-const provider = new Provider(`http://127.0.0.1:${port}`, {
+const provider = new Provider(`${tls ? 'https' : 'http'}://127.0.0.1:${port}`, {
   clients,
+  clientAuthMethods: tls ? ['private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth'] : ['private_key_jwt'],
   scopes: ['read', 'write'],
   features: {
     clientCredentials: { enabled: true },
     revocation: { enabled: true },
     devInteractions: { enabled: false },
+    mTLS: {
+      enabled: !!tls,
+      tlsClientAuth: true,
+      selfSignedTlsClientAuth: true,
+      getCertificate: peer,
+      certificateAuthorized: (ctx) => ctx.socket.authorized,
+      certificateSubjectMatches: (ctx, property, expected) => property === 'tls_client_auth_subject_dn'
+        && peer(ctx)?.subject.split('\n').reverse().join(',') === expected,
+    },
   },
 });
 
@@ -52,6 +80,9 @@ provider.use(async (ctx, next) => {
 });
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 
-const server = provider.listen(port, '127.0.0.1', () => {
-  console.log(`listening ${server.address().port}`);
-});
+if (tls) {
+  const srv = https.createServer(tls, provider.callback());
+  srv.listen(port, '127.0.0.1', () => console.log(`listening ${srv.address().port}`));
+} else {
+  const srv = provider.listen(port, '127.0.0.1', () => console.log(`listening ${srv.address().port}`));
+}
