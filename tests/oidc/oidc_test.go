@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -324,11 +323,4 @@ func kid(t *testing.T, keys *assertion.Keys, d *provider.Definition) string {
 	}
 	json.Unmarshal(raw, &set)
 	return set.Keys[0].Kid
-}
-
-func TestMain(m *testing.M) {
-	if dir, err := filepath.Abs("."); err == nil {
-		os.Chdir(dir)
-	}
-	os.Exit(m.Run())
 }
