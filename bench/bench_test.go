@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 func TestQuickRun(t *testing.T) {
 	testenv.DynamoDB(t)
 	r := &report{quick: true}
-	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench} {
+	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench, signingBench} {
 		if err := step(r); err != nil {
 			t.Fatal(err)
 		}
@@ -60,6 +60,9 @@ func TestQuickRun(t *testing.T) {
 	// A cached read through the extension beats a direct invoke, and costs less.
 	if e := r.ext; e.Extension.P50 >= e.DirectInvoke.P50 || e.CostWith >= e.CostWithout {
 		t.Fatalf("extension %+v", e)
+	}
+	if len(r.signing) != 4 {
+		t.Fatalf("signing rows %+v", r.signing)
 	}
 	for fn, size := range r.cold.Sizes {
 		if size > 15<<20 {

@@ -41,6 +41,7 @@ func main() {
 		{"refresh index vs full scan", refreshScale},
 		{"simulated week", simulatedWeek},
 		{"extension", extensionBench},
+		{"assertion signing", signingBench},
 	}
 	for _, s := range steps {
 		fmt.Fprintf(os.Stderr, "bench: %s…\n", s.name)

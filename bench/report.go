@@ -30,6 +30,7 @@ type report struct {
 	scale      []scaleRow
 	week       weekResult
 	ext        extensionResult
+	signing    []latencyRow
 }
 
 // AWS list prices used for the cost estimate (us-east-1).
@@ -224,6 +225,7 @@ func (r *report) write(path, plotPath string) error {
 	w("A real DynamoDB GetItem from Lambda takes a few milliseconds rather than DynamoDB Local's, so an L2 hit bills a few more ms (about $0.004 per extra ms per million). Upstream fetches are rare (section 2) and not included.")
 	r.writeScale(w)
 	r.writeExtension(w)
+	r.writeSigning(w)
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err
 	}

@@ -25,7 +25,10 @@ import (
 
 	"github.com/token-vendor/token-vendor/pkg/assertion"
 	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/registry"
+	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/pkg/upstream"
+	"github.com/token-vendor/token-vendor/pkg/vend"
 	"github.com/token-vendor/token-vendor/tests/faultproxy"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
@@ -248,4 +251,43 @@ func verifyPSSAnySalt(t *testing.T, keys *assertion.Keys, d *provider.Definition
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// A throttled KMS is a transient failure like a 5xx: the first fetch opens
+// the fleet-wide cooldown, and the other callers on every instance are
+// answered 503 without asking KMS again.
+func TestThrottledKMSDoesNotStampede(t *testing.T) {
+	moto := testenv.Moto(t)
+	px, err := faultproxy.Start(moto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	api := kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(px.URL); o.RetryMaxAttempts = 1 })
+	ctx := context.Background()
+	key, err := api.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: kmstypes.KeySpecEccNistP256, KeyUsage: kmstypes.KeyUsageTypeSignVerify})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := def(func(d *provider.Definition) {
+		d.KMSKeyID = aws.ToString(key.KeyMetadata.KeyId)
+		d.TokenURL = "http://127.0.0.1:9/token"
+	})
+	px.Add(&faultproxy.Rule{Operation: "Sign", Action: faultproxy.Throttle})
+	st := store.NewMemory(nil)
+	up := &upstream.Client{Assertions: assertion.New(api), BaseBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}
+	calls := 0
+	for i := 0; i < 4; i++ {
+		v := vend.New(registry.NewStatic(map[string]*provider.Definition{"okta": d}), up, st, vend.Options{})
+		for c := 0; c < 10; c++ {
+			_, err := v.Token(ctx, vend.Request{Provider: "okta", MinTTL: -1})
+			if _, unavailable := vend.IsUnavailable(err); !unavailable {
+				t.Fatalf("throttled KMS: want 503 + Retry-After, got %v", err)
+			}
+			calls++
+		}
+	}
+	if n := px.Seen("Sign"); n == 0 || n > upstream.DefaultMaxAttempts {
+		t.Fatalf("%d calls asked KMS to sign %d times; want one fetch's attempts (%d)", calls, n, upstream.DefaultMaxAttempts)
+	}
 }
