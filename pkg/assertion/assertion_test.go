@@ -165,13 +165,7 @@ func TestBadKeysArePermanentAndQuietErrors(t *testing.T) {
 // private half never leaves KMS; throttling is transient, a key that
 // cannot sign is permanent.
 func TestKMSKeysSignThroughMoto(t *testing.T) {
-	moto := testenv.Moto(t)
-	px, err := faultproxy.Start(moto)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer px.Close()
-	api := kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(px.URL); o.RetryMaxAttempts = 1 })
+	api, px := proxiedKMS(t)
 	ctx := context.Background()
 	mk := func(spec kmstypes.KeySpec, usage kmstypes.KeyUsageType) string {
 		out, err := api.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: spec, KeyUsage: usage})
@@ -217,7 +211,7 @@ func TestKMSKeysSignThroughMoto(t *testing.T) {
 		t.Fatal(err)
 	}
 	px.Add(&faultproxy.Rule{Operation: "Sign", Action: faultproxy.Throttle})
-	_, err = keys.Assertion(ctx, d, d.TokenURL)
+	_, err := keys.Assertion(ctx, d, d.TokenURL)
 	if re, ok := upstream.AsRetrieveError(err); !ok || re.Kind != upstream.Transient {
 		t.Fatalf("throttled KMS: want a transient error, got %v", err)
 	}
@@ -257,13 +251,7 @@ func verifyPSSAnySalt(t *testing.T, keys *assertion.Keys, d *provider.Definition
 // the fleet-wide cooldown, and the other callers on every instance are
 // answered 503 without asking KMS again.
 func TestThrottledKMSDoesNotStampede(t *testing.T) {
-	moto := testenv.Moto(t)
-	px, err := faultproxy.Start(moto)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer px.Close()
-	api := kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(px.URL); o.RetryMaxAttempts = 1 })
+	api, px := proxiedKMS(t)
 	ctx := context.Background()
 	key, err := api.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: kmstypes.KeySpecEccNistP256, KeyUsage: kmstypes.KeyUsageTypeSignVerify})
 	if err != nil {
@@ -290,4 +278,16 @@ func TestThrottledKMSDoesNotStampede(t *testing.T) {
 	if n := px.Seen("Sign"); n == 0 || n > upstream.DefaultMaxAttempts {
 		t.Fatalf("%d calls asked KMS to sign %d times; want one fetch's attempts (%d)", calls, n, upstream.DefaultMaxAttempts)
 	}
+}
+
+// proxiedKMS is a KMS client on moto through the fault proxy, without SDK
+// retries (a fault is seen once).
+func proxiedKMS(t *testing.T) (*kms.Client, *faultproxy.Proxy) {
+	t.Helper()
+	px, err := faultproxy.Start(testenv.Moto(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(px.Close)
+	return kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(px.URL); o.RetryMaxAttempts = 1 }), px
 }
