@@ -119,9 +119,13 @@ func badInputs() ([]badRow, error) {
 		{`{"client_id":"a","client_secret":"SECRET"}`, "token_url: required"},
 		{`{"token_url":"http://api.example.com/t","client_id":"a","client_secret":"SECRET"}`, "token_url: must use https (http is allowed only for loopback hosts)"},
 		{`{"token_url":"https://x.example/t","client_id":"a"}`, "client_secret: required"},
-		{`{"token_url":"https://x.example/t","client_id":"a","client_secret":"SECRET","auth_method":"jwt"}`, "auth_method: must be one of client_secret_basic, client_secret_post, query"},
+		{`{"token_url":"https://x.example/t","client_id":"a","client_secret":"SECRET","auth_method":"jwt"}`, "auth_method: must be one of client_secret_basic, client_secret_post, query, private_key_jwt, tls_client_auth, self_signed_tls_client_auth"},
 		{`{"token_url":"https://x.example/t","client_id":"a","client_secret":"SECRET","scopes":["a b"]}`, "scopes: each scope must be a non-empty RFC 6749 scope-token (no spaces, quotes or backslashes)"},
 		{`{"token_url":"https://x.example/t","client_id":"a","client_secret":"SECRET","client_secert":"x"}`, "client_secert: unknown field"},
+		{`{"token_url":"https://x.example/t","client_id":"a","auth_method":"private_key_jwt"}`, "kms_key_id: private_key_jwt needs kms_key_id (an asymmetric KMS key) or private_key (PEM)"},
+		{`{"token_url":"https://x.example/t","client_id":"a","auth_method":"private_key_jwt","private_key":"SECRET"}`, "private_key: must be a PEM private key (PKCS #8, PKCS #1 or SEC 1)"},
+		{`{"token_url":"https://x.example/t","client_id":"a","auth_method":"private_key_jwt","kms_key_id":"alias/k","client_secret":"SECRET"}`, "client_secret: not used with private_key_jwt; remove it"},
+		{`{"token_url":"https://x.example/t","client_id":"a","auth_method":"tls_client_auth","client_certificate":"x","client_key":"SECRET"}`, "client_certificate: certificate and client_key do not form a usable pair"},
 		{`{"token_url":"https://x.example/t","client_id":"a","client_secret":"SECRET" oops}`, ": not valid JSON (syntax error at byte 77)"},
 	} {
 		_, err := provider.Parse("p", []byte(c.def))
