@@ -351,6 +351,12 @@ func (d *Definition) SameCredentials(o *Definition) bool {
 		d.ClientCertificate == o.ClientCertificate && d.ClientKey == o.ClientKey
 }
 
+// UsesCertificate reports whether the registration authenticates with a
+// client certificate (RFC 8705).
+func (d *Definition) UsesCertificate() bool {
+	return d.AuthMethod == AuthTLS || d.AuthMethod == AuthSelfSignedTLS
+}
+
 // validateCertAuth checks a certificate registration; errors never quote
 // the key.
 func (d *Definition) validateCertAuth(fe func(field, reason string) error) error {

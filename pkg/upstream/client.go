@@ -59,7 +59,14 @@ type Client struct {
 	// nil refuses private_key_jwt providers.
 	Assertions Assertions
 
-	tlsClients sync.Map // certificate-authenticated provider's identity -> *http.Client
+	certClients sync.Map // certificate-authenticated registration -> *certClient
+}
+
+// certClient is the HTTP client of one certificate-authenticated
+// registration, and its certificate's expiry.
+type certClient struct {
+	hc       *http.Client
+	notAfter time.Time
 }
 
 // Assertions makes a signed client assertion for def, audience aud, with a
@@ -68,8 +75,8 @@ type Assertions interface {
 	Assertion(ctx context.Context, def *provider.Definition, aud string) (string, error)
 }
 
-// clientAssertion signs one for an attempt at endpoint ("" for other methods).
-func (c *Client) clientAssertion(ctx context.Context, def *provider.Definition, endpoint string) (string, error) {
+// clientAssertion signs one for an attempt ("" for other methods).
+func (c *Client) clientAssertion(ctx context.Context, def *provider.Definition) (string, error) {
 	if def.AuthMethod != provider.AuthPrivateKeyJWT {
 		return "", nil
 	}
@@ -126,16 +133,25 @@ func (c *Client) httpClient() *http.Client {
 // (RFC 8705) a client of its own that presents def's certificate, so it
 // goes to that provider's endpoints and nowhere else; otherwise the shared one.
 func (c *Client) clientFor(def *provider.Definition) (*http.Client, error) {
-	if def.AuthMethod != provider.AuthTLS && def.AuthMethod != provider.AuthSelfSignedTLS {
+	if !def.UsesCertificate() {
 		return c.httpClient(), nil
 	}
+	cc, err := c.certClientFor(def)
+	if err != nil {
+		return nil, err
+	}
+	return cc.hc, nil
+}
+
+// certClientFor builds def's certificate client once per certificate and key.
+func (c *Client) certClientFor(def *provider.Definition) (*certClient, error) {
 	sum := sha256.Sum256([]byte(def.Name + "\x00" + def.ClientCertificate + "\x00" + def.ClientKey))
 	id := hex.EncodeToString(sum[:])
-	if hc, ok := c.tlsClients.Load(id); ok {
-		return hc.(*http.Client), nil
+	if cc, ok := c.certClients.Load(id); ok {
+		return cc.(*certClient), nil
 	}
 	cert, err := tls.X509KeyPair([]byte(def.ClientCertificate), []byte(def.ClientKey))
-	if err != nil {
+	if err != nil || cert.Leaf == nil {
 		return nil, &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "client_certificate_invalid", Description: "client_certificate and client_key do not form a usable pair"}
 	}
 	base := c.httpClient()
@@ -155,21 +171,21 @@ func (c *Client) clientFor(def *provider.Definition) (*http.Client, error) {
 	tr.TLSClientConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
 	hc := *base
 	hc.Transport = tr
-	actual, _ := c.tlsClients.LoadOrStore(id, &hc)
-	return actual.(*http.Client), nil
+	actual, _ := c.certClients.LoadOrStore(id, &certClient{hc: &hc, notAfter: cert.Leaf.NotAfter})
+	return actual.(*certClient), nil
 }
 
 // CertificateExpiry is when def's client certificate expires (false for
 // providers that do not authenticate with one).
 func (c *Client) CertificateExpiry(def *provider.Definition) (time.Time, bool) {
-	if def.AuthMethod != provider.AuthTLS && def.AuthMethod != provider.AuthSelfSignedTLS {
+	if !def.UsesCertificate() {
 		return time.Time{}, false
 	}
-	cert, err := tls.X509KeyPair([]byte(def.ClientCertificate), []byte(def.ClientKey))
-	if err != nil || cert.Leaf == nil {
+	cc, err := c.certClientFor(def)
+	if err != nil {
 		return time.Time{}, false
 	}
-	return cert.Leaf.NotAfter, true
+	return cc.notAfter, true
 }
 
 // Fetch requests a token for the normalized scopes.
@@ -185,7 +201,7 @@ func (c *Client) Fetch(ctx context.Context, def *provider.Definition, scopes []s
 		for k, v := range def.ExtraParams {
 			params.Set(k, v)
 		}
-		asn, err := c.clientAssertion(ctx, def, def.TokenURL)
+		asn, err := c.clientAssertion(ctx, def)
 		if err != nil {
 			return err
 		}
@@ -215,7 +231,7 @@ func (c *Client) Revoke(ctx context.Context, def *provider.Definition, token str
 	}
 	return c.retry(ctx, def, func(ctx context.Context) error {
 		params := url.Values{"token": {token}, "token_type_hint": {"access_token"}}
-		asn, err := c.clientAssertion(ctx, def, def.RevokeURL)
+		asn, err := c.clientAssertion(ctx, def)
 		if err != nil {
 			return err
 		}
