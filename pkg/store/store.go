@@ -106,14 +106,12 @@ func (it *Item) Expiry() time.Time { return time.Unix(it.ExpiresAt, 0) }
 // LeaseUntil returns when the current lease lapses.
 func (it *Item) LeaseUntil() time.Time { return time.UnixMilli(it.LeaseUntilMS) }
 
-// Filter selects records in Scan. Zero fields match everything.
+// Filter selects records in a scan. Zero fields match everything.
 type Filter struct {
 	// Prefix limits to keys starting with it ("token#").
 	Prefix string
 	// Providers limits to these providers.
 	Providers []string
-	// RefreshBefore keeps records holding a token whose refresh_at is before it.
-	RefreshBefore time.Time
 }
 
 // Matches applies f to one record; both implementations use it.
@@ -129,9 +127,6 @@ func (f Filter) Matches(it *Item) bool {
 		if !found {
 			return false
 		}
-	}
-	if !f.RefreshBefore.IsZero() && (it.Token.IsZero() || it.RefreshAt >= f.RefreshBefore.Unix()) {
-		return false
 	}
 	return true
 }

@@ -131,41 +131,10 @@ func (s *Store) Put(ctx context.Context, it *store.Item, expect int64) error {
 	return nil
 }
 
-// Scan pages through the table. The token table holds one small record per
-// provider, registration and scope set, so a filtered scan is the right tool
-// for the refresher and the provider listing.
-func (s *Store) Scan(ctx context.Context, f store.Filter) ([]*store.Item, error) {
-	in := &dynamodb.ScanInput{TableName: aws.String(s.table), ConsistentRead: aws.Bool(true)}
-	if cond, ok := filterExpr(f); ok {
-		ex, err := expression.NewBuilder().WithFilter(cond).Build()
-		if err != nil {
-			return nil, fmt.Errorf("dynamodb scan: %w", err)
-		}
-		in.FilterExpression, in.ExpressionAttributeNames, in.ExpressionAttributeValues = ex.Filter(), ex.Names(), ex.Values()
-	}
-	var out []*store.Item
-	p := dynamodb.NewScanPaginator(s.api, in)
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("dynamodb scan: %w", err)
-		}
-		for _, av := range page.Items {
-			var it store.Item
-			if err := attributevalue.UnmarshalMap(av, &it); err != nil {
-				return nil, fmt.Errorf("dynamodb scan: decode record: %w", err)
-			}
-			if f.Matches(&it) { // the filter expression already did this; Matches is the definition
-				out = append(out, &it)
-			}
-		}
-	}
-	return out, nil
-}
-
-// ScanPage is one bounded page of Scan: DynamoDB evaluates up to limit
-// records after the key after and returns the matching ones, and the key to
-// continue after ("" at the end).
+// ScanPage is one bounded page of a filtered Scan (the provider listing):
+// DynamoDB evaluates up to limit records after the key after and returns
+// the matching ones, and the key to continue after ("" at the end). The
+// refresher reads the refresh index instead (Due).
 func (s *Store) ScanPage(ctx context.Context, f store.Filter, after string, limit int) ([]*store.Item, string, error) {
 	in := &dynamodb.ScanInput{TableName: aws.String(s.table), Limit: aws.Int32(int32(limit))}
 	if after != "" {
@@ -262,10 +231,6 @@ func filterExpr(f store.Filter) (expression.ConditionBuilder, bool) {
 		} else {
 			conds = append(conds, expression.Name("provider").In(ops[0], ops[1:]...))
 		}
-	}
-	if !f.RefreshBefore.IsZero() {
-		// refresh_at is only set on records holding a token.
-		conds = append(conds, expression.Name("refresh_at").LessThan(expression.Value(f.RefreshBefore.Unix())))
 	}
 	switch len(conds) {
 	case 0:
