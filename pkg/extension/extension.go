@@ -23,7 +23,6 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -221,7 +220,7 @@ func (c *Cache) Handler() http.Handler {
 
 func (c *Cache) get(w http.ResponseWriter, r *http.Request) {
 	provider := r.PathValue("provider")
-	q, err := query(r, "scope", "min_ttl")
+	q, err := wire.Params(r, "scope", "min_ttl")
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_request", err.Error(), provider, 0)
 		return
@@ -245,7 +244,7 @@ func (c *Cache) get(w http.ResponseWriter, r *http.Request) {
 
 func (c *Cache) rejected(w http.ResponseWriter, r *http.Request) {
 	provider := r.PathValue("provider")
-	q, err := query(r, "scope")
+	q, err := wire.Params(r, "scope")
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_request", err.Error(), provider, 0)
 		return
@@ -289,19 +288,6 @@ func retryAfter(msg string) int64 {
 	}
 	n, _ := strconv.ParseInt(strings.TrimSuffix(strings.SplitN(rest, ")", 2)[0], "s"), 10, 64)
 	return n
-}
-
-func query(r *http.Request, allowed ...string) (url.Values, error) {
-	q := r.URL.Query()
-	for k, vs := range q {
-		if !slices.Contains(allowed, k) {
-			return nil, fmt.Errorf("unknown parameter %q", k)
-		}
-		if len(vs) > 1 {
-			return nil, fmt.Errorf("parameter %q given more than once", k)
-		}
-	}
-	return q, nil
 }
 
 func writeError(w http.ResponseWriter, status int, code, desc, provider string, retry int64) {

@@ -119,33 +119,12 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
-// params parses the query: only the named parameters, each at most once.
-func params(r *http.Request, allowed ...string) (url.Values, error) {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return nil, wire.Invalid("malformed query string")
-	}
-	for k, vs := range q {
-		ok := false
-		for _, a := range allowed {
-			ok = ok || k == a
-		}
-		if !ok {
-			return nil, wire.Invalid("unknown parameter %q", truncate(k))
-		}
-		if len(vs) > 1 {
-			return nil, wire.Invalid("parameter %q given more than once", k)
-		}
-	}
-	return q, nil
-}
-
 func vendRequest(r *http.Request, withMinTTL bool) (vend.Request, error) {
 	allowed := []string{"scope"}
 	if withMinTTL {
 		allowed = append(allowed, "min_ttl")
 	}
-	q, err := params(r, allowed...)
+	q, err := wire.Params(r, allowed...)
 	if err != nil {
 		return vend.Request{}, err
 	}
@@ -230,7 +209,7 @@ type tokenSummary struct {
 
 // providers lists definitions and their cached keys: never a secret or a token.
 func (h *Handler) providers(w http.ResponseWriter, r *http.Request) {
-	q, err := params(r, "limit", "cursor")
+	q, err := wire.Params(r, "limit", "cursor")
 	if err != nil {
 		h.fail(w, r, "", err)
 		return
@@ -365,11 +344,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v) // a client that went away is not an error of ours
-}
-
-func truncate(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
-	}
-	return s
 }

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
+	"net/url"
 	"reflect"
+	"slices"
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/provider"
@@ -54,6 +57,28 @@ type Problem struct {
 	RetryAfter time.Duration
 	// Internal is true when the body hides the cause, which must be logged.
 	Internal bool
+}
+
+// Params parses a request's query for the edges (HTTP API, extension):
+// only the named parameters, each at most once; anything else is an
+// invalid_request naming the parameter (shortened, as the caller wrote it).
+func Params(r *http.Request, allowed ...string) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, Invalid("malformed query string")
+	}
+	for k, vs := range q {
+		if !slices.Contains(allowed, k) {
+			if len(k) > 40 {
+				k = k[:40] + "…"
+			}
+			return nil, Invalid("unknown parameter %q", k)
+		}
+		if len(vs) > 1 {
+			return nil, Invalid("parameter %q given more than once", k)
+		}
+	}
+	return q, nil
 }
 
 // Invalid builds an invalid_request error for input the edge rejects.
