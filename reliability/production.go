@@ -6,8 +6,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"sync"
@@ -207,17 +205,11 @@ func frozenOnce(r *row, midWrite bool, lease time.Duration, worstResume *time.Du
 	if err != nil || it == nil {
 		return fmt.Errorf("record: %v", err)
 	}
-	stored := digest(it.Token.Plain)
+	stored := fleet.Digest(it.Token.Plain)
 	if n != 2 || len(rep.Tokens) != 1 || rep.Tokens[stored] == 0 {
 		r.Pass = false // the take-over's token must be the one stored
 	}
 	return nil
-}
-
-// digest is a token's name in fleet reports.
-func digest(tok string) string {
-	sum := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(sum[:8])
 }
 
 // revokeDuringLease: a key is revoked while an instance holds its lease and

@@ -264,12 +264,18 @@ func token(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	t, err := a.Vendor.Token(ctx, req)
 	if err != nil {
-		p := wire.Classify(err, pos[0])
-		return errors.New(p.Body.Error + ": " + p.Body.ErrorDescription)
+		return refusal(err, pos[0])
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(wire.NewTokenResponse(t, time.Now()))
+}
+
+// refusal is the one line the CLI prints for a refused request: the error
+// code and description callers of the HTTP API would get.
+func refusal(err error, provider string) error {
+	p := wire.Classify(err, provider)
+	return errors.New(p.Body.Error + ": " + p.Body.ErrorDescription)
 }
 
 // jwks prints the public JWK Set of a private_key_jwt provider's signing
@@ -295,8 +301,7 @@ func jwks(ctx context.Context, args []string, stdout io.Writer) error {
 	defer stop()
 	def, err := a.Providers.Get(ctx, pos[0])
 	if err != nil {
-		p := wire.Classify(err, pos[0])
-		return errors.New(p.Body.Error + ": " + p.Body.ErrorDescription)
+		return refusal(err, pos[0])
 	}
 	if def.AuthMethod != provider.AuthPrivateKeyJWT {
 		return usageError{fmt.Sprintf("provider %q uses %s, not private_key_jwt: it has no signing key", pos[0], def.AuthMethod)}
