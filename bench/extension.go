@@ -50,7 +50,7 @@ func extensionBench(r *report) error {
 	defer up.Close()
 	defs := sandbox.DemoProviders(sb, up.URL)
 	v := vend.New(registry.NewStatic(defs), vendtest.Client(nil), store.NewMemory(nil), vend.Options{DisableRefreshAhead: true})
-	h := lambda.NewHandler(lambdafn.Invoke(v, slog.New(slog.DiscardHandler), nil))
+	h := lambda.NewHandler(lambdafn.Invoke(v, nil, slog.New(slog.DiscardHandler), nil))
 	// The Lambda Invoke API, on loopback, running the vend handler.
 	invoke := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		body, _ := io.ReadAll(req.Body)

@@ -98,7 +98,7 @@ func latency(r *report) error {
 // handlerLatency times the direct-invoke handler through aws-lambda-go's
 // handler path, for the cost estimate.
 func handlerLatency(r *report, name string, v *vend.Vendor, n int) error {
-	h := lambda.NewHandler(lambdafn.Invoke(v, slog.New(slog.DiscardHandler), nil))
+	h := lambda.NewHandler(lambdafn.Invoke(v, nil, slog.New(slog.DiscardHandler), nil))
 	ev := []byte(`{"provider":"demo-dot","scope":"read write"}`)
 	row, err := measure(name, n, func() error { _, err := h.Invoke(context.Background(), ev); return err })
 	if err != nil {

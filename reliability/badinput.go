@@ -90,7 +90,7 @@ func badInputs() ([]badRow, error) {
 		json.Unmarshal(rec.Body.Bytes(), &body)
 		add("HTTP API", c.method+" "+c.target+" "+c.body, fmt.Sprintf("%d %v", rec.Code, body["error"]), c.want)
 	}
-	inv := lambda.NewHandler(lambdafn.Invoke(v, quietLog(), nil))
+	inv := lambda.NewHandler(lambdafn.Invoke(v, nil, quietLog(), nil))
 	for _, c := range []struct{ ev, want string }{
 		{`{"scope":"read"}`, "InvalidRequest"},
 		{`{"provider":"demo-k2","scopes":"read"}`, "InvalidRequest"},

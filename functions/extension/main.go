@@ -11,7 +11,6 @@ import (
 	"strconv"
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/lambda"
 
 	"github.com/token-vendor/token-vendor/pkg/client"
 	"github.com/token-vendor/token-vendor/pkg/extension"
@@ -43,6 +42,7 @@ func run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cache := extension.New(client.NewLambdaInvoker(lambda.NewFromConfig(cfg), fn), os.Getenv("AWS_SESSION_TOKEN"), log)
+	// The consumer's own role invokes and proves itself to the vendor.
+	cache := extension.New(client.NewLambdaInvokerFromConfig(cfg, fn), os.Getenv("AWS_SESSION_TOKEN"), log)
 	return extension.Run(ctx, extension.Config{RuntimeAPI: os.Getenv("AWS_LAMBDA_RUNTIME_API"), Addr: fmt.Sprintf("127.0.0.1:%d", port), Cache: cache, Log: log})
 }

@@ -8,6 +8,6 @@ import (
 
 func main() {
 	app.StartLambda(func(a *app.App) any {
-		return app.Flushing(a, lambdafn.Invoke(a.Vendor, a.Log, nil))
+		return app.Flushing(a, lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil))
 	})
 }

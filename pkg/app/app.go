@@ -23,7 +23,9 @@ import (
 
 	"github.com/token-vendor/token-vendor/pkg/assertion"
 	"github.com/token-vendor/token-vendor/pkg/envelope"
+	"github.com/token-vendor/token-vendor/pkg/gate"
 	"github.com/token-vendor/token-vendor/pkg/httpapi"
+	"github.com/token-vendor/token-vendor/pkg/identity"
 	"github.com/token-vendor/token-vendor/pkg/obs"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/registry"
@@ -58,6 +60,13 @@ type Config struct {
 	// handler returns: there the scheduled refresher renews.
 	RefreshAhead bool
 
+	// VendorID (VENDOR_ID; in Lambda the function's name) is the name
+	// direct-invoke identity proofs must be signed for; empty verifies none.
+	VendorID string
+	// STSEndpoint (AWS_ENDPOINT_URL_STS, else the region's) is the only
+	// place identity proofs are sent.
+	STSEndpoint string
+
 	// StaticProviders, when set, is used instead of any source (local sandbox).
 	StaticProviders map[string]*provider.Definition
 	// MetricsOutput receives EMF documents (standard output, where Lambda
@@ -83,6 +92,13 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	c.SecretPrefix = getenv("PROVIDER_SECRET_PREFIX")
 	c.ProvidersFile = getenv("PROVIDERS_FILE")
 	c.KMSKeyID = getenv("TOKEN_KMS_KEY_ID")
+	c.VendorID = getenv("VENDOR_ID")
+	if c.VendorID == "" {
+		c.VendorID = getenv("AWS_LAMBDA_FUNCTION_NAME")
+	}
+	if region := getenv("AWS_REGION"); region != "" || getenv("AWS_ENDPOINT_URL_STS") != "" {
+		c.STSEndpoint = identity.EndpointFromEnv(getenv, region)
+	}
 	if v := getenv("LOG_LEVEL"); v != "" {
 		c.LogLevel = v
 	}
@@ -164,8 +180,14 @@ type Providers interface {
 
 // App is a wired vendor.
 type App struct {
-	Config    Config
-	Vendor    *vend.Vendor
+	Config Config
+	// Vendor is the core; every edge reaches it through Gate.
+	Vendor *vend.Vendor
+	// Gate is the core behind the authorization pipeline (§11).
+	Gate *gate.Gate
+	// Proofs verifies direct-invoke identity proofs; nil when VendorID or
+	// STSEndpoint is unset (then direct invokes have no identity).
+	Proofs    *identity.Verifier
 	Providers Providers
 	Handler   *httpapi.Handler
 	Log       *slog.Logger
@@ -240,7 +262,12 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		Logger:              log,
 		Observer:            metrics,
 	})
-	return &App{Config: cfg, Vendor: v, Providers: provs, Handler: httpapi.New(v, provs, log, nil), Log: log, Metrics: metrics, Keys: keys}, nil
+	g := gate.New(v, provs, log, metrics)
+	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: httpapi.New(g, provs, log, nil), Log: log, Metrics: metrics, Keys: keys}
+	if cfg.VendorID != "" && cfg.STSEndpoint != "" {
+		a.Proofs = &identity.Verifier{Endpoint: cfg.STSEndpoint, VendorID: cfg.VendorID}
+	}
+	return a, nil
 }
 
 // unlisted is a provider source whose listing is turned off.

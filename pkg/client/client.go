@@ -18,6 +18,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
 	"golang.org/x/oauth2"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/token-vendor/token-vendor/pkg/identity"
 )
 
 // Token is the vendor's token JSON.
@@ -279,15 +282,38 @@ type InvokeAPI interface {
 	Invoke(ctx context.Context, in *lambda.InvokeInput, optFns ...func(*lambda.Options)) (*lambda.InvokeOutput, error)
 }
 
+// ProofSource yields identity proofs (identity.Prover).
+type ProofSource interface {
+	Proof(ctx context.Context) (*identity.Proof, error)
+}
+
 // LambdaInvoker invokes the vend function directly.
 type LambdaInvoker struct {
 	api      InvokeAPI
 	function string
+	// Proofs, when set, attaches who is invoking to every request: the vend
+	// function has STS verify it (docs/design.md §11).
+	Proofs ProofSource
 }
 
-// NewLambdaInvoker returns a fetcher invoking function (name or ARN).
+// NewLambdaInvoker returns a fetcher invoking function (name or ARN), with
+// no identity proof; NewLambdaInvokerFromConfig attaches one.
 func NewLambdaInvoker(api InvokeAPI, function string) *LambdaInvoker {
 	return &LambdaInvoker{api: api, function: function}
+}
+
+// NewLambdaInvokerFromConfig invokes function with cfg's credentials and
+// proves them to the vendor with a signed sts:GetCallerIdentity request for
+// the vendor named by TOKEN_VENDOR_ID, or else by the function's name.
+func NewLambdaInvokerFromConfig(cfg aws.Config, function string) *LambdaInvoker {
+	l := NewLambdaInvoker(lambda.NewFromConfig(cfg), function)
+	vendorID := os.Getenv("TOKEN_VENDOR_ID")
+	if vendorID == "" {
+		vendorID = identity.VendorIDOf(function)
+	}
+	l.Proofs = &identity.Prover{Credentials: cfg.Credentials, Region: cfg.Region,
+		Endpoint: identity.EndpointFromEnv(os.Getenv, cfg.Region), VendorID: vendorID}
+	return l
 }
 
 // Fetch invokes the function with {"provider","scope"[,"rejected_token_sha256"]}.
@@ -295,6 +321,13 @@ func (l *LambdaInvoker) Fetch(ctx context.Context, r Request) (*Token, error) {
 	ev := map[string]any{"provider": r.Provider, "scope": r.Scope, "rejected_token_sha256": r.RejectedSHA256}
 	if r.MinTTL > 0 {
 		ev["min_ttl"] = int64(r.MinTTL / time.Second)
+	}
+	if l.Proofs != nil {
+		p, err := l.Proofs.Proof(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("token vendor: %w", err)
+		}
+		ev["identity"] = p
 	}
 	payload, _ := json.Marshal(ev)
 	out, err := l.api.Invoke(ctx, &lambda.InvokeInput{FunctionName: aws.String(l.function), Payload: payload})

@@ -133,7 +133,7 @@ func (f fakeLambda) Invoke(ctx context.Context, in *awslambda.InvokeInput, _ ...
 
 func TestLambdaInvokerAgainstTheHandler(t *testing.T) {
 	w := newWorld(t)
-	fl := fakeLambda{h: lambda.NewHandler(lambdafn.Invoke(w.v, quietLog(), nil))}
+	fl := fakeLambda{h: lambda.NewHandler(lambdafn.Invoke(w.v, nil, quietLog(), nil))}
 	c := client.New(client.NewLambdaInvoker(fl, "token-vendor-VendFunction"))
 	tok, err := c.Token(context.Background(), "demo-mobi", "")
 	if err != nil || !w.up.Server.Valid(tok.AccessToken) || tok.TokenType != "Bearer" {

@@ -32,6 +32,12 @@ type Vendor interface {
 	Keys(ctx context.Context, providers []string, after string, limit int) (map[string][]vend.KeyInfo, string, error)
 }
 
+// lister is what a guarded vendor (gate.Gate) adds: whether the caller may
+// see a provider in the listing.
+type lister interface {
+	Listable(ctx context.Context, def *provider.Definition) bool
+}
+
 // Providers lists and reads definitions.
 type Providers interface {
 	Names(ctx context.Context) ([]string, error)
@@ -135,6 +141,11 @@ func vendRequest(r *http.Request, withMinTTL bool) (vend.Request, error) {
 			return vend.Request{}, wire.Invalid("min_ttl must be a whole number of seconds from 0 to %d", int64(vend.MaxMinTTL/time.Second))
 		}
 		req.MinTTL = time.Duration(n) * time.Second
+	}
+	if strings.Contains(r.URL.EscapedPath(), "%") {
+		// IAM authorized the route as the caller wrote it; a decoded name
+		// would be another resource than the one the policy named.
+		return req, wire.Invalid("the path must not be percent-encoded: provider names never need it")
 	}
 	if !provider.ValidName(req.Provider) {
 		return req, provider.ErrInvalidName
@@ -268,6 +279,9 @@ func (h *Handler) providers(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			h.log.WarnContext(r.Context(), "provider listed but unreadable", "provider", n, "error", err)
 			continue
+		}
+		if l, ok := h.v.(lister); ok && !l.Listable(r.Context(), d) {
+			continue // the listing shows only what the caller may vend
 		}
 		pj := providerJSON{Name: n, TokenURL: redactURL(d.TokenURL), AuthMethod: d.AuthMethod, Tokens: []tokenSummary{}}
 		for _, k := range keys[n] {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
+	"github.com/token-vendor/token-vendor/pkg/identity"
 	"github.com/token-vendor/token-vendor/pkg/vend"
 	"github.com/token-vendor/token-vendor/pkg/wire"
 )
@@ -55,6 +56,7 @@ func APIGateway(h http.Handler) func(context.Context, events.APIGatewayV2HTTPReq
 		for k, v := range e.Headers {
 			req.Header.Set(k, v)
 		}
+		req = req.WithContext(identity.NewContext(ctx, callerOf(e.RequestContext)))
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		resp := events.APIGatewayV2HTTPResponse{StatusCode: rec.Code, Headers: map[string]string{}, Body: rec.Body.String()}
@@ -63,6 +65,22 @@ func APIGateway(h http.Handler) func(context.Context, events.APIGatewayV2HTTPReq
 		}
 		return resp, nil
 	}
+}
+
+// callerOf is the identity Lambda's front door verified: API Gateway's
+// AWS_IAM authorization or a function URL's AuthType AWS_IAM put the signer
+// in requestContext.authorizer.iam. Only they can invoke the api function
+// (its resource policy); see docs/design.md §11 for that trust boundary.
+func callerOf(rc events.APIGatewayV2HTTPRequestContext) identity.Caller {
+	path := identity.PathAPI
+	if strings.Contains(rc.DomainName, ".lambda-url.") {
+		path = identity.PathURL
+	}
+	if rc.Authorizer == nil || rc.Authorizer.IAM == nil {
+		return identity.Anonymous(path, "the request carries no IAM identity (is the route's authorization AWS_IAM?)")
+	}
+	iam := rc.Authorizer.IAM
+	return identity.FromIAM(path, iam.UserARN, iam.AccountID, iam.PrincipalOrgID)
 }
 
 func jsonResponse(status int, body any) events.APIGatewayV2HTTPResponse {
@@ -83,11 +101,21 @@ type InvokeEvent struct {
 	Scope               string `json:"scope"`
 	MinTTL              *int64 `json:"min_ttl"`
 	RejectedTokenSHA256 string `json:"rejected_token_sha256"`
+	// Identity proves who invokes: a signed sts:GetCallerIdentity request
+	// (docs/design.md §11). Without it the caller has no identity.
+	Identity *identity.Proof `json:"identity"`
+}
+
+// Verifier checks identity proofs (identity.Verifier).
+type Verifier interface {
+	Verify(ctx context.Context, p *identity.Proof) identity.Caller
 }
 
 // Invoke handles direct invocation: event -> token JSON, failures as errors
 // whose type names (InvalidRequest, …) become the caller's errorType.
-func Invoke(v Vendor, log *slog.Logger, now func() time.Time) func(context.Context, json.RawMessage) (wire.TokenResponse, error) {
+// The caller is whoever the event's identity proof proves (verified by
+// proofs; nil verifies none).
+func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) func(context.Context, json.RawMessage) (wire.TokenResponse, error) {
 	if now == nil {
 		now = time.Now
 	}
@@ -107,6 +135,11 @@ func Invoke(v Vendor, log *slog.Logger, now func() time.Time) func(context.Conte
 				}
 				req.MinTTL = time.Duration(*ev.MinTTL) * time.Second
 			}
+			caller := identity.Anonymous(identity.PathInvoke, "direct invoke carries no identity proof (a signed sts:GetCallerIdentity request in \"identity\")")
+			if ev.Identity != nil && proofs != nil {
+				caller = proofs.Verify(ctx, ev.Identity)
+			}
+			ctx := identity.NewContext(ctx, caller)
 			if ev.RejectedTokenSHA256 != "" {
 				return v.Rejected(ctx, req, ev.RejectedTokenSHA256)
 			}

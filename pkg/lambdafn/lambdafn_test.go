@@ -46,7 +46,7 @@ var quiet = slog.New(slog.DiscardHandler)
 
 func TestInvokeErrorsAreTyped(t *testing.T) {
 	p := newParts(t)
-	h := lambda.NewHandler(lambdafn.Invoke(p.v, quiet, nil))
+	h := lambda.NewHandler(lambdafn.Invoke(p.v, nil, quiet, nil))
 	cases := map[string]string{
 		`{"provider":"demo-k2"}`:                                              "",
 		`{"provider":"demo-dot","scope":"read write","min_ttl":0}`:            "",
@@ -140,7 +140,7 @@ func TestRefresherEvents(t *testing.T) {
 
 func FuzzInvoke(f *testing.F) {
 	p := newParts(f)
-	h := lambda.NewHandler(lambdafn.Invoke(p.v, quiet, nil))
+	h := lambda.NewHandler(lambdafn.Invoke(p.v, nil, quiet, nil))
 	f.Add([]byte(`{"provider":"demo-k2","scope":"read","min_ttl":5}`))
 	f.Add([]byte(`{"provider":"demo-k2","rejected_token_sha256":"` + strings.Repeat("a", 64) + `"}`))
 	f.Fuzz(func(t *testing.T, ev []byte) {

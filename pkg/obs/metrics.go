@@ -107,6 +107,7 @@ var eventMetrics = map[string]string{
 	"revoked":          "Revocations",
 	"retired":          "KeysRetired",
 	"key_limit":        "KeyLimitRefusals",
+	"caller_refused":   "CallerRefusals",
 	// Named in template.yaml's alarms.
 	"upstream_rejected": "UpstreamRejections",
 	"unavailable":       "Unavailable",

@@ -18,6 +18,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/token-vendor/token-vendor/pkg/principal"
 )
 
 // Auth methods a definition may name.
@@ -82,8 +84,15 @@ type Definition struct {
 	// allowed_scopes (0: DefaultMaxKeys; ignored with allowed_scopes, which
 	// bound the keys already).
 	MaxKeys int `json:"max_keys,omitempty"`
+	// AllowedCallers lists the IAM principals (ARN patterns, package
+	// principal) that may have this provider's tokens; empty admits anyone
+	// IAM lets reach the vendor. AdminCallers, when set, are the only ones
+	// who may force a refresh or revoke (otherwise AllowedCallers' rule).
+	AllowedCallers []string `json:"allowed_callers,omitempty"`
+	AdminCallers   []string `json:"admin_callers,omitempty"`
 
-	fp string // Fingerprint, computed once by Validate: it is on the L1 hot path
+	allowed, admins []principal.Pattern
+	fp              string // Fingerprint, computed once by Validate: it is on the L1 hot path
 }
 
 // FieldError reports which field of a definition is wrong and why. It never
@@ -271,8 +280,47 @@ func (d *Definition) Validate() error {
 	if d.RefreshBeforeSeconds < 0 || d.RefreshBeforeSeconds > 86400*366 {
 		return fe("refresh_before_seconds", "must be between 0 and 31622400 seconds")
 	}
+	var err error
+	if d.allowed, err = patterns(d.Name, "allowed_callers", d.AllowedCallers); err != nil {
+		return err
+	}
+	if d.admins, err = patterns(d.Name, "admin_callers", d.AdminCallers); err != nil {
+		return err
+	}
 	d.fp = d.fingerprint()
 	return nil
+}
+
+// maxCallers bounds allowed_callers and admin_callers.
+const maxCallers = 100
+
+// patterns checks a list of caller ARN patterns; the error names the entry
+// (an ARN is not a secret).
+func patterns(provider, field string, entries []string) ([]principal.Pattern, error) {
+	if entries != nil && len(entries) == 0 {
+		return nil, &FieldError{Provider: provider, Field: field, Reason: "empty list: leave the field out to admit every caller, or list the principals"}
+	}
+	if len(entries) > maxCallers {
+		return nil, &FieldError{Provider: provider, Field: field, Reason: fmt.Sprintf("at most %d entries", maxCallers)}
+	}
+	out := make([]principal.Pattern, 0, len(entries))
+	for i, e := range entries {
+		p, err := principal.ParsePattern(e)
+		if err != nil {
+			return nil, &FieldError{Provider: provider, Field: fmt.Sprintf("%s[%d]", field, i), Reason: fmt.Sprintf("%q: %v", truncate(e, 200), err)}
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// Callers are the patterns admitting callers for an operation: admin_callers
+// for operator operations when set, else allowed_callers. Nil admits anyone.
+func (d *Definition) Callers(admin bool) []principal.Pattern {
+	if admin && len(d.admins) > 0 {
+		return d.admins
+	}
+	return d.allowed
 }
 
 // CheckEndpoint requires an absolute https URL, or http to a loopback host.

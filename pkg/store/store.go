@@ -65,6 +65,9 @@ type Item struct {
 	LastErrorAt   int64  `dynamodbav:"last_error_at,omitempty"`
 	FailedUntilMS int64  `dynamodbav:"failed_until,omitempty"`
 	RejectedAtMS  int64  `dynamodbav:"rejected_at,omitempty"`
+	// ForcedAtMS is when a forced refresh last took the lease: forced
+	// refreshes are limited to one per key per reject interval.
+	ForcedAtMS int64 `dynamodbav:"forced_at,omitempty"`
 	// LastUsedAt is when a caller last had this key's token (epoch
 	// seconds), recorded at most once per usage interval (docs/design.md §3).
 	LastUsedAt int64 `dynamodbav:"last_used_at,omitempty"`

@@ -117,6 +117,17 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 			if usable && pass > 0 && j.satisfiedBy(it, cur) {
 				return cur, nil // another caller's forced refresh finished while we waited
 			}
+			if it != nil && !held {
+				// One forced upstream request per key per interval, fleet-wide:
+				// a flood of forced refreshes gets the token the first one fetched.
+				if next := time.UnixMilli(it.ForcedAtMS).Add(v.opts.RejectInterval); now.Before(next) {
+					if usable {
+						return cur, nil
+					}
+					return Token{}, &UnavailableError{Provider: j.def.Name, RetryAfter: next.Sub(now).Round(time.Second) + time.Second,
+						Reason: "a forced refresh of this key is limited to once per " + v.opts.RejectInterval.String()}
+				}
+			}
 		case modeRejected:
 			if usable && j.satisfiedBy(it, cur) {
 				return cur, nil
@@ -244,6 +255,9 @@ func (v *Vendor) acquire(ctx context.Context, j *job, it *store.Item, drop bool,
 	next.LeaseUntilMS = leaseUntil.UnixMilli()
 	if drop {
 		next.RejectedAtMS = now.UnixMilli()
+	}
+	if j.mode == modeForce {
+		next.ForcedAtMS = now.UnixMilli()
 	}
 	if drop || !now.Before(next.Expiry()) {
 		// The token is dropped or dead; the record lives on as the lease, and

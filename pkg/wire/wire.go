@@ -13,6 +13,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/token-vendor/token-vendor/pkg/authz"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/upstream"
 	"github.com/token-vendor/token-vendor/pkg/vend"
@@ -57,6 +58,8 @@ type Problem struct {
 	RetryAfter time.Duration
 	// Internal is true when the body hides the cause, which must be logged.
 	Internal bool
+	// Reason is a refusal's reason (authz), for the audit record.
+	Reason string
 }
 
 // Params parses a request's query for the edges (HTTP API, extension):
@@ -95,6 +98,8 @@ var kinds = map[string]struct {
 	"InvalidRequest":      {400, "invalid_request"},
 	"ScopeNotAllowed":     {403, "scope_not_allowed"},
 	"KeyLimitReached":     {403, "key_limit_reached"},
+	"CallerNotAllowed":    {403, "caller_not_allowed"},
+	"IdentityUnavailable": {503, "identity_unavailable"},
 	"UnknownProvider":     {404, "unknown_provider"},
 	"UpstreamRejected":    {502, "upstream_rejected"},
 	"UpstreamUnavailable": {503, "upstream_unavailable"},
@@ -119,7 +124,17 @@ func Classify(err error, providerName string) Problem {
 		return Problem{Status: k.Status, Code: k.Code, Type: typ, Body: ErrorResponse{Error: k.Code, ErrorDescription: desc, Provider: providerName}}
 	}
 	var re *upstream.RetrieveError
+	var na *authz.NotAllowedError
 	switch {
+	case errors.As(err, &na) && na.Retryable:
+		p := mk("IdentityUnavailable", "the caller's identity could not be verified right now ("+na.Reason+"): "+na.Detail)
+		p.RetryAfter = 2 * time.Second
+		p.Reason = na.Reason
+		return p
+	case errors.As(err, &na):
+		p := mk("CallerNotAllowed", na.Reason+": "+na.Detail)
+		p.Reason = na.Reason
+		return p
 	case errors.Is(err, vend.ErrInvalidRequest):
 		return mk("InvalidRequest", err.Error())
 	case errors.Is(err, provider.ErrScopeNotAllowed):
@@ -162,6 +177,8 @@ type (
 	InvalidRequest      struct{ lambdaError }
 	ScopeNotAllowed     struct{ lambdaError }
 	KeyLimitReached     struct{ lambdaError }
+	CallerNotAllowed    struct{ lambdaError }
+	IdentityUnavailable struct{ lambdaError }
 	UnknownProvider     struct{ lambdaError }
 	UpstreamRejected    struct{ lambdaError }
 	UpstreamUnavailable struct{ lambdaError }
@@ -204,6 +221,10 @@ func (p Problem) LambdaError() error {
 		return &KeyLimitReached{le}
 	case "UnknownProvider":
 		return &UnknownProvider{le}
+	case "CallerNotAllowed":
+		return &CallerNotAllowed{le}
+	case "IdentityUnavailable":
+		return &IdentityUnavailable{le}
 	case "UpstreamRejected":
 		return &UpstreamRejected{le}
 	case "UpstreamUnavailable":

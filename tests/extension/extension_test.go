@@ -42,7 +42,7 @@ type vendService struct {
 
 func startVendService(t *testing.T, v *vend.Vendor) *vendService {
 	s := &vendService{}
-	h := lambda.NewHandler(lambdafn.Invoke(v, slog.New(slog.DiscardHandler), nil))
+	h := lambda.NewHandler(lambdafn.Invoke(v, nil, slog.New(slog.DiscardHandler), nil))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		s.mu.Lock()

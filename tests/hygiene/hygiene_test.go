@@ -98,7 +98,7 @@ func TestCanariesNeverLeak(t *testing.T) {
 	}
 	var outside bytes.Buffer // everything a caller sees, except token bodies
 	api := lambda.NewHandler(lambdafn.APIGateway(a.Handler))
-	inv := lambda.NewHandler(lambdafn.Invoke(a.Vendor, a.Log, nil))
+	inv := lambda.NewHandler(lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil))
 	ctx := context.Background()
 
 	call := func(method, path, body string) (int, string) {

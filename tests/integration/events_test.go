@@ -107,7 +107,7 @@ func TestEventsReplayThroughHandlers(t *testing.T) {
 	d := newDeployment(t)
 	a := d.instance(t)
 	api := app.Flushing(a, lambdafn.APIGateway(a.Handler))
-	inv := app.Flushing(a, lambdafn.Invoke(a.Vendor, a.Log, nil))
+	inv := app.Flushing(a, lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil))
 	ref := app.Flushing(a, lambdafn.Refresh(a.Vendor, a.Config.RefreshInterval, a.Log))
 
 	fns := map[string]func(context.Context, json.RawMessage) (any, error){}
@@ -170,7 +170,7 @@ func mustRoot(t *testing.T) string {
 func TestInvokeAndHTTPShareTheCachedToken(t *testing.T) {
 	d := newDeployment(t)
 	vendFn, apiFn, refresher := d.instance(t), d.instance(t), d.instance(t)
-	out, err := invoke(t, lambdafn.Invoke(vendFn.Vendor, vendFn.Log, nil), []byte(`{"provider":"kopokopo"}`))
+	out, err := invoke(t, lambdafn.Invoke(vendFn.Gate, vendFn.Proofs, vendFn.Log, nil), []byte(`{"provider":"kopokopo"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestInvokeAndHTTPShareTheCachedToken(t *testing.T) {
 		t.Fatalf("refresher made %d upstream requests in all", n-1)
 	}
 	cold := d.instance(t) // a new instance: no L1
-	out, err = invoke(t, lambdafn.Invoke(cold.Vendor, cold.Log, nil), []byte(`{"provider":"kopokopo"}`))
+	out, err = invoke(t, lambdafn.Invoke(cold.Gate, cold.Proofs, cold.Log, nil), []byte(`{"provider":"kopokopo"}`))
 	if err != nil {
 		t.Fatal(err)
 	}

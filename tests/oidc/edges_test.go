@@ -79,7 +79,7 @@ func TestBothMethodsThroughEveryEdge(t *testing.T) {
 	}
 	api := httptest.NewServer(a.Handler)
 	defer api.Close()
-	invoke := lambda.NewHandler(lambdafn.Invoke(a.Vendor, a.Log, nil))
+	invoke := lambda.NewHandler(lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil))
 	serveURL := startServe(t, file)
 	secrets := []string{jwtKey[40:100], cliKey[40:100], "PRIVATE KEY"}
 	var bodies []string

@@ -570,6 +570,15 @@ func testForcedRefresh(t *testing.T, newStore NewStore) {
 	if t3, _ := v.Token(bg, req("demo-dot", "")); t3.AccessToken != t2.AccessToken {
 		t.Fatal("forced refresh did not replace the cached token")
 	}
+	// Another forced refresh within 30 s gets the token the first fetched,
+	// from every instance: one forced upstream request per key per 30 s.
+	other := f.vendor(vend.Options{})
+	for _, inst := range []*vend.Vendor{v, other} {
+		if t5, err := inst.Refresh(bg, req("demo-dot", "")); err != nil || t5.AccessToken != t2.AccessToken || f.requests("demo-dot") != 2 {
+			t.Fatalf("forced refresh within 30 s: %v requests %d", err, f.requests("demo-dot"))
+		}
+	}
+	f.clock.Advance(31 * time.Second)
 	f.up.Server.SetFault(sandbox.Fault{Status: 503})
 	if _, err := v.Refresh(bg, req("demo-dot", "")); err == nil {
 		t.Fatal("a forced refresh that could not fetch must fail")
