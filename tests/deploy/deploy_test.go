@@ -237,32 +237,86 @@ func TestNoUnusedGrants(t *testing.T) {
 	}
 }
 
-// KMS may be used only for data keys bound the way the envelope binds them.
-func TestKMSGrantsConditionedOnEncryptionContext(t *testing.T) {
+// The token key: only the three function roles may use it, only for data
+// keys bound the way the envelope binds them; the account administers it
+// without being able to decrypt, re-encrypt or grant; no IAM policy grants
+// the key's use anywhere (the key policy is the one place).
+func TestTokenKeyPolicyLeastPrivilege(t *testing.T) {
 	root, _ := loadTemplate(t)
-	found := 0
 	for name, fn := range resources(t, root, "AWS::Serverless::Function") {
-		var stmts []*yaml.Node
-		statements(get(fn, "Properties", "Policies"), &stmts)
-		for _, st := range stmts {
-			if !slices.ContainsFunc(scalars(get(st, "Action")), func(a string) bool { return a == "kms:Decrypt" || a == "kms:GenerateDataKey" }) {
-				continue // the envelope's grants; signing keys are TestSigningGrantsOnlyOnNamedKeys'
-			}
-			found++
-			keys := scalars(get(st, "Condition", "ForAllValues:StringEquals", "kms:EncryptionContextKeys"))
-			slices.Sort(keys)
-			want := slices.Clone(vend.EncryptionContextKeys)
-			slices.Sort(want)
-			if !slices.Equal(keys, want) {
-				t.Errorf("%s: kms:EncryptionContextKeys %v, the envelope binds %v", name, keys, want)
-			}
-			if pk := get(st, "Condition", "StringLike", "kms:EncryptionContext:pk"); pk == nil || pk.Value != "token#*" {
-				t.Errorf("%s: KMS grant not limited to token records", name)
+		for _, a := range scalars(get(fn, "Properties", "Policies")) {
+			if a == "kms:Decrypt" || a == "kms:GenerateDataKey" {
+				t.Errorf("%s: an IAM grant of %s; the key policy alone grants the token key", name, a)
 			}
 		}
 	}
-	if found != 3 {
-		t.Fatalf("want a KMS grant on each of the 3 functions, found %d", found)
+	key := resources(t, root, "AWS::KMS::Key")["TokenKey"]
+	if key == nil {
+		t.Fatal("no TokenKey")
+	}
+	use := 0
+	for _, st := range get(key, "Properties", "KeyPolicy", "Statement").Content {
+		effect, actions := get(st, "Effect").Value, scalars(get(st, "Action"))
+		principals := scalars(get(st, "Principal", "AWS"))
+		if effect == "Deny" {
+			continue
+		}
+		for _, a := range actions {
+			if a == "kms:*" || a == "kms:Decrypt" || a == "kms:ReEncrypt*" || a == "kms:ReEncryptFrom" || a == "kms:CreateGrant" || a == "kms:Encrypt" {
+				if a != "kms:Decrypt" || get(st, "Sid").Value != "FunctionsUseDataKeysBoundToCacheRecords" {
+					t.Errorf("statement %s allows %s", get(st, "Sid").Value, a)
+				}
+			}
+		}
+		if !slices.Contains(actions, "kms:Decrypt") {
+			continue
+		}
+		use++
+		want := []string{"ApiFunctionRole.Arn", "RefresherFunctionRole.Arn", "VendFunctionRole.Arn"}
+		slices.Sort(principals)
+		if !slices.Equal(principals, want) {
+			t.Errorf("key use granted to %v, want exactly the function roles %v", principals, want)
+		}
+		if got := scalars(get(st, "Action")); len(got) != 2 || !slices.Contains(got, "kms:GenerateDataKey") {
+			t.Errorf("function roles may %v, want GenerateDataKey and Decrypt only", got)
+		}
+		keys := scalars(get(st, "Condition", "ForAllValues:StringEquals", "kms:EncryptionContextKeys"))
+		slices.Sort(keys)
+		want = slices.Clone(vend.EncryptionContextKeys)
+		slices.Sort(want)
+		if !slices.Equal(keys, want) {
+			t.Errorf("kms:EncryptionContextKeys %v, the envelope binds %v", keys, want)
+		}
+		if pk := get(st, "Condition", "StringLike", "kms:EncryptionContext:pk"); pk == nil || pk.Value != "token#*" {
+			t.Error("key use not limited to token records")
+		}
+	}
+	if use != 1 {
+		t.Fatalf("want one statement granting the key's use, found %d", use)
+	}
+}
+
+// The function URL is a second identity-bearing path: AWS_IAM only, and
+// only when asked for.
+func TestFunctionURLOptionalAndIAM(t *testing.T) {
+	root, _ := loadTemplate(t)
+	urls := resources(t, root, "AWS::Lambda::Url")
+	if len(urls) != 1 {
+		t.Fatalf("want one function URL, found %d", len(urls))
+	}
+	for name, u := range urls {
+		if get(u, "Condition") == nil || get(u, "Condition").Value != "HasFunctionUrl" {
+			t.Errorf("%s is not optional", name)
+		}
+		if get(u, "Properties", "AuthType").Value != "AWS_IAM" {
+			t.Errorf("%s: AuthType is not AWS_IAM", name)
+		}
+		if v := scalars(get(u, "Properties", "TargetFunctionArn")); !slices.Contains(v, "ApiFunction.Arn") {
+			t.Errorf("%s does not target the api function: %v", name, v)
+		}
+	}
+	if d := get(root, "Parameters", "EnableFunctionUrl", "Default"); d == nil || d.Value != "false" {
+		t.Error("EnableFunctionUrl must default to false")
 	}
 }
 

@@ -40,9 +40,9 @@ type vendService struct {
 	times []time.Time
 }
 
-func startVendService(t *testing.T, v *vend.Vendor) *vendService {
+func startVendService(t *testing.T, v lambdafn.Vendor, proofs lambdafn.Verifier) *vendService {
 	s := &vendService{}
-	h := lambda.NewHandler(lambdafn.Invoke(v, nil, slog.New(slog.DiscardHandler), nil))
+	h := lambda.NewHandler(lambdafn.Invoke(v, proofs, slog.New(slog.DiscardHandler), nil))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		s.mu.Lock()
@@ -95,7 +95,17 @@ func start(t *testing.T, clients ...sandbox.Client) *world {
 	}
 	st := dynamostore.New(testenv.DynamoDBClient(ep), testenv.NewTable(t, ep))
 	v := vend.New(registry.NewStatic(up.Defs), vendtest.Client(nil), st, vend.Options{DisableRefreshAhead: true})
-	svc := startVendService(t, v)
+	svc := startVendService(t, v, nil)
+	env := startConsumer(t, svc, map[string]string{
+		"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_SESSION_TOKEN": "session-" + testenv.RandomSuffix(),
+		"TOKEN_VENDOR_FUNCTION": "token-vendor-VendFunction"})
+	return &world{env: env, vend: svc, up: up}
+}
+
+// startConsumer runs the built extension layer beside the Python consumer,
+// invoking svc as the vend function, with the given credentials and settings.
+func startConsumer(t *testing.T, svc *vendService, vars map[string]string) *lambdart.Env {
+	t.Helper()
 	bin, err := lambdart.BuildExtension("TokenExtensionArm64", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -105,15 +115,13 @@ func start(t *testing.T, clients ...sandbox.Client) *world {
 		t.Fatal(err)
 	}
 	consumer, _ := filepath.Abs("testdata/consumer.py")
-	env, err := lambdart.StartEnv("consumer", []string{"python3", consumer}, []string{bin}, map[string]string{
-		"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_SESSION_TOKEN": "session-" + testenv.RandomSuffix(),
-		"AWS_ENDPOINT_URL_LAMBDA": svc.URL, "TOKEN_VENDOR_FUNCTION": "token-vendor-VendFunction", "TOKEN_VENDOR_PORT": strconv.Itoa(port),
-	})
+	vars["AWS_ENDPOINT_URL_LAMBDA"], vars["TOKEN_VENDOR_PORT"] = svc.URL, strconv.Itoa(port)
+	env, err := lambdart.StartEnv("consumer", []string{"python3", consumer}, []string{bin}, vars)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(env.Stop)
-	return &world{env: env, vend: svc, up: up}
+	return env
 }
 
 func (w *world) call(t *testing.T, event map[string]any) answer {

@@ -277,6 +277,16 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 	// StoreFallbackAlarm: DynamoDB unreachable from a vend instance.
 	dead := map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:1"}
 	expectErr(s.invoke(s.start("VendFunction", dead), `{"provider":"mobifinance"}`), "")
+	// CallerRefusedAlarm: a provider restricted to one role, invoked with no
+	// identity proof, and through the API by a principal it does not list.
+	s.sb.AddClient(sandbox.Client{ID: "restricted-client", Secret: "restricted-secret", Style: sandbox.K2, ExpiresIn: 3600})
+	s.provider("restricted", &provider.Definition{Name: "restricted", TokenURL: s.url + sandbox.K2TokenPath, ClientID: "restricted-client",
+		ClientSecret: "restricted-secret", AuthMethod: provider.AuthPost, AllowedCallers: []string{"arn:aws:iam::123456789012:role/payments"}})
+	expectErr(s.invoke(vend, `{"provider":"restricted"}`), "CallerNotAllowed")
+	if inv := s.invoke(api, `{"version":"2.0","rawPath":"/v1/tokens/restricted","requestContext":{"http":{"method":"GET","path":"/v1/tokens/restricted"},`+
+		`"authorizer":{"iam":{"userArn":"arn:aws:sts::123456789012:assumed-role/other/s","accountId":"123456789012"}}}}`); !strings.Contains(string(inv.Payload), `"statusCode":403`) {
+		t.Fatalf("unlisted caller through the API: %s", inv.Payload)
+	}
 	// RefresherFunctionErrorsAlarm (AWS/Lambda Errors): the run itself fails.
 	refErr := s.invoke(s.start("RefresherFunction", dead), `{"providers":[],"force":false}`)
 	if refErr.ErrorType == "" {
