@@ -149,6 +149,9 @@ func TestBadInputGetsDocumentedErrorAndCachesNothing(t *testing.T) {
 		{"GET", "/v1/tokens/demo-dot?%zz", "", 400, "invalid_request"},
 		{"GET", "/v1/tokens/nope", "", 404, "unknown_provider"},
 		{"GET", "/v1/tokens/UPPER", "", 404, "unknown_provider"},
+		// IAM authorized the route as written; decoded it would name another provider.
+		{"GET", "/v1/tokens/demo%2Ddot", "", 400, "invalid_request"},
+		{"POST", "/v1/tokens/demo%2Dk2/revoke", "", 400, "invalid_request"},
 		{"POST", "/v1/tokens/demo-k2/revoke?min_ttl=5", "", 400, "invalid_request"},
 		{"POST", "/v1/tokens/demo-k2/rejected", ``, 400, "invalid_request"},
 		{"POST", "/v1/tokens/demo-k2/rejected", `{"token_sha256":`, 400, "invalid_request"},

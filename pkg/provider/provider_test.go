@@ -97,6 +97,14 @@ func TestParseRejectsWithFieldAndNoSecret(t *testing.T) {
 		{"extra overrides secret", "extra_params", def(func(m map[string]any) { m["extra_params"] = map[string]string{"client_secret": "x"} })},
 		{"negative default expiry", "default_expires_in", def(func(m map[string]any) { m["default_expires_in"] = -1 })},
 		{"negative refresh before", "refresh_before_seconds", def(func(m map[string]any) { m["refresh_before_seconds"] = -5 })},
+		{"allowed_callers entry not an ARN", "allowed_callers[1]", def(func(m map[string]any) {
+			m["allowed_callers"] = []string{"arn:aws:iam::123456789012:role/ok", "payments-role"}
+		})},
+		{"allowed_callers entry with a wildcard account", "allowed_callers[0]", def(func(m map[string]any) {
+			m["allowed_callers"] = []string{"arn:aws:iam::*:role/payments"}
+		})},
+		{"allowed_callers empty", "allowed_callers", def(func(m map[string]any) { m["allowed_callers"] = []string{} })},
+		{"admin_callers group", "admin_callers[0]", def(func(m map[string]any) { m["admin_callers"] = []string{"arn:aws:iam::123456789012:group/ops"} })},
 		{"unknown field", "client_secert", def(func(m map[string]any) { m["client_secert"] = canary })},
 		{"wrong type", "scopes", def(func(m map[string]any) { m["scopes"] = "read" })},
 		{"secret wrong type", "client_secret", []byte(`{"token_url":"https://x.example/t","client_id":"a","client_secret":12345}`)},

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/token-vendor/token-vendor/pkg/authz"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/upstream"
 	"github.com/token-vendor/token-vendor/pkg/vend"
@@ -24,6 +25,8 @@ func TestClassifyAndErrorType(t *testing.T) {
 		{&vend.UnavailableError{RetryAfter: 3 * time.Second}, 503, "UpstreamUnavailable"},
 		{&upstream.RetrieveError{Kind: upstream.RateLimited, RetryAfter: 9 * time.Second}, 503, "UpstreamUnavailable"},
 		{errors.New("dynamodb: boom with internals"), 500, "InternalError"},
+		{&authz.NotAllowedError{Reason: authz.PrincipalNotListed, Detail: "x"}, 403, "CallerNotAllowed"},
+		{fmt.Errorf("w: %w", &authz.NotAllowedError{Reason: "sts_unavailable", Retryable: true}), 503, "IdentityUnavailable"},
 	}
 	for _, c := range cases {
 		p := Classify(c.err, "kopokopo")
