@@ -7,6 +7,7 @@ package hygiene
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,18 +18,22 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/aws"
 
 	"github.com/token-vendor/token-vendor/pkg/app"
+	"github.com/token-vendor/token-vendor/pkg/identity"
 	"github.com/token-vendor/token-vendor/pkg/lambdafn"
 	"github.com/token-vendor/token-vendor/pkg/obs"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 )
 
 const (
-	canarySecret = "CANARY-SECRET-7f3a+/=x"
+	canaryProofSession = "CANARY-PROOF-SESSION-TOKEN-5e1"
+	canarySecret       = "CANARY-SECRET-7f3a+/=x"
 	canaryToken  = "CANARY-TOKEN-91bd"
 )
 
@@ -86,8 +91,30 @@ func TestCanariesNeverLeak(t *testing.T) {
 		}
 		defs[name] = d
 	}
+	// A provider only one role may have, and an STS that refuses every proof
+	// echoing what it was sent: the audit records and refusals of direct
+	// invokes carrying canary proofs must hold neither proof nor credential.
+	restricted := *defs["post"]
+	restricted.Name, restricted.AllowedCallers = "restricted", []string{"arn:aws:iam::123456789012:role/payments"}
+	if err := restricted.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	defs["restricted"] = &restricted
+	sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(403)
+		fmt.Fprintf(w, "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>%s %s</Message></Error></ErrorResponse>",
+			r.Header.Get("Authorization"), r.Header.Get("X-Amz-Security-Token"))
+	}))
+	defer sts.Close()
+	proof, err := identity.Sign(context.Background(), aws.Credentials{AccessKeyID: "ASIACANARYKEYID", SecretAccessKey: canarySecret, SessionToken: canaryProofSession},
+		"us-east-1", sts.URL, "tv-hygiene", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proofJSON, _ := json.Marshal(proof)
 	var logs, metrics bytes.Buffer
 	cfg := app.Defaults()
+	cfg.VendorID, cfg.STSEndpoint = "tv-hygiene", sts.URL
 	cfg.StaticProviders = defs
 	cfg.L1MaxAge = -1
 	cfg.UpstreamAttempts = 1
@@ -142,11 +169,13 @@ func TestCanariesNeverLeak(t *testing.T) {
 			if st != 200 {
 				outside.WriteString(body)
 			}
-			out, err := inv.Invoke(ctx, []byte(fmt.Sprintf(`{"provider":%q}`, name)))
-			if err != nil {
-				outside.WriteString(err.Error())
-			} else if !bytes.Contains(out, []byte(canaryToken)) {
-				t.Fatalf("invoke ok without the token: %s", out)
+			for _, ev := range []string{fmt.Sprintf(`{"provider":%q}`, name), fmt.Sprintf(`{"provider":%q,"identity":%s}`, name, proofJSON)} {
+				out, err := inv.Invoke(ctx, []byte(ev))
+				if err != nil {
+					outside.WriteString(err.Error())
+				} else if !bytes.Contains(out, []byte(canaryToken)) {
+					t.Fatalf("invoke ok without the token: %s", out)
+				}
 			}
 		}
 	}
@@ -166,14 +195,27 @@ func TestCanariesNeverLeak(t *testing.T) {
 	a.Metrics.Flush()
 
 	for what, text := range map[string]string{"logs": logs.String(), "metrics": metrics.String(), "responses and errors": outside.String()} {
-		for _, c := range []string{canarySecret, url.QueryEscape(canarySecret), canaryToken} {
+		for _, c := range []string{canarySecret, url.QueryEscape(canarySecret), canaryToken, canaryProofSession, "ASIACANARYKEYID", signature(t, proof), proof.Headers[:40]} {
 			if strings.Contains(text, c) {
 				i := strings.Index(text, c)
 				t.Errorf("%s contain a canary %q near: …%s…", what, c, text[max(0, i-120):min(len(text), i+60)])
 			}
 		}
 	}
+	if !strings.Contains(logs.String(), `"outcome":"signature_not_accepted_by_sts"`) || !strings.Contains(logs.String(), `"msg":"audit"`) {
+		t.Fatal("the canary proofs were not refused and audited as intended")
+	}
 	if !strings.Contains(listing, `"name":"post"`) || metrics.Len() == 0 || logs.Len() == 0 {
 		t.Fatal("the scenarios did not run as intended")
 	}
+}
+
+// signature is the SigV4 signature a proof carries.
+func signature(t *testing.T, p *identity.Proof) string {
+	raw, _ := base64.StdEncoding.DecodeString(p.Headers)
+	_, sig, ok := strings.Cut(string(raw), "Signature=")
+	if !ok || len(sig) < 64 {
+		t.Fatal("no signature in the proof")
+	}
+	return sig[:64]
 }
