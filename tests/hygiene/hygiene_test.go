@@ -34,7 +34,7 @@ import (
 const (
 	canaryProofSession = "CANARY-PROOF-SESSION-TOKEN-5e1"
 	canarySecret       = "CANARY-SECRET-7f3a+/=x"
-	canaryToken  = "CANARY-TOKEN-91bd"
+	canaryToken        = "CANARY-TOKEN-91bd"
 )
 
 // leakyProvider issues the canary token and, when told, fails in ways that
