@@ -227,6 +227,9 @@ var fuzzTargets = [][2]string{
 	{"./pkg/upstream", "FuzzParseTokenResponse"},
 	{"./pkg/httpapi", "FuzzHandler"},
 	{"./pkg/lambdafn", "FuzzInvoke"},
+	{"./pkg/identity", "FuzzProof"},
+	{"./pkg/principal", "FuzzMatch"},
+	{"./pkg/principal", "FuzzGlob"},
 }
 
 // fuzz runs each target for d; a crasher is written by go test into the

@@ -45,6 +45,7 @@ func (s *suite) run(fuzzTime time.Duration, log io.Writer) error {
 		{"frozen mid-fetch", frozen(false)}, {"frozen mid-write", frozen(true)}, {"revoke under lease", revokeDuringLease},
 		{"503 + Retry-After", retryAfterStorm(503)}, {"hanging provider", hanging}, {"hung and healthy", hungAndHealthy},
 		{"30 s tokens", shortLived(30)}, {"60 s tokens", shortLived(60)}, {"KMS throttled", kmsThrottled},
+		{"forced-refresh flood", forcedRefreshFlood}, {"refusal flood", refusalFlood}, {"STS unavailable", stsUnavailable},
 	}
 	for i, sc := range single {
 		if !selected(s.only, sc.name) {

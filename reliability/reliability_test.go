@@ -33,7 +33,7 @@ func TestQuickSuite(t *testing.T) {
 		b, _ := os.ReadFile(out)
 		t.Fatalf("%d failures:\n%s\n\n%s", len(f), strings.Join(f, "\n"), b)
 	}
-	if len(s.faults) < 25 || len(s.bad) < 40 {
+	if len(s.faults) < 28 || len(s.bad) < 40 {
 		t.Fatalf("suite incomplete: %d faults, %d bad inputs", len(s.faults), len(s.bad))
 	}
 }
