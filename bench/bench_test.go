@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 func TestQuickRun(t *testing.T) {
 	testenv.DynamoDB(t)
 	r := &report{quick: true}
-	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench, signingBench} {
+	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench, signingBench, identityBench} {
 		if err := step(r); err != nil {
 			t.Fatal(err)
 		}
@@ -43,6 +43,11 @@ func TestQuickRun(t *testing.T) {
 	// ahead of every expiry.
 	if r.day.VendorWaited > 1 || r.day.VendorUpstream >= r.day.BaselineUpstream {
 		t.Fatalf("day: %+v", r.day)
+	}
+	// Identity: every case measured; a cached proof costs no STS call, so it
+	// is far cheaper than one STS must verify.
+	if len(r.identity) != 5 || r.identity[2].P50*5 > r.identity[3].P50 {
+		t.Fatalf("identity rows: %+v", r.identity)
 	}
 	// The refresh index reads what is due, not the table.
 	for _, s := range r.scale {

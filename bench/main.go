@@ -42,6 +42,7 @@ func main() {
 		{"simulated week", simulatedWeek},
 		{"extension", extensionBench},
 		{"assertion signing", signingBench},
+		{"caller identity", identityBench},
 	}
 	for _, s := range steps {
 		fmt.Fprintf(os.Stderr, "bench: %s…\n", s.name)

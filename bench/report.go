@@ -31,6 +31,7 @@ type report struct {
 	week       weekResult
 	ext        extensionResult
 	signing    []latencyRow
+	identity   []latencyRow
 }
 
 // AWS list prices used for the cost estimate (us-east-1).
@@ -226,6 +227,7 @@ func (r *report) write(path, plotPath string) error {
 	r.writeScale(w)
 	r.writeExtension(w)
 	r.writeSigning(w)
+	r.writeIdentity(w)
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err
 	}

@@ -1,0 +1,126 @@
+package main
+
+// What verified caller identity adds to a vend by direct invoke: the gate's
+// decision and audit record, a cached identity proof, and a proof STS must
+// verify (moto on loopback here: a real STS call adds a regional round trip).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"time"
+
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+
+	"github.com/token-vendor/token-vendor/pkg/gate"
+	"github.com/token-vendor/token-vendor/pkg/identity"
+	"github.com/token-vendor/token-vendor/pkg/lambdafn"
+	"github.com/token-vendor/token-vendor/pkg/registry"
+	"github.com/token-vendor/token-vendor/pkg/sandbox"
+	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/pkg/vend"
+	"github.com/token-vendor/token-vendor/pkg/vend/vendtest"
+	"github.com/token-vendor/token-vendor/tests/testenv"
+)
+
+func identityBench(r *report) error {
+	ctx := context.Background()
+	moto := os.Getenv(testenv.EnvMoto)
+	if moto == "" {
+		return fmt.Errorf("moto not running: %s", testenv.SkipHint)
+	}
+	iamc := iam.NewFromConfig(testenv.Config(), func(o *iam.Options) { o.BaseEndpoint = aws.String(moto) })
+	user := "bench-" + testenv.RandomSuffix()
+	if _, err := iamc.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String(user)}); err != nil {
+		return err
+	}
+	key, err := iamc.CreateAccessKey(ctx, &iam.CreateAccessKeyInput{UserName: aws.String(user)})
+	if err != nil {
+		return err
+	}
+	creds := aws.Credentials{AccessKeyID: *key.AccessKey.AccessKeyId, SecretAccessKey: *key.AccessKey.SecretAccessKey}
+
+	sb := sandbox.New()
+	up := httptest.NewServer(sb.Handler())
+	defer up.Close()
+	defs := sandbox.DemoProviders(sb, up.URL)
+	pay := *defs["demo-k2"]
+	pay.Name, pay.AllowedCallers = "payments", []string{"arn:aws:iam::123456789012:user/" + user}
+	if err := pay.Validate(); err != nil {
+		return err
+	}
+	defs["payments"] = &pay
+	src := registry.NewStatic(defs)
+	core := vend.New(src, vendtest.Client(nil), store.NewMemory(nil), vend.Options{DisableRefreshAhead: true})
+	verifier := &identity.Verifier{Endpoint: moto, VendorID: "bench"}
+	// The audit record is written as in Lambda (JSON to a stream), here discarded.
+	g := gate.New(core, src, slog.New(slog.NewJSONHandler(discard{}, nil)), nil)
+	withGate := lambda.NewHandler(lambdafn.Invoke(g, verifier, slog.New(slog.DiscardHandler), nil))
+	bare := lambda.NewHandler(lambdafn.Invoke(core, nil, slog.New(slog.DiscardHandler), nil))
+	invoke := func(h lambda.Handler, ev map[string]any) error {
+		b, _ := json.Marshal(ev)
+		_, err := h.Invoke(ctx, b)
+		return err
+	}
+	proof, err := identity.Sign(ctx, creds, "us-east-1", moto, "bench", time.Now())
+	if err != nil {
+		return err
+	}
+	n := 20000
+	if r.quick {
+		n = 500
+	}
+	cases := []struct {
+		name string
+		n    int
+		f    func() error
+	}{
+		{"no gate (the core alone, as before)", n, func() error { return invoke(bare, map[string]any{"provider": "demo-k2"}) }},
+		{"gate, provider without allowed_callers, no proof", n, func() error { return invoke(withGate, map[string]any{"provider": "demo-k2"}) }},
+		{"gate, restricted provider, proof verified before (cached)", n, func() error {
+			return invoke(withGate, map[string]any{"provider": "payments", "identity": proof})
+		}},
+		{"gate, restricted provider, proof not seen before: STS verifies (moto on loopback)", n / 20, func() error {
+			// A vend instance that has not seen this proof: a fresh verifier.
+			h := lambda.NewHandler(lambdafn.Invoke(g, &identity.Verifier{Endpoint: moto, VendorID: "bench"}, slog.New(slog.DiscardHandler), nil))
+			return invoke(h, map[string]any{"provider": "payments", "identity": proof})
+		}},
+		{"client side: signing one proof (identity.Sign)", n, func() error {
+			_, err := identity.Sign(ctx, creds, "us-east-1", moto, "bench", time.Now())
+			return err
+		}},
+	}
+	for _, c := range cases {
+		row, err := measure(c.name, c.n, c.f)
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+		r.identity = append(r.identity, row)
+	}
+	return nil
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+func (r *report) writeIdentity(w func(string, ...any)) {
+	if len(r.identity) == 0 {
+		return
+	}
+	w("")
+	w("## 10. What verified caller identity adds to a vend")
+	w("")
+	w("A direct invoke of the vend handler (`lambda.NewHandler(...).Invoke`, in process, token from L1) with and without the gate (docs/design.md §11: definition read, decision, one audit record). A proof is verified by STS once per vend instance and then answered from memory until it is 5 minutes old; the Go client and the extension reuse one proof for 4 minutes, so a consumer pays the uncached row about once per 4 minutes per vend instance. The uncached row goes to moto on loopback: a real STS call adds an in-region round trip (typically a few ms to tens of ms), which this machine cannot measure.")
+	w("")
+	w("| case | n | p50 | p99 | max |")
+	w("| --- | ---: | ---: | ---: | ---: |")
+	for _, l := range r.identity {
+		w("| %s | %d | %s | %s | %s |", l.Name, l.N, us(l.P50), us(l.P99), us(l.Max))
+	}
+}
