@@ -219,12 +219,22 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 	default:
 		return nil, fmt.Errorf("no provider definitions: set PROVIDER_SECRET_PREFIX or PROVIDERS_FILE")
 	}
+	out := cfg.MetricsOutput
+	if out == nil {
+		out = os.Stdout
+	}
+	metrics := obs.NewMetrics(out, cfg.MetricsNamespace)
 	var st vend.Store = store.NewMemory(nil)
 	if cfg.Table != "" {
 		if c.DynamoDB == nil {
 			return nil, fmt.Errorf("TOKEN_TABLE set but no DynamoDB client")
 		}
-		st = dynamostore.New(c.DynamoDB, cfg.Table)
+		ds := dynamostore.New(c.DynamoDB, cfg.Table)
+		ds.OnUndecodable = func(ctx context.Context, pk string, err error) {
+			log.WarnContext(ctx, "skipping an undecodable record in the refresh index", "pk", pk, "error", err)
+			metrics.Count("", "UndecodableRecords", 1)
+		}
+		st = ds
 	}
 	var sealer vend.Sealer
 	if cfg.KMSKeyID != "" {
@@ -247,11 +257,6 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		MaxCacheSeconds: cfg.MaxCacheSeconds,
 		UserAgent:       "token-vendor/1",
 	}
-	out := cfg.MetricsOutput
-	if out == nil {
-		out = os.Stdout
-	}
-	metrics := obs.NewMetrics(out, cfg.MetricsNamespace)
 	v := vend.New(provs, up, st, vend.Options{
 		DefaultMinTTL:       cfg.DefaultMinTTL,
 		L1MaxAge:            cfg.L1MaxAge,

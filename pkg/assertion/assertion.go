@@ -18,7 +18,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
@@ -39,6 +38,9 @@ import (
 // Lifetime is how long an assertion is valid (OIDC Core asks for short;
 // the brief: at most 5 minutes).
 const Lifetime = 2 * time.Minute
+
+// ClockAllowance backdates iat and nbf, for servers whose clock is behind.
+const ClockAllowance = 30 * time.Second
 
 // KMS is the part of the KMS client signing uses.
 type KMS interface {
@@ -101,15 +103,21 @@ func (k *Keys) Assertion(ctx context.Context, def *provider.Definition, audience
 	if err != nil {
 		return "", permanent(def, "signing_key_invalid", err)
 	}
-	if def.AssertionAudience != "" {
-		audience = def.AssertionAudience
+	if audience == "" { // a token request: the configured audience, else the token endpoint
+		audience = def.TokenURL
+		if def.AssertionAudience != "" {
+			audience = def.AssertionAudience
+		}
 	}
 	jti := make([]byte, 16)
 	rand.Read(jti)
 	now := k.now().Unix()
+	// Valid from a little before now: an authorization server whose clock
+	// runs behind ours must not see an assertion from its future.
+	nbf := now - int64(ClockAllowance/time.Second)
 	header, _ := json.Marshal(map[string]string{"alg": alg.String(), "typ": "JWT", "kid": kid})
 	claims, _ := json.Marshal(map[string]any{"iss": def.ClientID, "sub": def.ClientID, "aud": audience,
-		"jti": hex.EncodeToString(jti), "iat": now, "nbf": now, "exp": now + int64(Lifetime/time.Second)})
+		"jti": hex.EncodeToString(jti), "iat": nbf, "nbf": nbf, "exp": now + int64(Lifetime/time.Second)})
 	// JWS compact serialization (RFC 7515 §7.1), assembled here rather than
 	// by jwx: a KMS key signs the signing input itself (MessageType RAW),
 	// which jwx's crypto.Signer path cannot express — it hands a digest.
@@ -235,7 +243,7 @@ func (k *Keys) pem(def *provider.Definition) (crypto.Signer, error) {
 	if ok {
 		return s, nil
 	}
-	s, err := ParsePrivateKey(def.PrivateKey)
+	s, err := provider.ParsePrivateKey(def.PrivateKey)
 	if err != nil {
 		return nil, permanent(def, "signing_key_invalid", err)
 	}
@@ -243,31 +251,6 @@ func (k *Keys) pem(def *provider.Definition) (crypto.Signer, error) {
 	k.pems[id] = s
 	k.mu.Unlock()
 	return s, nil
-}
-
-// ParsePrivateKey reads a PEM RSA or EC P-256 private key (PKCS #8, PKCS #1
-// or SEC 1). Errors never quote the key.
-func ParsePrivateKey(s string) (crypto.Signer, error) {
-	block, _ := pem.Decode([]byte(s))
-	if block == nil {
-		return nil, errors.New("private_key: not PEM")
-	}
-	if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
-		switch k := k.(type) {
-		case *rsa.PrivateKey:
-			return k, nil
-		case *ecdsa.PrivateKey:
-			return k, nil
-		}
-		return nil, errors.New("private_key: want an RSA or EC P-256 key")
-	}
-	if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
-		return k, nil
-	}
-	if k, err := x509.ParseECPrivateKey(block.Bytes); err == nil {
-		return k, nil
-	}
-	return nil, errors.New("private_key: not a PKCS #8, PKCS #1 or SEC 1 private key")
 }
 
 func (k *Keys) kmsPublic(ctx context.Context, def *provider.Definition) (crypto.PublicKey, error) {

@@ -134,12 +134,24 @@ func TestConfiguredKidAndAudience(t *testing.T) {
 	d := def(func(d *provider.Definition) {
 		d.PrivateKey, d.KeyID, d.AssertionAudience = pemOf(t, k), "2026-key", "https://idp.example/oauth2/default"
 	})
-	a, err := keys.Assertion(context.Background(), d, d.TokenURL)
+	a, err := keys.Assertion(context.Background(), d, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	tok, kid := verify(t, keys, d, a)
 	checkClaims(t, tok, d, "https://idp.example/oauth2/default")
+	// A revocation names its endpoint, whatever assertion_audience says.
+	r, err := keys.Assertion(context.Background(), d, "https://revoke.example/revoke")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := verify(t, keys, d, r)
+	checkClaims(t, rt, d, "https://revoke.example/revoke")
+	// Valid from before now: a server whose clock is behind accepts it.
+	nbf, _ := rt.NotBefore()
+	if time.Until(nbf) > -assertion.ClockAllowance+time.Second {
+		t.Fatalf("nbf %v leaves no allowance for a server clock behind ours", time.Until(nbf))
+	}
 	if kid != "2026-key" {
 		t.Fatalf("kid %q", kid)
 	}

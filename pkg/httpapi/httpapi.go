@@ -237,7 +237,9 @@ func (h *Handler) providers(w http.ResponseWriter, r *http.Request) {
 	after := ""
 	if c := q.Get("cursor"); c != "" {
 		b, err := base64.RawURLEncoding.DecodeString(c)
-		if err != nil || !strings.HasPrefix(string(b), "token#") {
+		// A page ends on whatever record the scan looked at last: a token,
+		// or a provider's key-count or cooldown record.
+		if err != nil || !(strings.HasPrefix(string(b), "token#") || strings.HasPrefix(string(b), "keys#") || strings.HasPrefix(string(b), "cooldown#")) {
 			h.fail(w, r, "", wire.Invalid("cursor: not one this API returned"))
 			return
 		}

@@ -4,8 +4,13 @@ package provider
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -380,7 +385,10 @@ func (d *Definition) Fingerprint() string {
 
 func (d *Definition) fingerprint() string {
 	h := sha256.New()
-	h.Write([]byte(d.ClientID))
+	// The authorization server and the way the client authenticates belong
+	// to the registration: one client id at another tenant's token_url is
+	// another client whose tokens another audience accepts.
+	fmt.Fprintf(h, "%s\x00%s\x00%s", d.ClientID, d.TokenURL, d.AuthMethod)
 	keys := make([]string, 0, len(d.ExtraParams))
 	for k := range d.ExtraParams {
 		keys = append(keys, k)
@@ -439,8 +447,14 @@ func (d *Definition) validateKeyAuth(fe func(field, reason string) error) error 
 	case d.KMSKeyID != "" && d.PrivateKey != "":
 		return fe("private_key", "give kms_key_id or private_key, not both")
 	case d.PrivateKey != "":
-		if b, _ := pem.Decode([]byte(d.PrivateKey)); b == nil || !strings.HasSuffix(b.Type, "PRIVATE KEY") {
-			return fe("private_key", "must be a PEM private key (PKCS #8, PKCS #1 or SEC 1)")
+		// Parsed now, so a key that cannot sign is refused when the
+		// definition is loaded, not at its first fetch.
+		k, err := ParsePrivateKey(d.PrivateKey)
+		if err != nil {
+			return fe("private_key", err.Error())
+		}
+		if _, isEC := k.(*ecdsa.PrivateKey); (isEC && d.SigningAlg != "" && d.SigningAlg != "ES256") || (!isEC && d.SigningAlg == "ES256") {
+			return fe("signing_alg", "does not fit the key (RSA: RS256 or PS256; EC P-256: ES256)")
 		}
 	case !printable(d.KMSKeyID) || strings.ContainsAny(d.KMSKeyID, " \t"):
 		return fe("kms_key_id", "must be a KMS key id, ARN or alias")
@@ -457,6 +471,45 @@ func (d *Definition) validateKeyAuth(fe func(field, reason string) error) error 
 		return fe("key_id", "must not contain control characters")
 	}
 	return nil
+}
+
+// MinRSABits is the smallest RSA key accepted for signing (RFC 7518 §3.3).
+const MinRSABits = 2048
+
+// ParsePrivateKey reads an unencrypted PEM RSA (at least 2048 bits) or EC
+// P-256 private key (PKCS #8, PKCS #1 or SEC 1). Errors never quote the key.
+func ParsePrivateKey(s string) (crypto.Signer, error) {
+	block, _ := pem.Decode([]byte(s))
+	if block == nil || !strings.HasSuffix(block.Type, "PRIVATE KEY") {
+		return nil, errors.New("must be a PEM private key (PKCS #8, PKCS #1 or SEC 1)")
+	}
+	//lint:ignore SA1019 detecting (not decrypting) legacy encrypted PEM
+	if block.Type == "ENCRYPTED PRIVATE KEY" || x509.IsEncryptedPEMBlock(block) {
+		return nil, errors.New("is encrypted; store it unencrypted in the secret (Secrets Manager encrypts it at rest)")
+	}
+	var key any
+	if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
+		key = k
+	} else if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
+		key = k
+	} else if k, err := x509.ParseECPrivateKey(block.Bytes); err == nil {
+		key = k
+	} else {
+		return nil, errors.New("not a PKCS #8, PKCS #1 or SEC 1 private key")
+	}
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		if k.N.BitLen() < MinRSABits {
+			return nil, fmt.Errorf("RSA key of %d bits; at least %d are required", k.N.BitLen(), MinRSABits)
+		}
+		return k, nil
+	case *ecdsa.PrivateKey:
+		if k.Curve != elliptic.P256() {
+			return nil, errors.New("EC keys must be on P-256 (ES256)")
+		}
+		return k, nil
+	}
+	return nil, errors.New("want an RSA or EC P-256 key")
 }
 
 func subset(a, b []string) bool {

@@ -1,7 +1,13 @@
 package provider
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"reflect"
 	"strings"
@@ -215,6 +221,18 @@ func TestKeyForSeparatesRegistrationsAndScopes(t *testing.T) {
 	if a.KeyFor(s1).PK == a.KeyFor([]string{"read"}).PK {
 		t.Fatal("another scope must not share a key")
 	}
+	// Another authorization server (a multi-tenant app has one client id in
+	// every tenant) or another auth method is another registration.
+	tenant := &Definition{Name: "p", ClientID: "one", ClientSecret: "s1", TokenURL: "https://login.example/tenant-b/token"}
+	a.TokenURL = "https://login.example/tenant-a/token"
+	if a.KeyFor(s1).PK == tenant.KeyFor(s1).PK {
+		t.Fatal("another token_url must not share a key")
+	}
+	post := *a
+	post.AuthMethod = AuthPost
+	if a.KeyFor(s1).PK == post.KeyFor(s1).PK {
+		t.Fatal("another auth_method must not share a key")
+	}
 	k := a.KeyFor(s1)
 	if !strings.HasPrefix(k.PK, "token#p#") || k.Scope() != "read write" || strings.Contains(k.PK, "one") {
 		t.Fatalf("unexpected key %+v", k)
@@ -241,4 +259,49 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Keys that cannot sign are refused when the definition is loaded, not at
+// its first fetch: short RSA keys, encrypted PEM, other curves, an
+// algorithm that does not fit the key.
+func TestPrivateKeyCheckedAtLoad(t *testing.T) {
+	pemOf := func(k any) string {
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	}
+	rsa1024, _ := rsa.GenerateKey(rand.Reader, 1024)
+	rsa2048, _ := rsa.GenerateKey(rand.Reader, 2048)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	//lint:ignore SA1019 building the legacy encrypted PEM the check must refuse
+	enc, _ := x509.EncryptPEMBlock(rand.Reader, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rsa2048), []byte("pw"), x509.PEMCipherAES256)
+	pkcs8enc := "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n"
+	def := func(key, alg string) []byte {
+		b, _ := json.Marshal(map[string]string{"token_url": "https://idp.example/token", "client_id": "c", "auth_method": AuthPrivateKeyJWT, "private_key": key, "signing_alg": alg})
+		return b
+	}
+	for name, c := range map[string]struct {
+		key, alg, field, reason string
+	}{
+		"RSA 1024":          {pemOf(rsa1024), "", "private_key", "2048"},
+		"legacy encrypted":  {string(pem.EncodeToMemory(enc)), "", "private_key", "encrypted"},
+		"PKCS #8 encrypted": {pkcs8enc, "", "private_key", "encrypted"},
+		"P-384":             {pemOf(p384), "", "private_key", "P-256"},
+		"ES256 on RSA":      {pemOf(rsa2048), "ES256", "signing_alg", "fit"},
+		"RS256 on EC":       {pemOf(p256), "RS256", "signing_alg", "fit"},
+	} {
+		_, err := Parse("idp", def(c.key, c.alg))
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != c.field || !strings.Contains(fe.Reason, c.reason) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	for _, ok := range [][2]string{{pemOf(rsa2048), "PS256"}, {pemOf(p256), ""}} {
+		if _, err := Parse("idp", def(ok[0], ok[1])); err != nil {
+			t.Errorf("a usable key refused: %v", err)
+		}
+	}
 }

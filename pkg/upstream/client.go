@@ -75,17 +75,19 @@ type Assertions interface {
 	Assertion(ctx context.Context, def *provider.Definition, aud string) (string, error)
 }
 
-// clientAssertion signs one for an attempt ("" for other methods).
-func (c *Client) clientAssertion(ctx context.Context, def *provider.Definition) (string, error) {
+// clientAssertion signs one for an attempt ("" for other methods), for the
+// endpoint it is sent to: "" is the token endpoint (audience token_url or
+// assertion_audience); a revocation is sent with the revocation endpoint's
+// own URL as audience, so a revoke_url on another host holds nothing it
+// could redeem at the token endpoint.
+func (c *Client) clientAssertion(ctx context.Context, def *provider.Definition, audience string) (string, error) {
 	if def.AuthMethod != provider.AuthPrivateKeyJWT {
 		return "", nil
 	}
 	if c.Assertions == nil {
 		return "", &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "signing_key_invalid", Description: "private_key_jwt is not configured in this vendor"}
 	}
-	// The audience is the token endpoint, for revocation too (RFC 7523 §3:
-	// the authorization server; the token endpoint URL identifies it).
-	return c.Assertions.Assertion(ctx, def, def.TokenURL)
+	return c.Assertions.Assertion(ctx, def, audience)
 }
 
 func (c *Client) now() time.Time {
@@ -201,7 +203,7 @@ func (c *Client) Fetch(ctx context.Context, def *provider.Definition, scopes []s
 		for k, v := range def.ExtraParams {
 			params.Set(k, v)
 		}
-		asn, err := c.clientAssertion(ctx, def)
+		asn, err := c.clientAssertion(ctx, def, "")
 		if err != nil {
 			return err
 		}
@@ -231,7 +233,7 @@ func (c *Client) Revoke(ctx context.Context, def *provider.Definition, token str
 	}
 	return c.retry(ctx, def, func(ctx context.Context) error {
 		params := url.Values{"token": {token}, "token_type_hint": {"access_token"}}
-		asn, err := c.clientAssertion(ctx, def)
+		asn, err := c.clientAssertion(ctx, def, def.RevokeURL)
 		if err != nil {
 			return err
 		}

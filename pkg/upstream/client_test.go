@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"fmt"
 	"encoding/base64"
 	"errors"
 	"io"
@@ -549,5 +550,40 @@ func TestEchoedCredentialsRedactedInEveryAuthStyle(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// audiences records the audience each assertion was asked for.
+type audiences struct{ got []string }
+
+func (a *audiences) Assertion(_ context.Context, _ *provider.Definition, aud string) (string, error) {
+	a.got = append(a.got, aud)
+	return "signed.assertion.for-" + fmt.Sprint(len(a.got)), nil
+}
+
+// A revocation carries an assertion for the revocation endpoint, not one a
+// revoke_url on another host could redeem at the token endpoint.
+func TestRevokeAssertionAudienceIsTheRevocationEndpoint(t *testing.T) {
+	rc := &recorder{}
+	srv := httptest.NewServer(rc)
+	defer srv.Close()
+	d := &provider.Definition{Name: "jwt", TokenURL: srv.URL + "/token", RevokeURL: srv.URL + "/revoke", ClientID: "c",
+		AuthMethod: provider.AuthPrivateKeyJWT, KMSKeyID: "alias/k"}
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a := &audiences{}
+	c := &Client{Assertions: a}
+	if _, err := c.Fetch(context.Background(), d, nil); err != nil {
+		t.Fatal(err)
+	}
+	rc.mu.Lock()
+	rc.body = `{}`
+	rc.mu.Unlock()
+	if err := c.Revoke(context.Background(), d, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if len(a.got) != 2 || a.got[0] != "" || a.got[1] != d.RevokeURL {
+		t.Fatalf("assertion audiences %q: want the token endpoint's default, then %s", a.got, d.RevokeURL)
 	}
 }

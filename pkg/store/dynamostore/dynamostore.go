@@ -49,6 +49,9 @@ func Shard(pk string) string {
 type Store struct {
 	api   API
 	table string
+	// OnUndecodable hears of a record in the refresh index that cannot be
+	// decoded (written by hand, or by another version): Due skips it.
+	OnUndecodable func(ctx context.Context, pk string, err error)
 }
 
 // New returns a store over an existing table.
@@ -198,8 +201,13 @@ func (s *Store) Due(ctx context.Context, before time.Time) ([]*store.Item, error
 				for _, av := range page.Items {
 					var it store.Item
 					if err := attributevalue.UnmarshalMap(av, &it); err != nil {
-						errs[sh] = fmt.Errorf("decode record: %w", err)
-						return
+						// One bad record must not fail every run: skip it.
+						if s.OnUndecodable != nil {
+							var pk string
+							_ = attributevalue.Unmarshal(av["pk"], &pk)
+							s.OnUndecodable(ctx, pk, err)
+						}
+						continue
 					}
 					mu.Lock()
 					out = append(out, &it)

@@ -1,0 +1,64 @@
+package extension
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/token-vendor/token-vendor/pkg/extension"
+	"github.com/token-vendor/token-vendor/tests/testenv"
+)
+
+// TestREADMEPythonSampleBypassesProxies runs the README's Python consumer
+// sample with HTTP_PROXY set: the request carrying the session token must
+// go straight to the extension on loopback, never to the proxy.
+func TestREADMEPythonSampleBypassesProxies(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		testenv.SkipOrFail(t, "python3 is needed for the README sample")
+	}
+	root, _ := testenv.RepoRoot()
+	b, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sample string
+	for _, m := range regexp.MustCompile("(?s)```python\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
+		if strings.Contains(m[1], "X-Token-Vendor-Session-Token") {
+			sample = m[1]
+		}
+	}
+	if sample == "" {
+		t.Fatal("no Python extension sample in the README")
+	}
+	const session = "session-token-canary"
+	ext := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(extension.Header) != session {
+			w.WriteHeader(401)
+			return
+		}
+		w.Write([]byte(`{"access_token":"from-the-extension"}`))
+	}))
+	defer ext.Close()
+	var proxied atomic.Int64
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proxied.Add(1)
+		w.Write([]byte(`{"access_token":"from-the-proxy"}`))
+	}))
+	defer proxy.Close()
+	u, _ := url.Parse(ext.URL)
+	code := strings.Split(sample, "\ndef handler")[0]
+	code = strings.ReplaceAll(code, "127.0.0.1:2790", u.Host) + "\nprint(token(\"kopokopo\"))\n"
+	cmd := exec.Command("python3", "-c", code)
+	cmd.Env = append(os.Environ(), "AWS_SESSION_TOKEN="+session, "HTTP_PROXY="+proxy.URL, "http_proxy="+proxy.URL, "NO_PROXY=", "no_proxy=")
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "from-the-extension" || proxied.Load() != 0 {
+		t.Fatalf("README sample: %v %s; %d requests through the proxy", err, out, proxied.Load())
+	}
+}
