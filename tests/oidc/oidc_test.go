@@ -264,6 +264,9 @@ func TestReplayWrongKeyAndRotation(t *testing.T) {
 	srv := start(t, map[string]json.RawMessage{"svc": jwks(t, keys, withA, withB)}) // A and B registered: a rotation in progress
 	for _, d := range []*provider.Definition{withA, withB} {
 		d.TokenURL = srv.issuer + "/token"
+		if err := d.Validate(); err != nil { // definitions are immutable once validated: validate the final one
+			t.Fatal(err)
+		}
 	}
 	ctx := context.Background()
 	req := vend.Request{Provider: "svc", MinTTL: -1}
