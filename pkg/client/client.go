@@ -40,7 +40,17 @@ type Token struct {
 	TokenType   string `json:"token_type"`
 	ExpiresIn   int64  `json:"expires_in"`
 	ExpiresAt   string `json:"expires_at"`
+	IssuedAt    string `json:"issued_at,omitempty"`
 	Scope       string `json:"scope"`
+}
+
+// Lifetime is the token's whole life, from issued_at (vendors before it
+// was sent: expires_in, which is only the time left). exp is expires_at.
+func (t *Token) Lifetime(exp time.Time) time.Duration {
+	if issued, err := time.Parse(time.RFC3339, t.IssuedAt); err == nil && exp.After(issued) {
+		return exp.Sub(issued)
+	}
+	return time.Duration(t.ExpiresIn) * time.Second
 }
 
 // Request names a token. RejectedSHA256, when set, reports that token as
@@ -107,7 +117,7 @@ func (c *Client) fetch(ctx context.Context, key string, req Request) (*oauth2.To
 		if err != nil || t.AccessToken == "" {
 			return nil, errors.New("token vendor: malformed token response")
 		}
-		life := time.Duration(t.ExpiresIn) * time.Second
+		life := t.Lifetime(exp)
 		tok := (&oauth2.Token{AccessToken: t.AccessToken, TokenType: t.TokenType, Expiry: exp})
 		c.mu.Lock()
 		c.got[key] = cached{tok: tok, refreshAt: exp.Add(-max(60*time.Second, life/5))}

@@ -69,8 +69,33 @@ type entry struct {
 	provider, scope string
 	tok             client.Token
 	expiry          time.Time
-	lifetime        time.Duration
+	lifetime        time.Duration // issue to expiry (the vendor's issued_at), not the time left
+	// failures and retryAt pace renewals that fail: not at every
+	// invocation, but after a backoff.
+	failures int
+	retryAt  time.Time
 }
+
+// fresh reports whether the entry may be served to a caller asking minTTL:
+// as the vendor rules, at least min(minTTL, half the token's lifetime) left.
+func (e *entry) fresh(now time.Time, minTTL time.Duration) bool {
+	return e.expiry.Sub(now) >= min(minTTL, e.lifetime/2)
+}
+
+// Renewal pacing after failures: 10 s, doubling, at most 5 minutes.
+const (
+	renewBackoff    = 10 * time.Second
+	maxRenewBackoff = 5 * time.Minute
+	// renewBudget bounds the renewals at an invocation's start, so a slow
+	// vendor cannot hold the environment until the invocation's deadline.
+	renewBudget = 5 * time.Second
+	// fetchTimeout bounds a fetch no caller's deadline bounds.
+	fetchTimeout = 15 * time.Second
+)
+
+// permanent are the vend function's refusals that renewing again will not
+// change: the key is dropped (asked for again, it is fetched again).
+var permanent = map[string]bool{"UnknownProvider": true, "ScopeNotAllowed": true, "CallerNotAllowed": true, "KeyLimitReached": true, "InvalidRequest": true}
 
 // refreshAt is when the entry should be renewed ahead of expiry: as the
 // vendor renews, max(60 s, lifetime/5) before, never in the first half of
@@ -97,18 +122,22 @@ func scopeKey(scope string) string {
 func key(provider, scope string) string { return provider + "\x00" + scopeKey(scope) }
 
 // Token returns a cached token with at least minTTL left (capped at half its
-// lifetime), or fetches one.
+// lifetime, as the vendor caps it), or fetches one. Every caller's min_ttl
+// is checked against what it receives, joined to another's fetch or not.
 func (c *Cache) Token(ctx context.Context, provider, scope string, minTTL time.Duration) (client.Token, time.Time, error) {
 	k := key(provider, scope)
 	c.mu.Lock()
 	e := c.got[k]
 	c.mu.Unlock()
-	if e != nil && e.expiry.Sub(c.now()) >= min(minTTL, e.lifetime/2) {
+	if e != nil && e.fresh(c.now(), minTTL) {
 		return e.tok, e.expiry, nil
 	}
 	e, err := c.fetch(ctx, k, client.Request{Provider: provider, Scope: scope, MinTTL: minTTL})
 	if err != nil {
 		return client.Token{}, time.Time{}, err
+	}
+	if !e.fresh(c.now(), minTTL) {
+		return client.Token{}, time.Time{}, &client.Error{Code: "UpstreamUnavailable", Message: "no token with min_ttl left could be had (retry_after=1s)"}
 	}
 	return e.tok, e.expiry, nil
 }
@@ -132,9 +161,20 @@ func (c *Cache) Rejected(ctx context.Context, provider, scope, sum string) (clie
 	return e.tok, e.expiry, nil
 }
 
+// fetch asks the vend function once for all concurrent callers of the same
+// key and min_ttl. The fetch is detached from the first caller's
+// cancellation (the others still want it) but keeps its deadline, or
+// fetchTimeout when it has none.
 func (c *Cache) fetch(ctx context.Context, k string, req client.Request) (*entry, error) {
-	v, err, _ := c.sf.Do(k+"\x00"+req.RejectedSHA256, func() (any, error) {
-		t, err := c.f.Fetch(ctx, req)
+	flight := k + "\x00" + req.RejectedSHA256 + "\x00" + strconv.FormatInt(int64(req.MinTTL), 10)
+	ch := c.sf.DoChan(flight, func() (any, error) {
+		deadline := time.Now().Add(fetchTimeout)
+		if dl, ok := ctx.Deadline(); ok {
+			deadline = dl
+		}
+		fctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+		defer cancel()
+		t, err := c.f.Fetch(fctx, req)
 		if err != nil {
 			return nil, err
 		}
@@ -142,27 +182,34 @@ func (c *Cache) fetch(ctx context.Context, k string, req client.Request) (*entry
 		if err != nil || t.AccessToken == "" || t.ExpiresIn <= 0 {
 			return nil, errors.New("the vend function answered without a usable token")
 		}
-		e := &entry{provider: req.Provider, scope: req.Scope, tok: *t, expiry: exp, lifetime: time.Duration(t.ExpiresIn) * time.Second}
+		e := &entry{provider: req.Provider, scope: req.Scope, tok: *t, expiry: exp, lifetime: t.Lifetime(exp)}
 		c.mu.Lock()
 		c.got[k] = e
 		c.mu.Unlock()
 		return e, nil
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*entry), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	return v.(*entry), nil
 }
 
 // RenewDue renews, concurrently, every cached token past its refresh point;
 // the extension calls it as an invocation starts and waits for it before
 // reporting the invocation done. It returns how many it renewed.
 func (c *Cache) RenewDue(ctx context.Context) int {
+	ctx, cancel := context.WithTimeout(ctx, renewBudget)
+	defer cancel()
 	now := c.now()
 	c.mu.Lock()
 	var due []*entry
 	for _, e := range c.got {
-		if !now.Before(e.refreshAt()) {
+		if !now.Before(e.refreshAt()) && !now.Before(e.retryAt) {
 			due = append(due, e)
 		}
 	}
@@ -177,8 +224,9 @@ func (c *Cache) RenewDue(ctx context.Context) int {
 			// Asking with min_ttl above what is left makes the vendor
 			// return a newer token than this one.
 			left := e.expiry.Sub(now)
-			if _, err := c.fetch(ctx, key(e.provider, e.scope), client.Request{Provider: e.provider, Scope: e.scope, MinTTL: left + time.Second}); err != nil {
-				c.log.WarnContext(ctx, "renewal ahead of expiry failed; the cached token is served while it lasts", "provider", e.provider, "error", err)
+			k := key(e.provider, e.scope)
+			if _, err := c.fetch(ctx, k, client.Request{Provider: e.provider, Scope: e.scope, MinTTL: max(left, 0) + time.Second}); err != nil {
+				c.renewalFailed(ctx, k, e, now, err)
 				return
 			}
 			mu.Lock()
@@ -188,6 +236,26 @@ func (c *Cache) RenewDue(ctx context.Context) int {
 	}
 	wg.Wait()
 	return n
+}
+
+// renewalFailed drops a key the vendor refuses for good (or whose token has
+// expired), and otherwise paces the next attempt.
+func (c *Cache) renewalFailed(ctx context.Context, k string, e *entry, now time.Time, err error) {
+	var ve *client.Error
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur := c.got[k]; cur != e {
+		return // replaced meanwhile
+	}
+	if (errors.As(err, &ve) && permanent[ve.Code]) || !now.Before(e.expiry) {
+		delete(c.got, k)
+		c.log.WarnContext(ctx, "renewal failed; the key is dropped until asked for again", "provider", e.provider, "error", err)
+		return
+	}
+	e.failures++
+	e.retryAt = now.Add(min(renewBackoff<<min(e.failures-1, 10), maxRenewBackoff))
+	c.log.WarnContext(ctx, "renewal ahead of expiry failed; the cached token is served while it lasts", "provider", e.provider,
+		"error", err, "retry_in_s", e.retryAt.Sub(now).Seconds())
 }
 
 func tokenSHA(tok string) string {

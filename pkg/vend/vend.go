@@ -78,6 +78,10 @@ type Token struct {
 	lifetime time.Duration // issued_at to expiry, for the min_ttl cap
 }
 
+// Lifetime is the token's whole life (issue to expiry), which a client
+// needs to apply min_ttl's cap as the vendor does; 0 when unknown.
+func (t Token) Lifetime() time.Duration { return t.lifetime }
+
 // Request asks for a token.
 type Request struct {
 	Provider string

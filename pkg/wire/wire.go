@@ -26,12 +26,21 @@ type TokenResponse struct {
 	TokenType   string `json:"token_type"`
 	ExpiresIn   int64  `json:"expires_in"`
 	ExpiresAt   string `json:"expires_at"`
-	Scope       string `json:"scope"`
+	// IssuedAt is when the token's life began: with expires_at it gives
+	// the lifetime a client needs to judge min_ttl (expires_in is only
+	// what is left).
+	IssuedAt string `json:"issued_at,omitempty"`
+	Scope    string `json:"scope"`
 }
 
 // NewTokenResponse renders t as of now; expires_in is whole seconds left.
 func NewTokenResponse(t vend.Token, now time.Time) TokenResponse {
+	issued := ""
+	if life := t.Lifetime(); life > 0 {
+		issued = t.ExpiresAt.Add(-life).UTC().Format(time.RFC3339)
+	}
 	return TokenResponse{
+		IssuedAt:    issued,
 		Provider:    t.Provider,
 		AccessToken: t.AccessToken,
 		TokenType:   t.TokenType,
