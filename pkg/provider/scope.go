@@ -1,6 +1,8 @@
 package provider
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
@@ -111,12 +113,23 @@ type Key struct {
 // Scope returns the normalized, space-separated scope string.
 func (k Key) Scope() string { return strings.Join(k.Scopes, " ") }
 
+// maxScopeInKey is the longest scope set written into a key as is; a
+// longer one is keyed by its digest, so keys stay short and the key-count
+// record listing up to 1000 of them stays far below DynamoDB's 400 KB
+// item limit (the scope itself is in the record's scope attribute).
+const maxScopeInKey = 128
+
 // KeyFor builds the cache key for normalized scopes.
 func (d *Definition) KeyFor(scopes []string) Key {
+	scope := strings.Join(scopes, " ")
+	if len(scope) > maxScopeInKey {
+		sum := sha256.Sum256([]byte(scope))
+		scope = "sha256:" + hex.EncodeToString(sum[:16])
+	}
 	return Key{
 		Provider: d.Name,
 		Scopes:   scopes,
-		PK:       "token#" + d.Name + "#" + d.Fingerprint() + "#" + strings.Join(scopes, " "),
+		PK:       "token#" + d.Name + "#" + d.Fingerprint() + "#" + scope,
 	}
 }
 

@@ -14,6 +14,11 @@ import (
 	"time"
 )
 
+// ErrRejected means the store refused this record or request itself (too
+// large, malformed): the store is up, so it is not a reason to vend around
+// it or to stop using it.
+var ErrRejected = errors.New("store: record refused")
+
 // ErrConflict means the record's version was not the expected one.
 var ErrConflict = errors.New("store: version conflict")
 

@@ -100,7 +100,7 @@ func (v *Vendor) pruneMembers(ctx context.Context, members map[string]int64, now
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			it, err := v.store.Get(ctx, pk, false)
+			it, err := v.store.Get(ctx, pk, true) // a member dropped on a stale read would be over the limit
 			if err != nil {
 				return // unknown: keep it
 			}

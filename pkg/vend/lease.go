@@ -156,7 +156,10 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 			v.obs.Event(j.def.Name, "lease_wait")
 			continue
 		}
-		if it == nil {
+		if it == nil || it.Token.IsZero() || !now.Before(it.Expiry()) {
+			// A token is about to be stored for a key that may not be a
+			// member: absent, a tombstone, expired but not yet removed by TTL,
+			// or a first fetch that failed. Members pass at the cost of a read.
 			if err := v.admitKey(ctx, j, now); err != nil {
 				if _, busy := IsUnavailable(err); busy || errors.Is(err, provider.ErrKeyLimit) {
 					return Token{}, err
@@ -627,6 +630,13 @@ func (v *Vendor) failure(j *job, err error) error {
 // else straight from the provider, rate-limited per instance so a table
 // outage never becomes a flood of token requests.
 func (v *Vendor) withoutStore(ctx context.Context, j *job, cause error) (Token, error) {
+	if errors.Is(cause, store.ErrRejected) {
+		// DynamoDB is up and refused this one record: not an outage, so no
+		// breaker (it would refuse every provider on the instance) and no
+		// vending around the store.
+		v.log.ErrorContext(ctx, "the token store refused a record", "provider", j.def.Name, "error", cause)
+		return Token{}, fmt.Errorf("provider %s: the token store refused this key's record: %w", j.def.Name, cause)
+	}
 	if !errors.Is(cause, errStoreBreaker) {
 		v.storeDownUntil.Store(time.Now().Add(v.opts.StoreRetryAfter).UnixNano())
 		v.log.WarnContext(ctx, "token store unavailable; vending without it", "provider", j.def.Name, "error", cause,

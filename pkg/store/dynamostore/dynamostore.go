@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/attributevalue"
 	"github.com/aws/aws-sdk-go-v2/feature/dynamodb/expression"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/smithy-go"
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/token-vendor/token-vendor/pkg/store"
@@ -66,7 +67,7 @@ func (s *Store) Get(ctx context.Context, pk string, consistent bool) (*store.Ite
 		ConsistentRead: aws.Bool(consistent),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("dynamodb get: %w", err)
+		return nil, fmt.Errorf("dynamodb get: %w", classify(err))
 	}
 	if out.Item == nil {
 		return nil, nil
@@ -129,9 +130,22 @@ func (s *Store) Put(ctx context.Context, it *store.Item, expect int64) error {
 		return ce
 	}
 	if err != nil {
-		return fmt.Errorf("dynamodb put: %w", err)
+		return fmt.Errorf("dynamodb put: %w", classify(err))
 	}
 	return nil
+}
+
+// classify marks DynamoDB's refusals of one request (validation, item too
+// large) as store.ErrRejected: they say nothing about DynamoDB being down.
+func classify(err error) error {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "ValidationException", "ItemCollectionSizeLimitExceededException":
+			return fmt.Errorf("%w: %w", store.ErrRejected, err)
+		}
+	}
+	return err
 }
 
 // ScanPage is one bounded page of a filtered Scan (the provider listing):

@@ -3,6 +3,7 @@ package vendtest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +22,8 @@ var usageScenarios = map[string]func(*testing.T, NewStore){
 	"ProviderIdleAfterOverridesDefault":      testProviderIdleAfterOverridesDefault,
 	"RefresherConfirmsWhatALaggingIndexSays": testRefresherConfirmsLaggingIndex,
 	"KeysPerProviderBounded":                 testKeysPerProviderBounded,
+	"KeyLimitHoldsForDeadRecords":            testKeyLimitHoldsForDeadRecords,
+	"RefusedRecordIsNotAnOutage":             testRefusedRecordIsNotAnOutage,
 }
 
 // writeCounter counts writes that landed and writes attempted.
@@ -287,5 +290,90 @@ func testKeysPerProviderBounded(t *testing.T, newStore NewStore) {
 	f.clock.Advance(3 * time.Hour)
 	if _, err := f.vendor(o).Token(bg, req("demo-k2", "d")); err != nil {
 		t.Fatalf("after the old keys expired: %v", err)
+	}
+}
+
+// testKeyLimitHoldsForDeadRecords: keys whose records outlived their token
+// (revocation tombstones, here) are not members once pruned; asking for
+// them again must pass admission like any new key, or max_keys is bypassed.
+func testKeyLimitHoldsForDeadRecords(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	def := *f.up.Defs["demo-k2"]
+	def.MaxKeys = 3
+	f.provs.Set(&def)
+	v := f.vendor(vend.Options{DisableRefreshAhead: true})
+	first, later := []string{"a", "b", "c"}, []string{"d", "e", "f"}
+	for _, s := range first {
+		if _, err := v.Token(bg, req("demo-k2", s)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.Revoke(bg, req("demo-k2", s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.clock.Advance(2 * time.Minute) // the full record may be checked again
+	for _, s := range later {
+		if _, err := v.Token(bg, req("demo-k2", s)); err != nil {
+			t.Fatalf("after the first keys were revoked: %v", err)
+		}
+	}
+	for _, s := range first {
+		if _, err := v.Token(bg, req("demo-k2", s)); !errors.Is(err, provider.ErrKeyLimit) {
+			t.Fatalf("a revoked key asked for again past max_keys: want key_limit_reached, got %v", err)
+		}
+	}
+	live := 0
+	for _, s := range append(first, later...) {
+		it, _ := f.store.Get(bg, def.KeyFor([]string{s}).PK, true)
+		if it != nil && !it.Token.IsZero() && f.clock.Now().Before(it.Expiry()) {
+			live++
+		}
+	}
+	if live != 3 {
+		t.Fatalf("%d live keys with max_keys 3", live)
+	}
+}
+
+// rejectingStore refuses every write of one record, as DynamoDB refuses an
+// item over 400 KB, and counts what reaches it.
+type rejectingStore struct {
+	vend.Store
+	pk     string
+	mu     sync.Mutex
+	writes int
+}
+
+func (r *rejectingStore) Put(ctx context.Context, it *store.Item, expect int64) error {
+	r.mu.Lock()
+	r.writes++
+	r.mu.Unlock()
+	if it.PK == r.pk {
+		return fmt.Errorf("dynamodb put: %w: ValidationException: Item size has exceeded the maximum allowed size", store.ErrRejected)
+	}
+	return r.Store.Put(ctx, it, expect)
+}
+
+// testRefusedRecordIsNotAnOutage: a record the store refuses fails that
+// request with a clear error; it neither opens the instance's store breaker
+// (a healthy provider keeps using the store) nor vends around the store.
+func testRefusedRecordIsNotAnOutage(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	rs := &rejectingStore{Store: f.store, pk: "keys#demo-k2"}
+	v := f.instance(vend.Options{DisableRefreshAhead: true, L1MaxAge: -1}, rs, nil)
+	_, err := v.Token(bg, req("demo-k2", "a"))
+	if err == nil || !errors.Is(err, store.ErrRejected) || f.requests("demo-k2") != 0 {
+		t.Fatalf("refused key record: want a clear error and no upstream request, got %v (%d requests)", err, f.requests("demo-k2"))
+	}
+	rs.mu.Lock()
+	before := rs.writes
+	rs.mu.Unlock()
+	if _, err := v.Token(bg, req("demo-mobi", "z")); err != nil {
+		t.Fatalf("a healthy provider on the same instance: %v", err)
+	}
+	rs.mu.Lock()
+	after := rs.writes
+	rs.mu.Unlock()
+	if after == before {
+		t.Fatal("the healthy provider was vended around the store: the breaker opened")
 	}
 }
