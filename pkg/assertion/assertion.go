@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,13 +57,43 @@ type Keys struct {
 	now func() time.Time
 
 	mu   sync.Mutex
-	pubs map[string]crypto.PublicKey // KMS key id -> public key
+	pubs map[string]kmsKey           // kms_key_id as written -> the key behind it
 	pems map[string]crypto.Signer    // SHA-256 of the PEM -> parsed key
 }
 
 // New returns Keys using api for kms_key_id providers (nil: none).
 func New(api KMS) *Keys {
-	return &Keys{kms: api, now: time.Now, pubs: map[string]crypto.PublicKey{}, pems: map[string]crypto.Signer{}}
+	return &Keys{kms: api, now: time.Now, pubs: map[string]kmsKey{}, pems: map[string]crypto.Signer{}}
+}
+
+// WithClock sets the clock (tests); it returns k.
+func (k *Keys) WithClock(now func() time.Time) *Keys {
+	k.now = now
+	return k
+}
+
+// kmsKey is the key a kms_key_id resolved to: its ARN, which every Sign
+// names (so an alias re-pointed meanwhile cannot make the signature and the
+// kid disagree), and its public key.
+type kmsKey struct {
+	arn     string
+	pub     crypto.PublicKey
+	checked time.Time
+}
+
+// AliasRecheck is how often the key behind an alias is resolved again: an
+// alias re-pointed to rotate keys is followed within it.
+const AliasRecheck = 5 * time.Minute
+
+func isAlias(id string) bool { return strings.HasPrefix(id, "alias/") || strings.Contains(id, ":alias/") }
+
+// Forget drops what is cached for def's key, so the next assertion resolves
+// it again: called when the provider refused the client (invalid_client),
+// which after a rotation means the registration and the key disagree.
+func (k *Keys) Forget(def *provider.Definition) {
+	k.mu.Lock()
+	delete(k.pubs, def.KMSKeyID)
+	k.mu.Unlock()
 }
 
 // signer signs a JWS signing input for one algorithm.
@@ -74,15 +105,15 @@ type signer interface {
 // signer returns def's signer and algorithm.
 func (k *Keys) signer(ctx context.Context, def *provider.Definition) (signer, jwa.SignatureAlgorithm, error) {
 	if def.KMSKeyID != "" {
-		pub, err := k.kmsPublic(ctx, def)
+		key, err := k.kmsPublic(ctx, def)
 		if err != nil {
 			return nil, jwa.SignatureAlgorithm{}, err
 		}
-		alg, spec, err := algorithm(def, pub)
+		alg, spec, err := algorithm(def, key.pub)
 		if err != nil {
 			return nil, alg, err
 		}
-		return &kmsSigner{api: k.kms, def: def, pub: pub, spec: spec}, alg, nil
+		return &kmsSigner{api: k.kms, def: def, keyID: key.arn, pub: key.pub, spec: spec}, alg, nil
 	}
 	key, err := k.pem(def)
 	if err != nil {
@@ -253,31 +284,35 @@ func (k *Keys) pem(def *provider.Definition) (crypto.Signer, error) {
 	return s, nil
 }
 
-func (k *Keys) kmsPublic(ctx context.Context, def *provider.Definition) (crypto.PublicKey, error) {
+func (k *Keys) kmsPublic(ctx context.Context, def *provider.Definition) (kmsKey, error) {
 	if k.kms == nil {
-		return nil, permanent(def, "signing_key_invalid", errors.New("kms_key_id set but no KMS client"))
+		return kmsKey{}, permanent(def, "signing_key_invalid", errors.New("kms_key_id set but no KMS client"))
 	}
 	k.mu.Lock()
-	pub, ok := k.pubs[def.KMSKeyID]
+	key, ok := k.pubs[def.KMSKeyID]
 	k.mu.Unlock()
-	if ok {
-		return pub, nil
+	if ok && (!isAlias(def.KMSKeyID) || k.now().Before(key.checked.Add(AliasRecheck))) {
+		return key, nil
 	}
 	out, err := k.kms.GetPublicKey(ctx, &kms.GetPublicKeyInput{KeyId: aws.String(def.KMSKeyID)})
 	if err != nil {
-		return nil, kmsError(def, err)
+		return kmsKey{}, kmsError(def, err)
 	}
 	if out.KeyUsage != kmstypes.KeyUsageTypeSignVerify {
-		return nil, permanent(def, "signing_key_invalid", fmt.Errorf("kms_key_id: key usage is %s, want SIGN_VERIFY", out.KeyUsage))
+		return kmsKey{}, permanent(def, "signing_key_invalid", fmt.Errorf("kms_key_id: key usage is %s, want SIGN_VERIFY", out.KeyUsage))
 	}
-	pub, err = x509.ParsePKIXPublicKey(out.PublicKey)
+	pub, err := x509.ParsePKIXPublicKey(out.PublicKey)
 	if err != nil {
-		return nil, permanent(def, "signing_key_invalid", err)
+		return kmsKey{}, permanent(def, "signing_key_invalid", err)
+	}
+	key = kmsKey{arn: aws.ToString(out.KeyId), pub: pub, checked: k.now()}
+	if key.arn == "" {
+		key.arn = def.KMSKeyID
 	}
 	k.mu.Lock()
-	k.pubs[def.KMSKeyID] = pub
+	k.pubs[def.KMSKeyID] = key
 	k.mu.Unlock()
-	return pub, nil
+	return key, nil
 }
 
 // kmsSigner signs in KMS: the private key never leaves it. The signing
@@ -286,16 +321,17 @@ func (k *Keys) kmsPublic(ctx context.Context, def *provider.Definition) (crypto.
 // real KMS, but moto (5.2) signs a DIGEST as if it were the message, so it
 // could not be proven here. KMS returns ECDSA signatures DER-encoded.
 type kmsSigner struct {
-	api  KMS
-	def  *provider.Definition
-	pub  crypto.PublicKey
-	spec kmstypes.SigningAlgorithmSpec
+	api   KMS
+	def   *provider.Definition
+	keyID string // the resolved key's ARN, never the alias
+	pub   crypto.PublicKey
+	spec  kmstypes.SigningAlgorithmSpec
 }
 
 func (s *kmsSigner) Public() crypto.PublicKey { return s.pub }
 
 func (s *kmsSigner) signInput(ctx context.Context, input []byte) ([]byte, error) {
-	out, err := s.api.Sign(ctx, &kms.SignInput{KeyId: aws.String(s.def.KMSKeyID), Message: input,
+	out, err := s.api.Sign(ctx, &kms.SignInput{KeyId: aws.String(s.keyID), Message: input,
 		MessageType: kmstypes.MessageTypeRaw, SigningAlgorithm: s.spec})
 	if err != nil {
 		return nil, kmsError(s.def, err)

@@ -303,3 +303,57 @@ func proxiedKMS(t *testing.T) (*kms.Client, *faultproxy.Proxy) {
 	t.Cleanup(px.Close)
 	return kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(px.URL); o.RetryMaxAttempts = 1 }), px
 }
+
+// An alias re-pointed to rotate keys (moto's KMS): assertions stay signed by
+// the key whose kid they carry, follow the alias within AliasRecheck, and
+// at once after Forget (what the vendor does on invalid_client).
+func TestAliasRepointedKeepsKidAndSignatureTogether(t *testing.T) {
+	api, _ := proxiedKMS(t)
+	ctx := context.Background()
+	mk := func() string {
+		out, err := api.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: kmstypes.KeySpecEccNistP256, KeyUsage: kmstypes.KeyUsageTypeSignVerify})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return aws.ToString(out.KeyMetadata.KeyId)
+	}
+	key1, key2 := mk(), mk()
+	alias := "alias/tv-rotate-" + strings.ReplaceAll(t.Name(), "/", "-")
+	if _, err := api.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String(alias), TargetKeyId: aws.String(key1)}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	keys := assertion.New(api).WithClock(func() time.Time { return now })
+	d := def(func(d *provider.Definition) { d.KMSKeyID = alias })
+	by := func(id string) *provider.Definition { return def(func(d *provider.Definition) { d.KMSKeyID = id }) }
+	check := func(step, want string) {
+		t.Helper()
+		a, err := keys.Assertion(ctx, d, "")
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		// Verifies against the JWKS of the key it should be signed by, with
+		// that key's kid: signature and kid from the same key. (Claims are
+		// not validated: this test's clock runs ahead of the wall clock.)
+		raw, err := assertion.New(api).JWKS(ctx, by(want))
+		if err != nil {
+			t.Fatal(err)
+		}
+		set, _ := jwk.Parse(raw)
+		if _, err := jwt.Parse([]byte(a), jwt.WithKeySet(set), jwt.WithValidate(false)); err != nil {
+			t.Fatalf("%s: the assertion's kid and signature are not both %s's: %v", step, want, err)
+		}
+	}
+	check("before the rotation", key1)
+	if _, err := api.UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String(alias), TargetKeyId: aws.String(key2)}); err != nil {
+		t.Fatal(err)
+	}
+	check("just after the alias moved (the resolved key is still used)", key1)
+	now = now.Add(assertion.AliasRecheck + time.Second)
+	check("after the recheck interval", key2)
+	if _, err := api.UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String(alias), TargetKeyId: aws.String(key1)}); err != nil {
+		t.Fatal(err)
+	}
+	keys.Forget(d)
+	check("after Forget (invalid_client)", key1)
+}

@@ -219,6 +219,13 @@ func (c *Client) Fetch(ctx context.Context, def *provider.Definition, scopes []s
 		tok, err = ParseTokenResponse(def.Name, status, header, body, sent, scope, rules, def.ClientSecret, asn)
 		return err
 	})
+	if re, ok := AsRetrieveError(err); ok && re.IsClientAuth() && def.KMSKeyID != "" {
+		// The provider no longer accepts our key: after an alias was
+		// re-pointed, the key cached behind it may be the stale one.
+		if f, ok := c.Assertions.(interface{ Forget(*provider.Definition) }); ok {
+			f.Forget(def)
+		}
+	}
 	return tok, err
 }
 

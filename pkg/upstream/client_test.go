@@ -587,3 +587,27 @@ func TestRevokeAssertionAudienceIsTheRevocationEndpoint(t *testing.T) {
 		t.Fatalf("assertion audiences %q: want the token endpoint's default, then %s", a.got, d.RevokeURL)
 	}
 }
+
+// forgetful records Forget calls.
+type forgetful struct {
+	audiences
+	forgot int
+}
+
+func (f *forgetful) Forget(*provider.Definition) { f.forgot++ }
+
+// invalid_client for a KMS-signed client drops the cached key, so a
+// re-pointed alias is resolved again by the next assertion.
+func TestInvalidClientForgetsTheKMSKey(t *testing.T) {
+	rc := &recorder{status: 401, body: `{"error":"invalid_client"}`}
+	srv := httptest.NewServer(rc)
+	defer srv.Close()
+	d := &provider.Definition{Name: "jwt", TokenURL: srv.URL + "/token", ClientID: "c", AuthMethod: provider.AuthPrivateKeyJWT, KMSKeyID: "alias/k"}
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	f := &forgetful{}
+	if _, err := (&Client{Assertions: f}).Fetch(context.Background(), d, nil); err == nil || f.forgot != 1 {
+		t.Fatalf("err %v, forgot %d", err, f.forgot)
+	}
+}
