@@ -57,8 +57,8 @@ type Keys struct {
 	now func() time.Time
 
 	mu   sync.Mutex
-	pubs map[string]kmsKey           // kms_key_id as written -> the key behind it
-	pems map[string]crypto.Signer    // SHA-256 of the PEM -> parsed key
+	pubs map[string]kmsKey        // kms_key_id as written -> the key behind it
+	pems map[string]crypto.Signer // SHA-256 of the PEM -> parsed key
 }
 
 // New returns Keys using api for kms_key_id providers (nil: none).
@@ -85,7 +85,9 @@ type kmsKey struct {
 // alias re-pointed to rotate keys is followed within it.
 const AliasRecheck = 5 * time.Minute
 
-func isAlias(id string) bool { return strings.HasPrefix(id, "alias/") || strings.Contains(id, ":alias/") }
+func isAlias(id string) bool {
+	return strings.HasPrefix(id, "alias/") || strings.Contains(id, ":alias/")
+}
 
 // Forget drops what is cached for def's key, so the next assertion resolves
 // it again: called when the provider refused the client (invalid_client),
