@@ -315,12 +315,21 @@ func StartLambda(handler func(*App) any) {
 	lambda.Start(handler(a))
 }
 
-// Flushing wraps a Lambda handler so the metrics recorded during an
-// invocation are written before it returns (Lambda may freeze the process
-// right after).
+// usageFlushBudget bounds the usage writes an invocation makes before it
+// returns (one PutItem each, in parallel batches).
+const usageFlushBudget = time.Second
+
+// Flushing wraps a Lambda handler so the usage writes queued and the metrics
+// recorded during an invocation are written before it returns (Lambda may
+// freeze the process right after).
 func Flushing[E, R any](a *App, h func(context.Context, E) (R, error)) func(context.Context, E) (R, error) {
 	return func(ctx context.Context, e E) (R, error) {
 		r, err := h(ctx, e)
+		// Queued usage writes go now, inside the invocation: nothing runs
+		// after it, and this instance may never read the table again.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), usageFlushBudget)
+		a.Vendor.FlushUsage(uctx)
+		cancel()
 		if ferr := a.Metrics.Flush(); ferr != nil {
 			a.Log.WarnContext(ctx, "metrics not written", "error", ferr)
 		}

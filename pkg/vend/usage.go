@@ -80,6 +80,22 @@ func (v *Vendor) flushUses(ctx context.Context) (wait func()) {
 	return wg.Wait
 }
 
+// FlushUsage writes every queued usage write now, and waits for them. A
+// Lambda handler calls it before returning (app.Flushing): an instance that
+// never reads the table again (one call, then recycled) would otherwise
+// lose them, and a key in use would be retired as idle.
+func (v *Vendor) FlushUsage(ctx context.Context) {
+	for {
+		v.uses.mu.Lock()
+		n := len(v.uses.pending)
+		v.uses.mu.Unlock()
+		if n == 0 || ctx.Err() != nil {
+			return
+		}
+		v.flushUses(ctx)()
+	}
+}
+
 // touch writes last_used_at = now on the record as it was read. The write
 // is a CAS on that read's version, so it lands only if nothing changed
 // since (no lease was taken, no token stored); otherwise it is dropped and
