@@ -7,10 +7,17 @@ package hygiene
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,12 +30,16 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 
 	"github.com/token-vendor/token-vendor/pkg/app"
+	"github.com/token-vendor/token-vendor/pkg/client"
+	"github.com/token-vendor/token-vendor/pkg/extension"
 	"github.com/token-vendor/token-vendor/pkg/identity"
 	"github.com/token-vendor/token-vendor/pkg/lambdafn"
 	"github.com/token-vendor/token-vendor/pkg/obs"
 	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/wire"
 )
 
 const (
@@ -40,8 +51,9 @@ const (
 // leakyProvider issues the canary token and, when told, fails in ways that
 // echo what it received: the worst a real provider could do.
 type leakyProvider struct {
-	mu   sync.Mutex
-	mode string
+	mu         sync.Mutex
+	mode       string
+	assertions int // requests that carried a client assertion
 }
 
 func (p *leakyProvider) set(mode string) { p.mu.Lock(); p.mode = mode; p.mu.Unlock() }
@@ -50,12 +62,19 @@ func (p *leakyProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	p.mu.Lock()
 	mode := p.mode
+	if strings.Contains(string(body), "client_assertion=eyJ") {
+		p.assertions++
+	}
 	p.mu.Unlock()
 	echo := r.URL.RawQuery + " " + string(body) + " " + r.Header.Get("Authorization")
 	switch mode {
 	case "echo401":
 		w.WriteHeader(401)
-		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_client", "error_description": "bad credentials: " + echo + " raw=" + canarySecret})
+		raw := " raw=" + canarySecret // the client's secret, echoed as it arrived
+		if strings.Contains(echo, "client-jwt") || strings.Contains(echo, "client-mtls") {
+			raw = "" // these clients send no secret; their assertion is in the echo
+		}
+		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_client", "error_description": "bad credentials: " + echo + raw})
 	case "html500":
 		w.WriteHeader(500)
 		io.WriteString(w, "<html>stack trace: "+echo+"</html>")
@@ -91,6 +110,24 @@ func TestCanariesNeverLeak(t *testing.T) {
 		}
 		defs[name] = d
 	}
+	// Key material: a private_key_jwt provider (its assertions go to the
+	// leaky provider, which echoes them) and a tls_client_auth one.
+	jwtKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(jwtKey)
+	jwtPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	certPEM, keyPEM := selfSigned(t)
+	for name, d := range map[string]*provider.Definition{
+		"jwt":  {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthPrivateKeyJWT, PrivateKey: jwtPEM, RevokeURL: srv.URL + "/r"},
+		"mtls": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthTLS, ClientCertificate: certPEM, ClientKey: keyPEM},
+	} {
+		d.Name, d.ClientID = name, "client-"+name
+		if err := d.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		defs[name] = d
+	}
+	keyCanaries := []string{pemBody(jwtPEM), pemBody(keyPEM), "eyJhbGciOi"} // the keys' bodies; any JWS header (an assertion)
+
 	// A provider only one role may have, and an STS that refuses every proof
 	// echoing what it was sent: the audit records and refusals of direct
 	// invokes carrying canary proofs must hold neither proof nor credential.
@@ -127,6 +164,8 @@ func TestCanariesNeverLeak(t *testing.T) {
 	api := lambda.NewHandler(lambdafn.APIGateway(a.Handler))
 	inv := lambda.NewHandler(lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil))
 	ctx := context.Background()
+	var extLogs bytes.Buffer
+	extCache := extension.New(client.NewLambdaInvoker(invokeAPI{inv}, "vend"), "session", obs.NewLogger(&extLogs, "debug"))
 
 	call := func(method, path, body string) (int, string) {
 		ev := events.APIGatewayV2HTTPRequest{RawPath: strings.SplitN(path, "?", 2)[0], Body: body}
@@ -169,6 +208,16 @@ func TestCanariesNeverLeak(t *testing.T) {
 			if st != 200 {
 				outside.WriteString(body)
 			}
+			// The extension layer, relaying the vend function's answers.
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest("GET", "/v1/tokens/"+name+"?min_ttl=0", nil)
+			req.Header.Set(extension.Header, "session")
+			extCache.Handler().ServeHTTP(rec, req)
+			if rec.Code != 200 {
+				outside.WriteString(rec.Body.String())
+			} else if !strings.Contains(rec.Body.String(), canaryToken) {
+				t.Fatalf("extension 200 without the token: %s", rec.Body.String())
+			}
 			for _, ev := range []string{fmt.Sprintf(`{"provider":%q}`, name), fmt.Sprintf(`{"provider":%q,"identity":%s}`, name, proofJSON)} {
 				out, err := inv.Invoke(ctx, []byte(ev))
 				if err != nil {
@@ -194,13 +243,16 @@ func TestCanariesNeverLeak(t *testing.T) {
 	outside.WriteString(listing)
 	a.Metrics.Flush()
 
-	for what, text := range map[string]string{"logs": logs.String(), "metrics": metrics.String(), "responses and errors": outside.String()} {
-		for _, c := range []string{canarySecret, url.QueryEscape(canarySecret), canaryToken, canaryProofSession, "ASIACANARYKEYID", signature(t, proof), proof.Headers[:40]} {
+	for what, text := range map[string]string{"logs": logs.String(), "metrics": metrics.String(), "responses and errors": outside.String(), "extension logs": extLogs.String()} {
+		for _, c := range append([]string{canarySecret, url.QueryEscape(canarySecret), canaryToken, canaryProofSession, "ASIACANARYKEYID", signature(t, proof), proof.Headers[:40]}, keyCanaries...) {
 			if strings.Contains(text, c) {
 				i := strings.Index(text, c)
 				t.Errorf("%s contain a canary %q near: …%s…", what, c, text[max(0, i-120):min(len(text), i+60)])
 			}
 		}
+	}
+	if lp.assertions == 0 {
+		t.Fatal("no client assertion reached the leaky provider: the key-material scenarios did not run")
 	}
 	if !strings.Contains(logs.String(), `"outcome":"signature_not_accepted_by_sts"`) || !strings.Contains(logs.String(), `"msg":"audit"`) {
 		t.Fatal("the canary proofs were not refused and audited as intended")
@@ -218,4 +270,35 @@ func signature(t *testing.T, p *identity.Proof) string {
 		t.Fatal("no signature in the proof")
 	}
 	return sig[:64]
+}
+
+// invokeAPI is the Lambda Invoke API over the vend handler, for the extension.
+type invokeAPI struct{ h lambda.Handler }
+
+func (a invokeAPI) Invoke(ctx context.Context, in *awslambda.InvokeInput, _ ...func(*awslambda.Options)) (*awslambda.InvokeOutput, error) {
+	out, err := a.h.Invoke(ctx, in.Payload)
+	if err != nil {
+		b, _ := json.Marshal(map[string]string{"errorMessage": err.Error(), "errorType": wire.ErrorType(err)})
+		return &awslambda.InvokeOutput{StatusCode: 200, FunctionError: aws.String("Unhandled"), Payload: b}, nil
+	}
+	return &awslambda.InvokeOutput{StatusCode: 200, Payload: out}, nil
+}
+
+// pemBody is a run of a PEM's base64, which must appear nowhere.
+func pemBody(p string) string {
+	lines := strings.Split(strings.TrimSpace(p), "\n")
+	return lines[1][:40]
+}
+
+// selfSigned is a client certificate and its key, PEM.
+func selfSigned(t *testing.T) (string, string) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "canary-client"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, _ := x509.MarshalPKCS8PrivateKey(k)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}))
 }

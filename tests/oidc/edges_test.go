@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,7 +81,8 @@ func TestBothMethodsThroughEveryEdge(t *testing.T) {
 	api := httptest.NewServer(a.Handler)
 	defer api.Close()
 	invoke := lambda.NewHandler(lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil))
-	serveURL := startServe(t, file)
+	serveLogs := &syncBuffer{}
+	serveURL := startServe(t, file, serveLogs)
 	secrets := []string{jwtKey[40:100], cliKey[40:100], "PRIVATE KEY"}
 	var bodies []string
 	for _, p := range []string{"okta-style", "entra-style"} {
@@ -103,8 +105,14 @@ func TestBothMethodsThroughEveryEdge(t *testing.T) {
 		if strings.Contains(logs.String(), s) || strings.Contains(listing, s) || strings.Contains(strings.Join(bodies, ""), s) {
 			t.Fatalf("key material leaked (%q) into logs or listings", s[:10])
 		}
+		if strings.Contains(serveLogs.String(), s) {
+			t.Fatalf("key material leaked (%q) into tokenvendor serve's own log", s[:10])
+		}
 	}
-	if n := len(srv.assertions(t)); n == 0 || strings.Contains(logs.String(), "eyJ") {
+	if !strings.Contains(serveLogs.String(), `"msg":"request"`) {
+		t.Fatalf("tokenvendor serve logged nothing the test could read: %q", serveLogs.String())
+	}
+	if n := len(srv.assertions(t)); n == 0 || strings.Contains(logs.String(), "eyJ") || strings.Contains(serveLogs.String(), "eyJ") {
 		t.Fatalf("assertions seen %d; an assertion in the log: %v", n, strings.Contains(logs.String(), "eyJ"))
 	}
 }
@@ -122,7 +130,9 @@ func get(t *testing.T, url string) string {
 
 // startServe runs `tokenvendor serve` on the providers file, trusting the
 // test CA, and returns its base URL.
-func startServe(t *testing.T, providers string) string {
+// startServe runs `tokenvendor serve` as its own process; its log output
+// (standard output and error) is collected in logs.
+func startServe(t *testing.T, providers string, logs *syncBuffer) string {
 	t.Helper()
 	root, err := testenv.RepoRoot()
 	if err != nil {
@@ -136,6 +146,7 @@ func startServe(t *testing.T, providers string) string {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(bin, "serve", "--addr", addr, "--providers", providers)
 	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+testCAFile)
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -148,4 +159,22 @@ func startServe(t *testing.T, providers string) string {
 	}
 	t.Fatal("serve did not start")
 	return ""
+}
+
+// syncBuffer collects a process's output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
