@@ -50,6 +50,7 @@ type Config struct {
 	ProviderCacheTTL time.Duration // PROVIDER_CACHE_TTL seconds (300)
 	RefreshInterval  time.Duration // REFRESH_INTERVAL seconds (60): the refresher's schedule
 	IdleAfter        time.Duration // IDLE_AFTER seconds (86400): keys not vended for this long are not renewed
+	RefreshParallel  int           // REFRESH_CONCURRENCY (64): renewals a refresher run keeps in flight
 	LogLevel         string        // LOG_LEVEL (info)
 	MetricsNamespace string        // METRICS_NAMESPACE (TokenVendor); "off" disables metrics
 	// ListProviderSecrets (LIST_PROVIDER_SECRETS, true): /v1/providers lists
@@ -142,6 +143,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		min, max int64
 	}{
 		{"UPSTREAM_ATTEMPTS", func(n int64) { c.UpstreamAttempts = int(n) }, 1, 10},
+		{"REFRESH_CONCURRENCY", func(n int64) { c.RefreshParallel = int(n) }, 1, 1024},
 		{"MAX_CACHE_SECONDS", func(n int64) { c.MaxCacheSeconds = n }, 60, 31622400},
 	} {
 		if v := getenv(s.name); v != "" {
@@ -261,6 +263,7 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		DefaultMinTTL:       cfg.DefaultMinTTL,
 		L1MaxAge:            cfg.L1MaxAge,
 		IdleAfter:           cfg.IdleAfter,
+		RefreshParallel:     cfg.RefreshParallel,
 		LeaseDuration:       cfg.UpstreamTimeout*time.Duration(cfg.UpstreamAttempts) + cfg.LeaseMargin,
 		DisableRefreshAhead: !cfg.RefreshAhead,
 		Sealer:              sealer,

@@ -191,7 +191,8 @@ func Refresh(r Refresher, interval time.Duration, log *slog.Logger) func(context
 			log.ErrorContext(ctx, "refresh run failed", "error", err)
 			return res, wire.Classify(err, "").LambdaError()
 		}
-		log.InfoContext(ctx, "refresh run", "refreshed", res.Refreshed, "failed", res.Failed, "skipped", res.Skipped)
+		log.InfoContext(ctx, "refresh run", "due", res.Due, "refreshed", res.Refreshed, "failed", res.Failed, "skipped", res.Skipped,
+			"deferred", res.Deferred, "retired", res.Retired, "lag_s", res.LagSeconds)
 		return res, nil
 	}
 }

@@ -141,8 +141,11 @@ type emfMetric struct {
 // Source, its total as well). CloudWatch treats each dimension set as
 // its own metric; the alarms and the dashboard watch the aggregate, which
 // with Provider alone would never exist.
-func (m *Metrics) directive(ts int64, name, unit string, extra []string) map[string]any {
+func (m *Metrics) directive(ts int64, name, unit, provider string, extra []string) map[string]any {
 	sets := [][]string{append([]string{"Provider"}, extra...), append([]string{}, extra...)}
+	if provider == "" {
+		sets = sets[1:] // a run-wide figure (the refresher's backlog): fleet-wide only
+	}
 	if len(extra) > 0 {
 		sets = append(sets, []string{}) // the fleet-wide total across the extra dimension too
 	}
@@ -177,14 +180,20 @@ func (m *Metrics) Flush() error {
 			extra = []string{k.dimName}
 			d[k.dimName] = k.dimValue
 		}
-		d["_aws"] = m.directive(ts, k.name, "Count", extra)
+		if k.provider == "" {
+			delete(d, "Provider")
+		}
+		d["_aws"] = m.directive(ts, k.name, "Count", k.provider, extra)
 		docs = append(docs, d)
 	}
 	m.mu.Unlock()
 	m.valMu.Lock()
 	for k, vals := range m.values {
 		d := doc{"Provider": k.provider, k.metric: vals}
-		d["_aws"] = m.directive(ts, k.metric, k.unit, nil)
+		if k.provider == "" {
+			delete(d, "Provider")
+		}
+		d["_aws"] = m.directive(ts, k.metric, k.unit, k.provider, nil)
 		docs = append(docs, d)
 	}
 	clear(m.values)

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"regexp"
@@ -89,6 +90,10 @@ type Definition struct {
 	// allowed_scopes (0: DefaultMaxKeys; ignored with allowed_scopes, which
 	// bound the keys already).
 	MaxKeys int `json:"max_keys,omitempty"`
+	// MaxConcurrentFetches caps the refresher's concurrent token requests
+	// to this provider (0: 4); FetchRate, when set, caps them per second.
+	MaxConcurrentFetches int     `json:"max_concurrent_fetches,omitempty"`
+	FetchRate            float64 `json:"fetch_rate,omitempty"`
 	// AllowedCallers lists the IAM principals (ARN patterns, package
 	// principal) that may have this provider's tokens; empty admits anyone
 	// IAM lets reach the vendor. AdminCallers, when set, are the only ones
@@ -284,6 +289,12 @@ func (d *Definition) Validate() error {
 	}
 	if d.RefreshBeforeSeconds < 0 || d.RefreshBeforeSeconds > 86400*366 {
 		return fe("refresh_before_seconds", "must be between 0 and 31622400 seconds")
+	}
+	if d.MaxConcurrentFetches < 0 || d.MaxConcurrentFetches > 64 {
+		return fe("max_concurrent_fetches", "must be between 1 and 64 (0: the default, 4)")
+	}
+	if d.FetchRate < 0 || d.FetchRate > 1000 || math.IsNaN(d.FetchRate) {
+		return fe("fetch_rate", "must be between 0 (no limit) and 1000 requests per second")
 	}
 	var err error
 	if d.allowed, err = patterns(d.Name, "allowed_callers", d.AllowedCallers); err != nil {

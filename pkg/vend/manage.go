@@ -1,6 +1,7 @@
 package vend
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/store"
@@ -82,7 +85,7 @@ func (v *Vendor) Revoke(ctx context.Context, req Request) (RevokeResult, error) 
 	return res, nil
 }
 
-// RefreshOptions select what the scheduled refresher renews.
+// RefreshOptions tune one refresher run.
 type RefreshOptions struct {
 	// Horizon: renew keys whose refresh_at falls before now + Horizon (the
 	// time to the next run).
@@ -91,16 +94,33 @@ type RefreshOptions struct {
 	Providers []string
 	// Force renews every selected key now, due or not.
 	Force bool
-	// Parallel bounds concurrent renewals (4). One provider gets at most
-	// half of them, so a hung provider cannot hold up the others.
+	// Parallel bounds concurrent renewals in the run (DefaultRefreshParallel).
+	// Renewals are I/O: a goroutine waiting on a provider costs almost nothing.
 	Parallel int
-	// Reserve is how long before the context's deadline the run stops
-	// taking new keys (the lease duration: one renewal's worst case).
+	// Reserve, when set, is how long before the context's deadline the run
+	// stops taking keys. Unset, the run measures: it stops when less than
+	// its slowest renewal so far is left.
 	Reserve time.Duration
 }
 
-// RefreshResult counts a refresher run.
+// DefaultRefreshParallel is the run's default concurrency: with a provider
+// answering in 500 ms, 64 renewals in flight are about 128 a second.
+const DefaultRefreshParallel = 64
+
+// DefaultProviderFetches is how many fetches of one provider a run keeps in
+// flight unless its definition says (max_concurrent_fetches): polite to a
+// real authorization server, and a hung provider holds at most this many
+// of the run's slots.
+const DefaultProviderFetches = 4
+
+// settleMargin is how long before its deadline a run stops its in-flight
+// renewals, so it returns (and its leases are released) in time.
+const settleMargin = 500 * time.Millisecond
+
+// RefreshResult is what a run did.
 type RefreshResult struct {
+	// Due is how many keys were due when the run started.
+	Due       int `json:"due"`
 	Refreshed int `json:"refreshed"`
 	Failed    int `json:"failed"`
 	Skipped   int `json:"skipped"`
@@ -110,12 +130,19 @@ type RefreshResult struct {
 	// Retired keys were due but idle (not vended for IDLE_AFTER): no longer
 	// renewed, they expire by TTL unless a caller wants them again.
 	Retired int `json:"retired"`
+	// LagSeconds is how far past its refresh_at the oldest due key was when
+	// the run started (0 when none was late): the refresher's backlog.
+	LagSeconds int64 `json:"lag_seconds"`
 }
 
-// RefreshDue renews every cached key due before the next run, each under the
-// same lease callers use, so a run never races a caller's fetch. Keys closest
-// to expiry go first; each provider gets its own lane, and a provider whose
-// renewal failed as unavailable is not tried again in the same run.
+// RefreshDue renews every key due before the next run (or, with Force, every
+// key), each under the fleet-wide lease. Keys go in refresh_at order; keys
+// already expired and not used for a usage interval go last, since nobody
+// may need them. Each provider has at most its max_concurrent_fetches in
+// flight (and its fetch_rate), the run at most Parallel; a provider that
+// fails as unavailable is not asked again in the run. The run stops taking
+// keys when less than its slowest renewal is left, and stops the renewals in
+// flight settleMargin before its deadline, so it returns in time.
 func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResult, error) {
 	now := v.opts.Now()
 	before := now.Add(o.Horizon + v.opts.RefreshJitter)
@@ -129,59 +156,94 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 	if err != nil {
 		return RefreshResult{}, fmt.Errorf("list due tokens: %w", err)
 	}
-	par := o.Parallel
-	if par <= 0 {
-		par = 4
-	}
-	reserve := o.Reserve
-	if reserve <= 0 {
-		reserve = v.opts.LeaseDuration
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		// A function timeout shorter than the lease still renews keys.
-		reserve = min(reserve, time.Until(dl)/2)
-	}
-	lanes := map[string][]*store.Item{}
+	par := cmp.Or(o.Parallel, v.opts.RefreshParallel, DefaultRefreshParallel)
+	var due []*store.Item
+	var res RefreshResult
 	for _, it := range items {
 		before := now.Add(o.Horizon + jitter(it.PK, v.opts.RefreshJitter))
 		if (len(o.Providers) > 0 && !slices.Contains(o.Providers, it.Provider)) || (!o.Force && it.RefreshAt >= before.Unix()) {
 			continue // not asked for, or not due yet even with its jitter
 		}
-		lanes[it.Provider] = append(lanes[it.Provider], it)
+		due = append(due, it)
+		if lag := now.Unix() - it.RefreshAt; lag > res.LagSeconds {
+			res.LagSeconds = lag
+		}
 	}
+	res.Due = len(due)
+	v.obs.Value("", "RefreshDue", "Count", float64(res.Due))
+	v.obs.Value("", "RefreshLag", "Seconds", float64(res.LagSeconds))
+	sort.SliceStable(due, func(a, b int) bool {
+		if la, lb := v.lastInLine(due[a], now), v.lastInLine(due[b], now); la != lb {
+			return lb
+		}
+		return due[a].RefreshAt < due[b].RefreshAt
+	})
+
+	// Renewals run on a context that ends settleMargin before the run's
+	// deadline: a renewal cut short releases its lease or lets it lapse
+	// (fetchUnderLease writes nothing half), and the run returns in time.
+	rctx, cancel := ctx, context.CancelFunc(func() {})
+	if dl, ok := ctx.Deadline(); ok {
+		rctx, cancel = context.WithDeadline(ctx, dl.Add(-settleMargin))
+	}
+	defer cancel()
 	var (
-		mu     sync.Mutex
-		res    RefreshResult
-		wg     sync.WaitGroup
-		global = make(chan struct{}, par)
+		mu      sync.Mutex
+		wg      sync.WaitGroup
+		global  = make(chan struct{}, par)
+		slowest time.Duration // the run's worst renewal so far
 	)
 	count := func(p *int) { mu.Lock(); *p++; mu.Unlock() }
 	timeUp := func() bool {
-		dl, ok := ctx.Deadline()
-		return ctx.Err() != nil || (ok && time.Until(dl) < reserve)
+		dl, ok := rctx.Deadline()
+		if rctx.Err() != nil {
+			return true
+		}
+		if !ok {
+			return false
+		}
+		reserve := o.Reserve
+		if reserve <= 0 {
+			mu.Lock()
+			reserve = slowest // nothing measured yet: the first renewals go
+			mu.Unlock()
+		}
+		return time.Until(dl) < reserve
 	}
-	for prov, keys := range lanes {
-		sort.Slice(keys, func(a, b int) bool { return keys[a].ExpiresAt < keys[b].ExpiresAt })
-		var (
-			next atomic.Int64
-			down atomic.Bool
-		)
-		for range min(max(1, par/2), len(keys)) {
+	// One queue per provider, in the run's order; each provider's workers
+	// (its max_concurrent_fetches) take from it, and take one of the run's
+	// slots per renewal. A hung provider holds at most its own workers' slots.
+	var order []string
+	queues := map[string][]*store.Item{}
+	for _, it := range due {
+		if _, ok := queues[it.Provider]; !ok {
+			order = append(order, it.Provider)
+		}
+		queues[it.Provider] = append(queues[it.Provider], it)
+	}
+	for _, prov := range order {
+		keys := queues[prov]
+		l := v.newLane(ctx, prov, par)
+		var next atomic.Int64
+		for range min(l.workers, len(keys)) {
 			wg.Go(func() {
 				for {
 					i := int(next.Add(1)) - 1
 					if i >= len(keys) {
 						return
 					}
-					if down.Load() || timeUp() {
+					if l.down.Load() || timeUp() || (l.limit != nil && l.limit.Wait(rctx) != nil) || !acquire(rctx, global) {
 						count(&res.Deferred)
 						continue
 					}
-					global <- struct{}{}
-					outcome := v.renew(ctx, keys[i], now, o, &res, count)
+					start := time.Now()
+					outcome := v.renew(rctx, keys[i], now, o, &res, count)
 					<-global
-					if outcome == renewUnavailable {
-						down.Store(true)
+					took := time.Since(start)
+					mu.Lock()
+					slowest = max(slowest, took)
+					mu.Unlock()
+					if outcome == renewUnavailable && !l.down.Swap(true) {
 						v.log.WarnContext(ctx, "refresh: provider unavailable; its other keys wait for the next run", "provider", prov)
 					}
 				}
@@ -189,10 +251,47 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 		}
 	}
 	wg.Wait()
+	v.obs.Value("", "RefreshDeferred", "Count", float64(res.Deferred))
 	if res.Deferred > 0 {
-		v.log.WarnContext(ctx, "refresh run left keys for the next run", "deferred", res.Deferred)
+		v.log.WarnContext(ctx, "refresh run left keys for the next run", "deferred", res.Deferred, "due", res.Due, "lag_s", res.LagSeconds)
 	}
 	return res, nil
+}
+
+// lane is one provider's share of a run.
+type lane struct {
+	workers int           // max_concurrent_fetches, within half the run's slots
+	limit   *rate.Limiter // fetch_rate, when the definition sets one
+	down    atomic.Bool
+}
+
+func (v *Vendor) newLane(ctx context.Context, name string, par int) *lane {
+	n := DefaultProviderFetches
+	var limit *rate.Limiter
+	if def, err := v.providers.Get(ctx, name); err == nil {
+		if def.MaxConcurrentFetches > 0 {
+			n = def.MaxConcurrentFetches
+		}
+		if def.FetchRate > 0 {
+			limit = rate.NewLimiter(rate.Limit(def.FetchRate), 1)
+		}
+	}
+	return &lane{workers: max(1, min(n, par/2)), limit: limit}
+}
+
+func acquire(ctx context.Context, sem chan struct{}) bool {
+	select {
+	case sem <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// lastInLine: a key already expired and not vended for a usage interval is
+// renewed after every other, since nobody may need it.
+func (v *Vendor) lastInLine(it *store.Item, now time.Time) bool {
+	return !now.Before(it.Expiry()) && now.Sub(time.Unix(it.LastUsedAt, 0)) >= usageInterval(it, v.opts.IdleAfter)
 }
 
 type renewOutcome int
@@ -222,7 +321,10 @@ func (v *Vendor) renew(ctx context.Context, it *store.Item, now time.Time, o Ref
 		return renewDone
 	}
 	before := now.Add(o.Horizon + jitter(it.PK, v.opts.RefreshJitter))
-	_, err = v.shared(ctx, &job{def: def, key: key, mode: modeScheduled, before: before, force: o.Force})
+	// Run in this goroutine, not detached (shared): when the run's context
+	// ends, the renewal settles (lease released or failure recorded) before
+	// renew returns, so the run returns with nothing half-done.
+	_, err = v.run(ctx, &job{def: def, key: key, mode: modeScheduled, before: before, force: o.Force})
 	switch {
 	case err == nil:
 		count(&res.Refreshed)

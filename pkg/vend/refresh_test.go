@@ -1,7 +1,14 @@
 package vend_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,5 +59,106 @@ func TestRefresherHungProviderDoesNotStarveOthers(t *testing.T) {
 	}
 	if res.Failed+res.Deferred+res.Skipped != len(hung) {
 		t.Fatalf("hung provider's keys unaccounted for: %+v", res)
+	}
+}
+
+// inflight wraps the sandbox, counting concurrent token requests per client.
+type inflight struct {
+	h     http.Handler
+	delay time.Duration
+	mu    sync.Mutex
+	cur   map[string]int
+	peak  map[string]int
+}
+
+func (f *inflight) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	form, _ := url.ParseQuery(string(body))
+	id := form.Get("client_id")
+	f.mu.Lock()
+	f.cur[id]++
+	f.peak[id] = max(f.peak[id], f.cur[id])
+	f.mu.Unlock()
+	time.Sleep(f.delay)
+	f.h.ServeHTTP(w, r)
+	f.mu.Lock()
+	f.cur[id]--
+	f.mu.Unlock()
+}
+
+// The per-provider cap holds at the provider: many due keys of one
+// provider never make more concurrent token requests than its
+// max_concurrent_fetches, while the run as a whole keeps many in flight.
+func TestRefresherPerProviderCapAtTheProvider(t *testing.T) {
+	ctx := context.Background()
+	sb := sandbox.New()
+	f := &inflight{h: sb.Handler(), delay: 40 * time.Millisecond, cur: map[string]int{}, peak: map[string]int{}}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	defs := sandbox.DemoProviders(sb, srv.URL)
+	capped := *defs["demo-k2"] // client_secret_post: the client id is in the body
+	capped.MaxConcurrentFetches = 3
+	if err := capped.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	defs["demo-k2"] = &capped
+	v := vend.New(vendtest.NewProviders(defs), vendtest.Client(nil), store.NewMemory(nil), vend.Options{DisableRefreshAhead: true, L1MaxAge: -1})
+	for i := range 30 {
+		if _, err := v.Token(ctx, vend.Request{Provider: "demo-k2", Scope: fmt.Sprint("s", i), MinTTL: -1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.mu.Lock()
+	clear(f.peak)
+	f.mu.Unlock()
+	res, err := v.RefreshDue(ctx, vend.RefreshOptions{Force: true})
+	if err != nil || res.Refreshed != 30 || res.Due != 30 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p := f.peak["demo-k2-client"]; p > 3 || p < 2 {
+		t.Fatalf("peak concurrent token requests %d; the cap is 3", p)
+	}
+}
+
+// A run whose deadline arrives mid-renewal returns before it, and leaves no
+// lease held: every hung key's lease is released (or lapses at once).
+func TestRefresherReturnsBeforeItsDeadline(t *testing.T) {
+	ctx := context.Background()
+	up := vendtest.NewUpstream(t)
+	st := store.NewMemory(nil)
+	client := &upstream.Client{AttemptTimeout: 10 * time.Second, MaxAttempts: 1, MaxRetryAfter: -1}
+	v := vend.New(vendtest.NewProviders(up.Defs), client, st, vend.Options{LeaseDuration: 20 * time.Second, DisableRefreshAhead: true, L1MaxAge: -1})
+	var pks []string
+	for i := range 6 {
+		s := fmt.Sprint("s", i)
+		if _, err := v.Token(ctx, vend.Request{Provider: "demo-mobi", Scope: s, MinTTL: -1}); err != nil {
+			t.Fatal(err)
+		}
+		pks = append(pks, up.Defs["demo-mobi"].KeyFor([]string{s}).PK)
+	}
+	up.Server.SetFault(sandbox.Fault{ClientID: "demo-mobi-client", Delay: time.Minute})
+	rctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := v.RefreshDue(rctx, vend.RefreshOptions{Force: true})
+	took := time.Since(start)
+	if err != nil || took >= 1500*time.Millisecond {
+		t.Fatalf("run took %v (deadline 1.5 s): %+v %v", took, res, err)
+	}
+	t.Logf("%+v in %v", res, took)
+	if res.Refreshed != 0 || res.Failed+res.Deferred+res.Skipped != 6 {
+		t.Fatalf("%+v", res)
+	}
+	for _, pk := range pks {
+		it, _ := st.Get(ctx, pk, true)
+		if it == nil || it.Token.IsZero() {
+			t.Fatalf("%s: the cached token was lost", pk)
+		}
+		if it.LeaseOwner != "" && time.Now().Before(it.LeaseUntil()) {
+			t.Fatalf("%s: lease still held after the run returned", pk)
+		}
 	}
 }

@@ -123,6 +123,9 @@ type Options struct {
 	// IdleAfter: the refresher stops renewing a key nobody vended for this
 	// long (24 h); a provider's idle_after_seconds overrides it.
 	IdleAfter time.Duration
+	// RefreshParallel is a refresher run's default concurrency
+	// (DefaultRefreshParallel); RefreshOptions.Parallel overrides it.
+	RefreshParallel int
 	// DisableRefreshAhead stops the background renewal a caller triggers
 	// when it finds a token past refresh_at (the scheduled refresher still runs).
 	DisableRefreshAhead bool
