@@ -473,3 +473,22 @@ func TestSigningGrantsOnlyOnNamedKeys(t *testing.T) {
 		}
 	}
 }
+
+// The schedule does not replay a run (the next one takes what it left), and
+// the refresher has reserved concurrency and its run-wide concurrency set.
+func TestRefresherRunsAreNotRetriedAndHaveCapacity(t *testing.T) {
+	root, _ := loadTemplate(t)
+	fn := resources(t, root, "AWS::Serverless::Function")["RefresherFunction"]
+	if fn == nil {
+		t.Fatal("no RefresherFunction")
+	}
+	if v := get(fn, "Properties", "Events", "Schedule", "Properties", "RetryPolicy", "MaximumRetryAttempts"); v == nil || v.Value != "0" {
+		t.Error("the schedule's target may retry a run: want RetryPolicy.MaximumRetryAttempts 0")
+	}
+	if v := get(fn, "Properties", "ReservedConcurrentExecutions"); v == nil {
+		t.Error("the refresher has no reserved concurrency")
+	}
+	if v := get(fn, "Properties", "Environment", "Variables", "REFRESH_CONCURRENCY"); v == nil {
+		t.Error("REFRESH_CONCURRENCY is not set for the refresher")
+	}
+}

@@ -241,7 +241,12 @@ type Metric struct {
 
 // EMF parses the EMF documents in output into datapoints: the sum of the
 // values each metric received.
-func EMF(output string) map[Metric]float64 {
+func EMF(output string) map[Metric]float64 { return emf(output, "Sum") }
+
+// EMFMax is EMF with each metric's largest value (CloudWatch's Maximum).
+func EMFMax(output string) map[Metric]float64 { return emf(output, "Maximum") }
+
+func emf(output, stat string) map[Metric]float64 {
 	out := map[Metric]float64{}
 	for _, line := range strings.Split(output, "\n") {
 		if !strings.Contains(line, `"_aws"`) {
@@ -264,6 +269,9 @@ func EMF(output string) map[Metric]float64 {
 		for _, d := range meta.CloudWatchMetrics {
 			for _, m := range d.Metrics {
 				sum := sumValues(doc[m.Name])
+				if stat == "Maximum" {
+					sum = maxValue(doc[m.Name])
+				}
 				for _, set := range d.Dimensions {
 					var parts []string
 					for _, k := range set {
@@ -272,12 +280,31 @@ func EMF(output string) map[Metric]float64 {
 						parts = append(parts, k+"="+v)
 					}
 					slices.Sort(parts)
-					out[Metric{d.Namespace, m.Name, strings.Join(parts, ",")}] += sum
+					k := Metric{d.Namespace, m.Name, strings.Join(parts, ",")}
+					if stat == "Maximum" {
+						out[k] = max(out[k], sum)
+					} else {
+						out[k] += sum
+					}
 				}
 			}
 		}
 	}
 	return out
+}
+
+func maxValue(raw json.RawMessage) float64 {
+	var one float64
+	if json.Unmarshal(raw, &one) == nil {
+		return one
+	}
+	var many []float64
+	json.Unmarshal(raw, &many)
+	m := 0.0
+	for _, v := range many {
+		m = max(m, v)
+	}
+	return m
 }
 
 func sumValues(raw json.RawMessage) float64 {

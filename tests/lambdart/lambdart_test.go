@@ -19,6 +19,8 @@ import (
 
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/sandbox"
+	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/pkg/store/dynamostore"
 	"github.com/token-vendor/token-vendor/tests/eventcases"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
@@ -287,13 +289,30 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 		`"authorizer":{"iam":{"userArn":"arn:aws:sts::123456789012:assumed-role/other/s","accountId":"123456789012"}}}}`); !strings.Contains(string(inv.Payload), `"statusCode":403`) {
 		t.Fatalf("unlisted caller through the API: %s", inv.Payload)
 	}
+	// RefreshLagAlarm: a key ten minutes past its refresh point when the
+	// scheduled run starts (the refresher fell behind).
+	s.client("lagging", 3600)
+	lagDef := &provider.Definition{Name: "lagging", TokenURL: s.url + sandbox.K2TokenPath, ClientID: "lagging-client",
+		ClientSecret: "lagging-secret", AuthMethod: provider.AuthPost}
+	if err := lagDef.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	lagKey := lagDef.KeyFor(nil)
+	if err := dynamostore.New(testenv.DynamoDBClient(s.aws["AWS_ENDPOINT_URL_DYNAMODB"]), s.refs["TokenTable"]).Put(context.Background(), &store.Item{
+		PK: lagKey.PK, Provider: "lagging", Fingerprint: lagDef.Fingerprint(), Token: store.Secret{Plain: "old-token"}, TokenType: "Bearer",
+		IssuedAt: now.Add(-50 * time.Minute).Unix(), ExpiresAt: now.Add(10 * time.Minute).Unix(), RefreshAt: now.Add(-10 * time.Minute).Unix(),
+		LastUsedAt: now.Unix(), Version: now.UnixMicro()}, 0); err != nil {
+		t.Fatal(err)
+	}
+	expectErr(s.invoke(ref, `{"version":"0","detail-type":"Scheduled Event","source":"aws.events","detail":{}}`), "")
 	// RefresherFunctionErrorsAlarm (AWS/Lambda Errors): the run itself fails.
 	refErr := s.invoke(s.start("RefresherFunction", dead), `{"providers":[],"force":false}`)
 	if refErr.ErrorType == "" {
 		t.Fatalf("refresher with DynamoDB unreachable reported no error: %s", refErr.Payload)
 	}
 
-	published := EMF(s.output())
+	published, maxima := EMF(s.output()), EMFMax(s.output())
 	root, err := LoadTemplate()
 	if err != nil {
 		t.Fatal(err)
@@ -317,7 +336,8 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 			}
 			continue // Lambda counts the error the runtime reported above
 		}
-		if stat := Get(p, "Statistic").Value; stat != "Sum" {
+		stat := Get(p, "Statistic").Value
+		if stat != "Sum" && stat != "Maximum" {
 			t.Errorf("%s: statistic %s", name, stat)
 		}
 		dims := ""
@@ -325,6 +345,9 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 			t.Errorf("%s: alarm on a per-dimension metric %v; the code publishes the fleet-wide aggregate", name, Scalars(d))
 		}
 		got, ok := published[Metric{ns, metric, dims}]
+		if stat == "Maximum" {
+			got, ok = maxima[Metric{ns, metric, dims}]
+		}
 		if !ok {
 			t.Errorf("%s watches %s/%s with dimensions [%s], which the code never published", name, ns, metric, dims)
 			continue
