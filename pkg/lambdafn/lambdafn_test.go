@@ -123,11 +123,11 @@ func TestRefresherEvents(t *testing.T) {
 	p.v.Token(context.Background(), vend.Request{Provider: "demo-k2", MinTTL: -1})
 	h := lambda.NewHandler(lambdafn.Refresh(p.v, 60_000_000_000, quiet))
 	out, err := h.Invoke(context.Background(), []byte(`{"detail-type":"Scheduled Event","source":"aws.events","detail":{}}`))
-	if err != nil || string(out) != `{"refreshed":0,"failed":0,"skipped":0,"deferred":0,"retired":0}` {
+	if err != nil || string(out) != `{"due":0,"refreshed":0,"failed":0,"skipped":0,"deferred":0,"retired":0,"lag_seconds":0}` {
 		t.Fatalf("scheduled, nothing due: %s %v", out, err)
 	}
 	out, err = h.Invoke(context.Background(), []byte(`{"providers":["demo-k2"],"force":true}`))
-	if err != nil || string(out) != `{"refreshed":1,"failed":0,"skipped":0,"deferred":0,"retired":0}` {
+	if err != nil || string(out) != `{"due":1,"refreshed":1,"failed":0,"skipped":0,"deferred":0,"retired":0,"lag_seconds":0}` {
 		t.Fatalf("manual: %s %v", out, err)
 	}
 	// (Payloads that are not JSON at all never reach a handler: Lambda's Invoke API refuses them.)

@@ -104,7 +104,7 @@ func (c Case) Check(payload []byte, errorType string) error {
 		if json.Unmarshal(payload, &res) != nil {
 			return fmt.Errorf("not a refresh result: %s", payload)
 		}
-		for _, k := range []string{"refreshed", "failed", "skipped", "deferred", "retired"} {
+		for _, k := range []string{"due", "refreshed", "failed", "skipped", "deferred", "retired", "lag_seconds"} {
 			if _, ok := res[k]; !ok {
 				return fmt.Errorf("refresh result lacks %s: %s", k, payload)
 			}

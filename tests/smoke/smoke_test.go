@@ -47,7 +47,7 @@ type fakeAWS struct {
 
 func healthy() *fakeAWS {
 	return &fakeAWS{status: cfntypes.StackStatusUpdateComplete, apiToken: secretToken,
-		refresherOut: `{"refreshed":2,"failed":0,"skipped":1,"deferred":0,"retired":0}`,
+		refresherOut: `{"due":3,"refreshed":2,"failed":0,"skipped":1,"deferred":0,"retired":0,"lag_seconds":0}`,
 		dimSets:      [][]string{{"Provider", "Source"}, {"Source"}, {}},
 		ttl:          ddbtypes.TimeToLiveStatusEnabled, index: ddbtypes.IndexStatusActive, alarmsFound: 2,
 		ruleState: ebtypes.RuleStateEnabled, secretNames: []string{"token-vendor/providers/k2"}}
