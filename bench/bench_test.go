@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 func TestQuickRun(t *testing.T) {
 	testenv.DynamoDB(t)
 	r := &report{quick: true}
-	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench, signingBench, identityBench} {
+	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench, signingBench, identityBench, refresherBench} {
 		if err := step(r); err != nil {
 			t.Fatal(err)
 		}
@@ -48,6 +48,13 @@ func TestQuickRun(t *testing.T) {
 	// is far cheaper than one STS must verify.
 	if len(r.identity) != 5 || r.identity[2].P50*5 > r.identity[3].P50 {
 		t.Fatalf("identity rows: %+v", r.identity)
+	}
+	// The refresher: every key due is renewed once at the provider, and the
+	// run returns before its deadline.
+	for _, x := range r.refresher {
+		if !x.BeforeDline || x.Upstream != x.Renewed || x.Renewed == 0 {
+			t.Fatalf("refresher run %+v", x)
+		}
 	}
 	// The refresh index reads what is due, not the table.
 	for _, s := range r.scale {

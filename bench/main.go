@@ -43,6 +43,7 @@ func main() {
 		{"extension", extensionBench},
 		{"assertion signing", signingBench},
 		{"caller identity", identityBench},
+		{"refresher throughput", refresherBench},
 	}
 	for _, s := range steps {
 		fmt.Fprintf(os.Stderr, "bench: %s…\n", s.name)

@@ -32,6 +32,7 @@ type report struct {
 	ext        extensionResult
 	signing    []latencyRow
 	identity   []latencyRow
+	refresher  []refresherRow
 }
 
 // AWS list prices used for the cost estimate (us-east-1).
@@ -228,6 +229,7 @@ func (r *report) write(path, plotPath string) error {
 	r.writeExtension(w)
 	r.writeSigning(w)
 	r.writeIdentity(w)
+	r.writeRefresher(w)
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err
 	}
