@@ -6,6 +6,7 @@
 package assertion
 
 import (
+	"crypto/hmac"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -128,13 +129,24 @@ func (k *Keys) signer(ctx context.Context, def *provider.Definition) (signer, jw
 // Assertion returns a signed client assertion for def, its audience the
 // token endpoint (or assertion_audience), with a fresh jti.
 func (k *Keys) Assertion(ctx context.Context, def *provider.Definition, audience string) (string, error) {
-	s, alg, err := k.signer(ctx, def)
-	if err != nil {
-		return "", err
-	}
-	kid, err := keyID(def, s.Public())
-	if err != nil {
-		return "", permanent(def, "signing_key_invalid", err)
+	var (
+		s      signer
+		header map[string]string
+	)
+	if def.AuthMethod == provider.AuthClientSecretJWT {
+		// RFC 7523 with OIDC Core §9 client_secret_jwt: HS256 keyed by the
+		// client secret; no kid (the secret is the key).
+		s, header = hmacSigner{secret: []byte(def.ClientSecret)}, map[string]string{"alg": "HS256", "typ": "JWT"}
+	} else {
+		ks, alg, err := k.signer(ctx, def)
+		if err != nil {
+			return "", err
+		}
+		kid, err := keyID(def, ks.Public())
+		if err != nil {
+			return "", permanent(def, "signing_key_invalid", err)
+		}
+		s, header = ks, map[string]string{"alg": alg.String(), "typ": "JWT", "kid": kid}
 	}
 	if audience == "" { // a token request: the configured audience, else the token endpoint
 		audience = def.TokenURL
@@ -148,13 +160,13 @@ func (k *Keys) Assertion(ctx context.Context, def *provider.Definition, audience
 	// Valid from a little before now: an authorization server whose clock
 	// runs behind ours must not see an assertion from its future.
 	nbf := now - int64(ClockAllowance/time.Second)
-	header, _ := json.Marshal(map[string]string{"alg": alg.String(), "typ": "JWT", "kid": kid})
+	hdr, _ := json.Marshal(header)
 	claims, _ := json.Marshal(map[string]any{"iss": def.ClientID, "sub": def.ClientID, "aud": audience,
 		"jti": hex.EncodeToString(jti), "iat": nbf, "nbf": nbf, "exp": now + int64(Lifetime/time.Second)})
 	// JWS compact serialization (RFC 7515 §7.1), assembled here rather than
 	// by jwx: a KMS key signs the signing input itself (MessageType RAW),
 	// which jwx's crypto.Signer path cannot express — it hands a digest.
-	input := b64.EncodeToString(header) + "." + b64.EncodeToString(claims)
+	input := b64.EncodeToString(hdr) + "." + b64.EncodeToString(claims)
 	sig, err := s.signInput(ctx, []byte(input))
 	if err != nil {
 		var re *upstream.RetrieveError
@@ -167,6 +179,17 @@ func (k *Keys) Assertion(ctx context.Context, def *provider.Definition, audience
 }
 
 var b64 = base64.RawURLEncoding
+
+// hmacSigner signs client_secret_jwt assertions (HS256).
+type hmacSigner struct{ secret []byte }
+
+func (h hmacSigner) Public() crypto.PublicKey { return nil }
+
+func (h hmacSigner) signInput(_ context.Context, input []byte) ([]byte, error) {
+	m := hmac.New(sha256.New, h.secret)
+	m.Write(input)
+	return m.Sum(nil), nil
+}
 
 // localSigner signs with a PEM key.
 type localSigner struct {

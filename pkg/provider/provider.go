@@ -36,6 +36,10 @@ const (
 	// AuthPrivateKeyJWT signs a client assertion (RFC 7523 §2.2) with
 	// private_key (PEM) or kms_key_id (an asymmetric KMS key).
 	AuthPrivateKeyJWT = "private_key_jwt"
+	// AuthClientSecretJWT signs a client assertion with HMAC-SHA256 keyed
+	// by client_secret (RFC 7523, OpenID Connect Core §9): the secret
+	// never travels.
+	AuthClientSecretJWT = "client_secret_jwt"
 	// AuthTLS and AuthSelfSignedTLS authenticate with a client certificate
 	// (RFC 8705 §2.1, §2.2): client_certificate and client_key.
 	AuthTLS           = "tls_client_auth"
@@ -205,9 +209,9 @@ func (d *Definition) Validate() error {
 	switch d.AuthMethod {
 	case "":
 		d.AuthMethod = AuthBasic // RFC 6749 §2.3.1: servers MUST support Basic.
-	case AuthBasic, AuthPost, AuthQuery, AuthPrivateKeyJWT, AuthTLS, AuthSelfSignedTLS:
+	case AuthBasic, AuthPost, AuthQuery, AuthPrivateKeyJWT, AuthClientSecretJWT, AuthTLS, AuthSelfSignedTLS:
 	default:
-		return fe("auth_method", "must be one of client_secret_basic, client_secret_post, query, private_key_jwt, tls_client_auth, self_signed_tls_client_auth")
+		return fe("auth_method", "must be one of client_secret_basic, client_secret_post, query, client_secret_jwt, private_key_jwt, tls_client_auth, self_signed_tls_client_auth")
 	}
 	keyFields := map[string]string{"kms_key_id": d.KMSKeyID, "private_key": d.PrivateKey, "signing_alg": d.SigningAlg, "key_id": d.KeyID, "assertion_audience": d.AssertionAudience}
 	certFields := map[string]string{"client_certificate": d.ClientCertificate, "client_key": d.ClientKey}
@@ -222,6 +226,25 @@ func (d *Definition) Validate() error {
 	switch d.AuthMethod {
 	case AuthPrivateKeyJWT:
 		if err := d.validateKeyAuth(fe); err != nil {
+			return err
+		}
+		if err := only(certFields, "tls_client_auth or self_signed_tls_client_auth"); err != nil {
+			return err
+		}
+	case AuthClientSecretJWT:
+		if d.ClientSecret == "" {
+			return fe("client_secret", "required (the HMAC key of client_secret_jwt)")
+		}
+		if len(d.ClientSecret) < 32 {
+			return fe("client_secret", "at least 32 bytes for HS256 (RFC 7518 §3.2)")
+		}
+		if d.SigningAlg != "" && d.SigningAlg != "HS256" {
+			return fe("signing_alg", "client_secret_jwt signs with HS256")
+		}
+		if d.AssertionAudience != "" && !printable(d.AssertionAudience) {
+			return fe("assertion_audience", "must not contain control characters")
+		}
+		if err := only(map[string]string{"kms_key_id": d.KMSKeyID, "private_key": d.PrivateKey, "key_id": d.KeyID}, "private_key_jwt"); err != nil {
 			return err
 		}
 		if err := only(certFields, "tls_client_auth or self_signed_tls_client_auth"); err != nil {

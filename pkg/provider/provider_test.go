@@ -75,7 +75,14 @@ func TestParseRejectsWithFieldAndNoSecret(t *testing.T) {
 		{"missing client_id", "client_id", def(func(m map[string]any) { delete(m, "client_id") })},
 		{"missing secret", "client_secret", def(func(m map[string]any) { delete(m, "client_secret") })},
 		{"secret with newline", "client_secret", def(func(m map[string]any) { m["client_secret"] = canary + "\n" })},
-		{"bad auth method", "auth_method", def(func(m map[string]any) { m["auth_method"] = "client_secret_jwt" })},
+		{"bad auth method", "auth_method", def(func(m map[string]any) { m["auth_method"] = "client_secret_magic" })},
+		{"client_secret_jwt with a short secret", "client_secret", def(func(m map[string]any) { m["auth_method"] = "client_secret_jwt" })},
+		{"client_secret_jwt with a KMS key", "kms_key_id", def(func(m map[string]any) {
+			m["auth_method"], m["client_secret"], m["kms_key_id"] = "client_secret_jwt", strings.Repeat("s", 40), "alias/k"
+		})},
+		{"client_secret_jwt with RS256", "signing_alg", def(func(m map[string]any) {
+			m["auth_method"], m["client_secret"], m["signing_alg"] = "client_secret_jwt", strings.Repeat("s", 40), "RS256"
+		})},
 		{"private_key_jwt with a secret", "client_secret", def(func(m map[string]any) { m["auth_method"] = "private_key_jwt"; m["kms_key_id"] = "alias/k" })},
 		{"private_key_jwt without a key", "kms_key_id", def(func(m map[string]any) { m["auth_method"] = "private_key_jwt"; delete(m, "client_secret") })},
 		{"private_key_jwt with both keys", "private_key", def(func(m map[string]any) {

@@ -81,7 +81,7 @@ type Assertions interface {
 // own URL as audience, so a revoke_url on another host holds nothing it
 // could redeem at the token endpoint.
 func (c *Client) clientAssertion(ctx context.Context, def *provider.Definition, audience string) (string, error) {
-	if def.AuthMethod != provider.AuthPrivateKeyJWT {
+	if def.AuthMethod != provider.AuthPrivateKeyJWT && def.AuthMethod != provider.AuthClientSecretJWT {
 		return "", nil
 	}
 	if c.Assertions == nil {
@@ -288,7 +288,7 @@ func buildRequest(ctx context.Context, def *provider.Definition, endpoint string
 		// RFC 8705 §2: the certificate authenticates; client_id names the client.
 		params.Set("client_id", def.ClientID)
 		body = params.Encode()
-	case provider.AuthPrivateKeyJWT:
+	case provider.AuthPrivateKeyJWT, provider.AuthClientSecretJWT:
 		// RFC 7523 §2.2; client_id too, which RFC 6749 §3.2.1 allows and
 		// many servers want.
 		params.Set("client_id", def.ClientID)

@@ -43,6 +43,7 @@ import (
 )
 
 const (
+	canaryHMAC         = "CANARY-HMAC-KEY-client-secret-jwt-0123456789"
 	canaryProofSession = "CANARY-PROOF-SESSION-TOKEN-5e1"
 	canarySecret       = "CANARY-SECRET-7f3a+/=x"
 	canaryToken        = "CANARY-TOKEN-91bd"
@@ -71,7 +72,7 @@ func (p *leakyProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "echo401":
 		w.WriteHeader(401)
 		raw := " raw=" + canarySecret // the client's secret, echoed as it arrived
-		if strings.Contains(echo, "client-jwt") || strings.Contains(echo, "client-mtls") {
+		if strings.Contains(echo, "client-jwt") || strings.Contains(echo, "client-mtls") || strings.Contains(echo, "client-hs") {
 			raw = "" // these clients send no secret; their assertion is in the echo
 		}
 		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_client", "error_description": "bad credentials: " + echo + raw})
@@ -119,6 +120,8 @@ func TestCanariesNeverLeak(t *testing.T) {
 	for name, d := range map[string]*provider.Definition{
 		"jwt":  {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthPrivateKeyJWT, PrivateKey: jwtPEM, RevokeURL: srv.URL + "/r"},
 		"mtls": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthTLS, ClientCertificate: certPEM, ClientKey: keyPEM},
+		// client_secret_jwt: the HMAC key is a secret that never travels.
+		"hs": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthClientSecretJWT, ClientSecret: canaryHMAC, RevokeURL: srv.URL + "/r"},
 	} {
 		d.Name, d.ClientID = name, "client-"+name
 		if err := d.Validate(); err != nil {
@@ -126,7 +129,7 @@ func TestCanariesNeverLeak(t *testing.T) {
 		}
 		defs[name] = d
 	}
-	keyCanaries := []string{pemBody(jwtPEM), pemBody(keyPEM), "eyJhbGciOi"} // the keys' bodies; any JWS header (an assertion)
+	keyCanaries := []string{pemBody(jwtPEM), pemBody(keyPEM), "eyJhbGciOi", canaryHMAC} // the keys' bodies; any JWS header (an assertion)
 
 	// A provider only one role may have, and an STS that refuses every proof
 	// echoing what it was sent: the audit records and refusals of direct

@@ -55,6 +55,7 @@ type registration struct {
 	ClientID  string          `json:"client_id"`
 	Auth      string          `json:"auth,omitempty"` // private_key_jwt when empty
 	JWKS      json.RawMessage `json:"jwks,omitempty"`
+	Secret    string          `json:"secret,omitempty"` // client_secret_jwt
 	SubjectDN string          `json:"subject_dn,omitempty"`
 }
 
@@ -326,4 +327,39 @@ func kid(t *testing.T, keys *assertion.Keys, d *provider.Definition) string {
 	}
 	json.Unmarshal(raw, &set)
 	return set.Keys[0].Kid
+}
+
+// client_secret_jwt (HS256 over the client secret, RFC 7523 with the OIDC
+// Core claims) against oidc-provider: the token is issued and cached, the
+// assertion carries HS256 and no kid, and the secret never travels; a
+// wrong secret is refused as upstream_rejected.
+func TestClientSecretJWT(t *testing.T) {
+	secret := "hs256-client-secret-" + strings.Repeat("k", 24)
+	srv := startWith(t, []registration{{ClientID: "svc-hs", Auth: provider.AuthClientSecretJWT, Secret: secret}}, nil)
+	d := definition(srv, "svc-hs", func(d *provider.Definition) {
+		d.AuthMethod, d.ClientSecret = provider.AuthClientSecretJWT, secret
+	})
+	ctx := context.Background()
+	v, _ := vendor(map[string]*provider.Definition{"svc-hs": d}, assertion.New(nil))
+	tok, err := v.Token(ctx, vend.Request{Provider: "svc-hs", Scope: "read", MinTTL: -1})
+	if err != nil || tok.AccessToken == "" || tok.Source != vend.FromUpstream {
+		t.Fatalf("client_secret_jwt: %+v %v", tok, err)
+	}
+	if again, err := v.Token(ctx, vend.Request{Provider: "svc-hs", Scope: "read", MinTTL: -1}); err != nil || again.AccessToken != tok.AccessToken {
+		t.Fatalf("not cached: %v", err)
+	}
+	got := srv.assertions(t)
+	if len(got) != 1 || got[0].Header["alg"] != "HS256" || got[0].Header["kid"] != nil || got[0].Claims["iss"] != "svc-hs" || got[0].Claims["sub"] != "svc-hs" {
+		t.Fatalf("assertions seen: %+v", got)
+	}
+	wrong := *d
+	wrong.ClientSecret = strings.Repeat("w", 44)
+	if err := wrong.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	v, _ = vendor(map[string]*provider.Definition{"svc-hs": &wrong}, assertion.New(nil))
+	_, err = v.Token(ctx, vend.Request{Provider: "svc-hs", Scope: "read", MinTTL: -1})
+	if re, ok := upstream.AsRetrieveError(err); !ok || re.Kind != upstream.Permanent || re.Code != "invalid_client" {
+		t.Fatalf("a wrong secret: want invalid_client, got %v", err)
+	}
 }

@@ -1,7 +1,8 @@
 // panva/oidc-provider configured as the authorization server for the
 // private_key_jwt and mutual-TLS tests: one client per registration in
-// CLIENTS (JSON: [{client_id, auth, jwks, subject_dn}], auth one of
-// private_key_jwt (default), tls_client_auth, self_signed_tls_client_auth),
+// CLIENTS (JSON: [{client_id, auth, jwks, secret, subject_dn}], auth one of
+// private_key_jwt (default), client_secret_jwt, tls_client_auth,
+// self_signed_tls_client_auth),
 // client_credentials only. With TLS_KEY, TLS_CERT and TLS_CA (PEM files) it
 // serves HTTPS and asks for client certificates (requestCert), which it
 // hands to oidc-provider's mTLS feature. It prints "listening <port>" once
@@ -17,6 +18,7 @@ const clients = JSON.parse(process.env.CLIENTS || '[]').map((c) => ({
   client_id: c.client_id,
   token_endpoint_auth_method: c.auth || 'private_key_jwt',
   ...(c.jwks ? { jwks: c.jwks } : {}),
+  ...(c.secret ? { client_secret: c.secret } : {}),
   ...(c.subject_dn ? { tls_client_auth_subject_dn: c.subject_dn } : {}),
   grant_types: ['client_credentials'],
   response_types: [],
@@ -38,7 +40,7 @@ const peer = (ctx) => {
 const seen = [];
 const provider = new Provider(`${tls ? 'https' : 'http'}://127.0.0.1:${port}`, {
   clients,
-  clientAuthMethods: tls ? ['private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth'] : ['private_key_jwt'],
+  clientAuthMethods: tls ? ['private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth'] : ['private_key_jwt', 'client_secret_jwt'],
   scopes: ['read', 'write'],
   features: {
     clientCredentials: { enabled: true },
