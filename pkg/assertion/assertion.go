@@ -6,13 +6,14 @@
 package assertion
 
 import (
-	"crypto/hmac"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
@@ -147,6 +148,19 @@ func (k *Keys) Assertion(ctx context.Context, def *provider.Definition, audience
 			return "", permanent(def, "signing_key_invalid", err)
 		}
 		s, header = ks, map[string]string{"alg": alg.String(), "typ": "JWT", "kid": kid}
+		if def.SigningCertificate != "" {
+			cert, err := provider.ParseCertificate(def.SigningCertificate)
+			if err != nil || !provider.SamePublicKey(ks.Public(), cert.PublicKey) {
+				return "", permanent(def, "signing_key_invalid", errors.New("signing_certificate is not the certificate of the signing key"))
+			}
+			// RFC 7515 §4.1.8 and §4.1.7: thumbprints of the certificate's DER.
+			s256 := sha256.Sum256(cert.Raw)
+			header["x5t#S256"] = b64.EncodeToString(s256[:])
+			if def.AssertionX5T {
+				s1 := sha1.Sum(cert.Raw) // #nosec: a thumbprint the server asks for, not a signature
+				header["x5t"] = b64.EncodeToString(s1[:])
+			}
+		}
 	}
 	if audience == "" { // a token request: the configured audience, else the token endpoint
 		audience = def.TokenURL

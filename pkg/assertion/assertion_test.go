@@ -7,10 +7,14 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -356,4 +360,50 @@ func TestAliasRepointedKeepsKidAndSignatureTogether(t *testing.T) {
 	}
 	keys.Forget(d)
 	check("after Forget (invalid_client)", key1)
+}
+
+func certFor(t *testing.T, k crypto.Signer) (string, *x509.Certificate) {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "svc"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), c
+}
+
+// With the signing key's certificate, assertions carry its thumbprints
+// (x5t#S256; x5t when asked), which match the certificate; a certificate of
+// another key is refused when the definition is loaded.
+func TestCertificateThumbprintsInTheHeader(t *testing.T) {
+	k, _ := rsa.GenerateKey(rand.Reader, 2048)
+	certPEM, cert := certFor(t, k)
+	d := def(func(d *provider.Definition) {
+		d.PrivateKey, d.SigningCertificate, d.AssertionX5T = pemOf(t, k), certPEM, true
+	})
+	keys := assertion.New(nil)
+	a, err := keys.Assertion(context.Background(), d, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify(t, keys, d, a)
+	msg, _ := jws.Parse([]byte(a))
+	h := msg.Signatures()[0].ProtectedHeaders()
+	s256 := sha256.Sum256(cert.Raw)
+	s1 := sha1.Sum(cert.Raw)
+	var got256, got1 string
+	h.Get("x5t#S256", &got256)
+	h.Get("x5t", &got1)
+	if got256 != base64.RawURLEncoding.EncodeToString(s256[:]) || got1 != base64.RawURLEncoding.EncodeToString(s1[:]) {
+		t.Fatalf("x5t#S256 %q, x5t %q do not match the certificate", got256, got1)
+	}
+	other, _ := rsa.GenerateKey(rand.Reader, 2048)
+	otherPEM, _ := certFor(t, other)
+	bad := &provider.Definition{Name: "p", TokenURL: "https://idp.example/token", ClientID: "c", AuthMethod: provider.AuthPrivateKeyJWT,
+		PrivateKey: pemOf(t, k), SigningCertificate: otherPEM}
+	var fe *provider.FieldError
+	if err := bad.Validate(); !errors.As(err, &fe) || fe.Field != "signing_certificate" {
+		t.Fatalf("a certificate of another key: %v", err)
+	}
 }

@@ -78,11 +78,17 @@ type Definition struct {
 	// like ClientSecret). SigningAlg RS256, PS256 or ES256 (default: the
 	// key's); KeyID the JWS kid (default: the RFC 7638 thumbprint);
 	// AssertionAudience the aud (default: token_url).
-	KMSKeyID          string `json:"kms_key_id,omitempty"`
-	PrivateKey        string `json:"private_key,omitempty"`
-	SigningAlg        string `json:"signing_alg,omitempty"`
-	KeyID             string `json:"key_id,omitempty"`
-	AssertionAudience string `json:"assertion_audience,omitempty"`
+	KMSKeyID string `json:"kms_key_id,omitempty"`
+	// SigningCertificate (private_key_jwt, optional) is the PEM certificate
+	// of the signing key: assertions then carry its SHA-256 thumbprint
+	// (x5t#S256) and, with AssertionX5T, its SHA-1 one (x5t), as Microsoft
+	// Entra ID certificate credentials want.
+	SigningCertificate string `json:"signing_certificate,omitempty"`
+	AssertionX5T       bool   `json:"assertion_x5t,omitempty"`
+	PrivateKey         string `json:"private_key,omitempty"`
+	SigningAlg         string `json:"signing_alg,omitempty"`
+	KeyID              string `json:"key_id,omitempty"`
+	AssertionAudience  string `json:"assertion_audience,omitempty"`
 	// tls_client_auth, self_signed_tls_client_auth: a PEM certificate
 	// chain (leaf first) and its PEM private key (a secret).
 	ClientCertificate string `json:"client_certificate,omitempty"`
@@ -213,7 +219,8 @@ func (d *Definition) Validate() error {
 	default:
 		return fe("auth_method", "must be one of client_secret_basic, client_secret_post, query, client_secret_jwt, private_key_jwt, tls_client_auth, self_signed_tls_client_auth")
 	}
-	keyFields := map[string]string{"kms_key_id": d.KMSKeyID, "private_key": d.PrivateKey, "signing_alg": d.SigningAlg, "key_id": d.KeyID, "assertion_audience": d.AssertionAudience}
+	keyFields := map[string]string{"kms_key_id": d.KMSKeyID, "private_key": d.PrivateKey, "signing_alg": d.SigningAlg, "key_id": d.KeyID,
+		"assertion_audience": d.AssertionAudience, "signing_certificate": d.SigningCertificate}
 	certFields := map[string]string{"client_certificate": d.ClientCertificate, "client_key": d.ClientKey}
 	only := func(fields map[string]string, method string) error {
 		for name, v := range fields {
@@ -244,7 +251,7 @@ func (d *Definition) Validate() error {
 		if d.AssertionAudience != "" && !printable(d.AssertionAudience) {
 			return fe("assertion_audience", "must not contain control characters")
 		}
-		if err := only(map[string]string{"kms_key_id": d.KMSKeyID, "private_key": d.PrivateKey, "key_id": d.KeyID}, "private_key_jwt"); err != nil {
+		if err := only(map[string]string{"kms_key_id": d.KMSKeyID, "private_key": d.PrivateKey, "key_id": d.KeyID, "signing_certificate": d.SigningCertificate}, "private_key_jwt"); err != nil {
 			return err
 		}
 		if err := only(certFields, "tls_client_auth or self_signed_tls_client_auth"); err != nil {
@@ -498,6 +505,19 @@ func (d *Definition) validateKeyAuth(fe func(field, reason string) error) error 
 	default:
 		return fe("signing_alg", "must be RS256, PS256 or ES256")
 	}
+	if d.SigningCertificate != "" {
+		cert, err := ParseCertificate(d.SigningCertificate)
+		if err != nil {
+			return fe("signing_certificate", err.Error())
+		}
+		if d.PrivateKey != "" {
+			if k, err := ParsePrivateKey(d.PrivateKey); err == nil && !SamePublicKey(k.Public(), cert.PublicKey) {
+				return fe("signing_certificate", "is not the certificate of private_key (another public key)")
+			}
+		}
+	} else if d.AssertionX5T {
+		return fe("assertion_x5t", "needs signing_certificate")
+	}
 	if d.AssertionAudience != "" && !printable(d.AssertionAudience) {
 		return fe("assertion_audience", "must not contain control characters")
 	}
@@ -505,6 +525,25 @@ func (d *Definition) validateKeyAuth(fe func(field, reason string) error) error 
 		return fe("key_id", "must not contain control characters")
 	}
 	return nil
+}
+
+// ParseCertificate reads one PEM certificate (the first of a chain).
+func ParseCertificate(s string) (*x509.Certificate, error) {
+	block, _ := pem.Decode([]byte(s))
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("must be a PEM certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, errors.New("not a parsable X.509 certificate")
+	}
+	return cert, nil
+}
+
+// SamePublicKey reports whether two public keys are the same key.
+func SamePublicKey(a, b crypto.PublicKey) bool {
+	eq, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && eq.Equal(b)
 }
 
 // MinRSABits is the smallest RSA key accepted for signing (RFC 7518 §3.3).

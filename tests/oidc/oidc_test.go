@@ -12,10 +12,14 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net/http"
 	"os"
 	"os/exec"
@@ -361,5 +365,37 @@ func TestClientSecretJWT(t *testing.T) {
 	_, err = v.Token(ctx, vend.Request{Provider: "svc-hs", Scope: "read", MinTTL: -1})
 	if re, ok := upstream.AsRetrieveError(err); !ok || re.Kind != upstream.Permanent || re.Code != "invalid_client" {
 		t.Fatalf("a wrong secret: want invalid_client, got %v", err)
+	}
+}
+
+// An assertion with the signing key's certificate thumbprints in its header
+// (x5t#S256, x5t) is accepted by oidc-provider, which sees the headers the
+// certificate gives.
+func TestCertificateThumbprintAccepted(t *testing.T) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(9), Subject: pkix.Name{CommonName: "svc-cert"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	keys := assertion.New(nil)
+	placeholder := &server{issuer: "http://127.0.0.1:1"}
+	withCert := definition(placeholder, "svc-cert", func(d *provider.Definition) {
+		d.PrivateKey, d.SigningCertificate, d.AssertionX5T = pemOf(k), certPEM, true
+	})
+	srv := start(t, map[string]json.RawMessage{"svc-cert": jwks(t, keys, withCert)})
+	withCert.TokenURL = srv.issuer + "/token"
+	if err := withCert.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := vendor(map[string]*provider.Definition{"svc-cert": withCert}, keys)
+	if _, err := v.Token(context.Background(), vend.Request{Provider: "svc-cert", Scope: "read", MinTTL: -1}); err != nil {
+		t.Fatal(err)
+	}
+	got := srv.assertions(t)
+	s256 := sha256.Sum256(der)
+	if len(got) != 1 || got[0].Header["x5t#S256"] != base64.RawURLEncoding.EncodeToString(s256[:]) || got[0].Header["x5t"] == nil {
+		t.Fatalf("headers seen: %+v", got)
 	}
 }
