@@ -271,7 +271,7 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		Observer:            metrics,
 	})
 	g := gate.New(v, provs, log, metrics)
-	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: httpapi.New(g, provs, log, nil), Log: log, Metrics: metrics, Keys: keys}
+	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: httpapi.New(g, provs, log, nil).WithJWKS(keys), Log: log, Metrics: metrics, Keys: keys}
 	if cfg.VendorID != "" && cfg.STSEndpoint != "" {
 		a.Proofs = &identity.Verifier{Endpoint: cfg.STSEndpoint, VendorID: cfg.VendorID}
 	}

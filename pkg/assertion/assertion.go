@@ -248,22 +248,62 @@ func (k *Keys) JWKS(ctx context.Context, def *provider.Definition) ([]byte, erro
 	if err != nil {
 		return nil, err
 	}
-	key, err := jwk.Import(s.Public())
-	if err != nil {
-		return nil, err
-	}
 	kid, err := keyID(def, s.Public())
 	if err != nil {
 		return nil, err
 	}
+	set := jwk.NewSet()
+	if err := addPublic(set, s.Public(), kid, alg); err != nil {
+		return nil, err
+	}
+	// Keys published ahead of (or after) their use: a rotation publishes the
+	// next key at least one cache lifetime before it signs.
+	for _, p := range def.PublishKeys {
+		pub, err := k.published(ctx, def, p)
+		if err != nil {
+			return nil, err
+		}
+		pd := *def
+		pd.KeyID, pd.SigningAlg = "", ""
+		palg, _, err := algorithm(&pd, pub)
+		if err != nil {
+			return nil, err
+		}
+		pkid, err := keyID(&pd, pub)
+		if err != nil {
+			return nil, err
+		}
+		if err := addPublic(set, pub, pkid, palg); err != nil {
+			return nil, err
+		}
+	}
+	return json.MarshalIndent(set, "", "  ")
+}
+
+func addPublic(set jwk.Set, pub crypto.PublicKey, kid string, alg jwa.SignatureAlgorithm) error {
+	key, err := jwk.Import(pub)
+	if err != nil {
+		return err
+	}
 	key.Set(jwk.KeyIDKey, kid)
 	key.Set(jwk.AlgorithmKey, alg)
 	key.Set(jwk.KeyUsageKey, "sig")
-	set := jwk.NewSet()
-	if err := set.AddKey(key); err != nil {
+	return set.AddKey(key)
+}
+
+// published is the public key of a publish_keys entry: a PEM public key, or
+// a KMS key (id, ARN or alias).
+func (k *Keys) published(ctx context.Context, def *provider.Definition, entry string) (crypto.PublicKey, error) {
+	if pub, err := provider.ParsePublicKey(entry); err == nil {
+		return pub, nil
+	}
+	pd := *def
+	pd.KMSKeyID = entry
+	key, err := k.kmsPublic(ctx, &pd)
+	if err != nil {
 		return nil, err
 	}
-	return json.MarshalIndent(set, "", "  ")
+	return key.pub, nil
 }
 
 // keyID is the configured key_id, else the RFC 7638 thumbprint (SHA-256,

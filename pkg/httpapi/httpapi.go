@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -44,6 +45,15 @@ type Providers interface {
 	Get(ctx context.Context, name string) (*provider.Definition, error)
 }
 
+// PublicKeys renders a provider's public JWK Set (assertion.Keys).
+type PublicKeys interface {
+	JWKS(ctx context.Context, def *provider.Definition) ([]byte, error)
+}
+
+// jwksMaxAge is how long an authorization server may cache a JWK Set: a
+// rotation publishes the new key at least this long before it signs.
+const jwksMaxAge = 300
+
 // maxBody bounds request bodies; the only body is {"token_sha256": "..."}.
 const maxBody = 4 << 10
 
@@ -72,6 +82,44 @@ func New(v Vendor, provs Providers, log *slog.Logger, now func() time.Time) *Han
 	h.mux.HandleFunc("GET /v1/providers", h.providers)
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	return h
+}
+
+// WithJWKS adds GET /v1/providers/{provider}/jwks.json: the public half of a
+// private_key_jwt provider's signing key, for an authorization server to
+// fetch as the client's jwks_uri (so keys rotate without re-registration).
+// The route needs no IAM: it serves only public keys, and nothing for other
+// providers.
+func (h *Handler) WithJWKS(keys PublicKeys) *Handler {
+	h.mux.HandleFunc("GET /v1/providers/{provider}/jwks.json", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("provider")
+		if _, err := wire.Params(r); err != nil {
+			h.fail(w, r, name, err)
+			return
+		}
+		def, err := h.provs.Get(r.Context(), name)
+		if err == nil && (!provider.ValidName(name) || strings.Contains(r.URL.EscapedPath(), "%")) {
+			err = provider.ErrInvalidName
+		}
+		if err != nil {
+			h.fail(w, r, name, err)
+			return
+		}
+		if def.AuthMethod != provider.AuthPrivateKeyJWT {
+			h.writeError(w, r, http.StatusNotFound, wire.ErrorResponse{Error: "not_found", ErrorDescription: "provider " + name + " signs no client assertions with a key pair", Provider: name})
+			return
+		}
+		set, err := keys.JWKS(r.Context(), def)
+		if err != nil {
+			h.fail(w, r, name, err)
+			return
+		}
+		w.Header().Set("Cache-Control", fmt.Sprintf("public, max-age=%d", jwksMaxAge))
+		w.Header().Del("Pragma")
+		w.Header().Set("Content-Type", "application/jwk-set+json")
+		w.WriteHeader(http.StatusOK)
+		w.Write(set)
 	})
 	return h
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/httpapi"
+	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/registry"
 	"github.com/token-vendor/token-vendor/pkg/sandbox"
 	"github.com/token-vendor/token-vendor/pkg/store"
@@ -279,5 +280,27 @@ func TestProvidersListingPages(t *testing.T) {
 		if len(seen) != len(want) || pages < 3 {
 			t.Fatalf("listed %v in %d pages, want %d keys", seen, pages, len(want))
 		}
+	}
+}
+
+type fakeKeys struct{}
+
+func (fakeKeys) JWKS(context.Context, *provider.Definition) ([]byte, error) {
+	return []byte(`{"keys":[{"kty":"EC","kid":"k1"}]}`), nil
+}
+
+// The JWKS route answers only for private_key_jwt providers, cacheably.
+func TestJWKSRoute(t *testing.T) {
+	e := newEnv(t)
+	h := e.h.(*httpapi.Handler).WithJWKS(fakeKeys{})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/providers/demo-k2/jwks.json", nil))
+	if rec.Code != 404 || strings.Contains(rec.Body.String(), "keys") {
+		t.Fatalf("a client_secret provider: %d %s", rec.Code, rec.Body)
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/providers/nope/jwks.json", nil))
+	if rec.Code != 404 || rec.Header().Get("Cache-Control") != "no-store" {
+		t.Fatalf("unknown provider: %d %v", rec.Code, rec.Header())
 	}
 }

@@ -84,11 +84,15 @@ type Definition struct {
 	// (x5t#S256) and, with AssertionX5T, its SHA-1 one (x5t), as Microsoft
 	// Entra ID certificate credentials want.
 	SigningCertificate string `json:"signing_certificate,omitempty"`
-	AssertionX5T       bool   `json:"assertion_x5t,omitempty"`
-	PrivateKey         string `json:"private_key,omitempty"`
-	SigningAlg         string `json:"signing_alg,omitempty"`
-	KeyID              string `json:"key_id,omitempty"`
-	AssertionAudience  string `json:"assertion_audience,omitempty"`
+	// PublishKeys (private_key_jwt) are further public keys the JWKS route
+	// serves beside the signing key's: PEM public keys or KMS key ids. A
+	// rotation publishes the next key here first, then signs with it.
+	PublishKeys       []string `json:"publish_keys,omitempty"`
+	AssertionX5T      bool     `json:"assertion_x5t,omitempty"`
+	PrivateKey        string   `json:"private_key,omitempty"`
+	SigningAlg        string   `json:"signing_alg,omitempty"`
+	KeyID             string   `json:"key_id,omitempty"`
+	AssertionAudience string   `json:"assertion_audience,omitempty"`
 	// tls_client_auth, self_signed_tls_client_auth: a PEM certificate
 	// chain (leaf first) and its PEM private key (a secret).
 	ClientCertificate string `json:"client_certificate,omitempty"`
@@ -229,6 +233,9 @@ func (d *Definition) Validate() error {
 			}
 		}
 		return nil
+	}
+	if len(d.PublishKeys) > 0 && d.AuthMethod != AuthPrivateKeyJWT {
+		return fe("publish_keys", "only with auth_method private_key_jwt")
 	}
 	switch d.AuthMethod {
 	case AuthPrivateKeyJWT:
@@ -505,6 +512,21 @@ func (d *Definition) validateKeyAuth(fe func(field, reason string) error) error 
 	default:
 		return fe("signing_alg", "must be RS256, PS256 or ES256")
 	}
+	if len(d.PublishKeys) > 10 {
+		return fe("publish_keys", "at most 10 keys")
+	}
+	for i, p := range d.PublishKeys {
+		if strings.Contains(p, "PRIVATE KEY") {
+			return fe(fmt.Sprintf("publish_keys[%d]", i), "is a private key; publish keys' public halves (PEM PUBLIC KEY) or KMS key ids")
+		}
+		if strings.Contains(p, "-----BEGIN") {
+			if _, err := ParsePublicKey(p); err != nil {
+				return fe(fmt.Sprintf("publish_keys[%d]", i), err.Error())
+			}
+		} else if p == "" || !printable(p) || strings.ContainsAny(p, " \t") {
+			return fe(fmt.Sprintf("publish_keys[%d]", i), "must be a PEM public key or a KMS key id, ARN or alias")
+		}
+	}
 	if d.SigningCertificate != "" {
 		cert, err := ParseCertificate(d.SigningCertificate)
 		if err != nil {
@@ -525,6 +547,32 @@ func (d *Definition) validateKeyAuth(fe func(field, reason string) error) error 
 		return fe("key_id", "must not contain control characters")
 	}
 	return nil
+}
+
+// ParsePublicKey reads a PEM public key (PKIX): RSA of at least 2048 bits
+// or EC P-256.
+func ParsePublicKey(s string) (crypto.PublicKey, error) {
+	block, _ := pem.Decode([]byte(s))
+	if block == nil || block.Type != "PUBLIC KEY" {
+		return nil, errors.New("must be a PEM public key (PUBLIC KEY)")
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, errors.New("not a parsable public key")
+	}
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		if k.N.BitLen() < MinRSABits {
+			return nil, fmt.Errorf("RSA key of %d bits; at least %d are required", k.N.BitLen(), MinRSABits)
+		}
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return nil, errors.New("EC keys must be on P-256 (ES256)")
+		}
+	default:
+		return nil, errors.New("want an RSA or EC P-256 key")
+	}
+	return pub, nil
 }
 
 // ParseCertificate reads one PEM certificate (the first of a chain).

@@ -19,12 +19,16 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"github.com/token-vendor/token-vendor/pkg/httpapi"
+	"io"
 	"math/big"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,6 +64,7 @@ type registration struct {
 	Auth      string          `json:"auth,omitempty"` // private_key_jwt when empty
 	JWKS      json.RawMessage `json:"jwks,omitempty"`
 	Secret    string          `json:"secret,omitempty"` // client_secret_jwt
+	JWKSURI   string          `json:"jwks_uri,omitempty"`
 	SubjectDN string          `json:"subject_dn,omitempty"`
 }
 
@@ -399,3 +404,67 @@ func TestCertificateThumbprintAccepted(t *testing.T) {
 		t.Fatalf("headers seen: %+v", got)
 	}
 }
+
+// The JWKS route as the client's jwks_uri: oidc-provider fetches the
+// vendor's public keys from it (no IAM), and a rotation — the next key
+// published first (publish_keys), then signing with it — needs no
+// re-registration and fails no vend. The route serves no private key.
+func TestJWKSRouteAsJWKSURIAndRotation(t *testing.T) {
+	keyA, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keyB, _ := rsa.GenerateKey(rand.Reader, 2048)
+	pubPEM := func(k crypto.Signer) string {
+		der, _ := x509.MarshalPKIXPublicKey(k.Public())
+		return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	}
+	keys := assertion.New(nil)
+	provs := vendtest.NewProviders(map[string]*provider.Definition{})
+	var fetches atomic.Int32
+	h := httpapi.New(nil, listing{provs}, nil, nil).WithJWKS(keys)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		h.ServeHTTP(w, r)
+	}))
+	defer api.Close()
+	srv := startWith(t, []registration{{ClientID: "svc-uri", JWKSURI: api.URL + "/v1/providers/svc-uri/jwks.json"}}, nil)
+	withA := definition(srv, "svc-uri", func(d *provider.Definition) { d.PrivateKey, d.PublishKeys = pemOf(keyA), []string{pubPEM(keyB)} })
+	provs.Set(withA)
+	ctx := context.Background()
+	v := vend.New(provs, &upstream.Client{Assertions: keys, MaxAttempts: 1}, store.NewMemory(nil), vend.Options{DisableRefreshAhead: true, L1MaxAge: -1})
+	req := vend.Request{Provider: "svc-uri", Scope: "read", MinTTL: -1}
+	tokA, err := v.Token(ctx, req)
+	if err != nil || fetches.Load() == 0 {
+		t.Fatalf("with key A through jwks_uri: %v (%d JWKS fetches)", err, fetches.Load())
+	}
+	resp, err := http.Get(api.URL + "/v1/providers/svc-uri/jwks.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if cc := resp.Header.Get("Cache-Control"); !strings.Contains(cc, "max-age=") || strings.Contains(cc, "no-store") || strings.Contains(string(body), `"d"`) || strings.Count(string(body), `"kid"`) != 2 {
+		t.Fatalf("JWKS route: %s %s", cc, body)
+	}
+	// Rotation: sign with B (already published), keep A published.
+	withB := definition(srv, "svc-uri", func(d *provider.Definition) { d.PrivateKey, d.PublishKeys = pemOf(keyB), []string{pubPEM(keyA)} })
+	provs.Set(withB)
+	if cached, err := v.Token(ctx, req); err != nil || cached.AccessToken != tokA.AccessToken {
+		t.Fatalf("during the rotation: %v", err)
+	}
+	tokB, err := v.Refresh(ctx, req)
+	if err != nil || tokB.AccessToken == tokA.AccessToken {
+		t.Fatalf("signing with the new key: %v", err)
+	}
+	got := srv.assertions(t)
+	if last := got[len(got)-1]; last.Header["alg"] != "RS256" {
+		t.Fatalf("the fetch after the rotation was not signed by key B: %+v", last.Header)
+	}
+	// Another provider's material is not served, nor a provider without keys.
+	if r, _ := http.Get(api.URL + "/v1/providers/nobody/jwks.json"); r.StatusCode != 404 {
+		t.Fatalf("unknown provider: %d", r.StatusCode)
+	}
+}
+
+// listing lets a vendtest.Providers serve the HTTP API (it lists nothing).
+type listing struct{ *vendtest.Providers }
+
+func (listing) Names(context.Context) ([]string, error) { return nil, nil }

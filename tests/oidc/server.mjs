@@ -1,6 +1,6 @@
 // panva/oidc-provider configured as the authorization server for the
 // private_key_jwt and mutual-TLS tests: one client per registration in
-// CLIENTS (JSON: [{client_id, auth, jwks, secret, subject_dn}], auth one of
+// CLIENTS (JSON: [{client_id, auth, jwks, jwks_uri, secret, subject_dn}], auth one of
 // private_key_jwt (default), client_secret_jwt, tls_client_auth,
 // self_signed_tls_client_auth),
 // client_credentials only. With TLS_KEY, TLS_CERT and TLS_CA (PEM files) it
@@ -19,6 +19,7 @@ const clients = JSON.parse(process.env.CLIENTS || '[]').map((c) => ({
   token_endpoint_auth_method: c.auth || 'private_key_jwt',
   ...(c.jwks ? { jwks: c.jwks } : {}),
   ...(c.secret ? { client_secret: c.secret } : {}),
+  ...(c.jwks_uri ? { jwks_uri: c.jwks_uri } : {}),
   ...(c.subject_dn ? { tls_client_auth_subject_dn: c.subject_dn } : {}),
   grant_types: ['client_credentials'],
   response_types: [],
@@ -42,6 +43,9 @@ const provider = new Provider(`${tls ? 'https' : 'http'}://127.0.0.1:${port}`, {
   clients,
   clientAuthMethods: tls ? ['private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth'] : ['private_key_jwt', 'client_secret_jwt'],
   scopes: ['read', 'write'],
+  // The vendor's jwks_uri is on loopback in these tests, which
+  // oidc-provider's SSRF guard (rightly) refuses: fetch without it.
+  fetch: (url, { dispatcher, ...options }) => globalThis.fetch(url, options),
   features: {
     clientCredentials: { enabled: true },
     revocation: { enabled: true },
@@ -81,6 +85,7 @@ provider.use(async (ctx, next) => {
   await next();
 });
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
+if (process.env.DEBUG_GRANTS) provider.on('grant.error', (ctx, err) => console.error('grant.error', err.message, err.error_description, err.cause?.message, err.cause?.cause?.message));
 
 if (tls) {
   const srv = https.createServer(tls, provider.callback());
