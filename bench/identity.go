@@ -118,9 +118,5 @@ func (r *report) writeIdentity(w func(string, ...any)) {
 	w("")
 	w("A direct invoke of the vend handler (`lambda.NewHandler(...).Invoke`, in process, token from L1) with and without the gate (docs/design.md §11: definition read, decision, one audit record). A proof is verified by STS once per vend instance and then answered from memory until it is 5 minutes old; the Go client and the extension reuse one proof for 4 minutes, so a consumer pays the uncached row about once per 4 minutes per vend instance. The uncached row goes to moto on loopback: a real STS call adds an in-region round trip (typically a few ms to tens of ms), which this machine cannot measure.")
 	w("")
-	w("| case | n | p50 | p99 | max |")
-	w("| --- | ---: | ---: | ---: | ---: |")
-	for _, l := range r.identity {
-		w("| %s | %d | %s | %s | %s |", l.Name, l.N, us(l.P50), us(l.P99), us(l.Max))
-	}
+	latencyTable(w, "case", r.identity)
 }

@@ -91,9 +91,14 @@ func (r *report) writeSigning(w func(string, ...any)) {
 	w("")
 	w("Signing one client assertion (RFC 7523: header, claims, signature), which every upstream attempt of a private_key_jwt provider does once. The KMS rows go through moto on loopback, so they show the vendor's side (SDK, signing request) and moto's, not AWS KMS's: a real kms:Sign adds a regional round trip, typically a few to tens of milliseconds. A fetch happens once per key per refresh, fleet-wide, so this is not on the path of cached vends.")
 	w("")
-	w("| key | n | p50 | p99 | max |")
+	latencyTable(w, "key", r.signing)
+}
+
+// latencyTable renders rows measured by measure, first column named first.
+func latencyTable(w func(string, ...any), first string, rows []latencyRow) {
+	w("| %s | n | p50 | p99 | max |", first)
 	w("| --- | ---: | ---: | ---: | ---: |")
-	for _, l := range r.signing {
+	for _, l := range rows {
 		w("| %s | %d | %s | %s | %s |", l.Name, l.N, us(l.P50), us(l.P99), us(l.Max))
 	}
 }

@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"sync"
@@ -188,15 +185,10 @@ func stsUnavailable(q bool) (row, error) {
 	if err != nil || motoURL.Host == "" {
 		return row{}, errors.New("moto is not running")
 	}
-	var down atomic.Bool
-	rp := httputil.NewSingleHostReverseProxy(motoURL)
-	sts := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		if down.Load() {
-			http.Error(rw, "unavailable", http.StatusServiceUnavailable)
-			return
-		}
-		rp.ServeHTTP(rw, r)
-	}))
+	sts, err := testenv.NewSwitchable(motoURL.String())
+	if err != nil {
+		return row{}, err
+	}
 	defer sts.Close()
 	v := w.instance(vend.Options{}, nil)
 	h := lambda.NewHandler(lambdafn.Invoke(gate.New(v, registry.NewStatic(w.defs), nil, nil), &identity.Verifier{Endpoint: sts.URL, VendorID: "rel"}, quietLog(), nil))
@@ -224,7 +216,7 @@ func stsUnavailable(q bool) (row, error) {
 	if typ := call("payments", known); typ != "" {
 		return row{}, errors.New("with STS up the proof was refused: " + typ)
 	}
-	down.Store(true)
+	sts.Down.Store(true)
 	n := 300
 	if q {
 		n = 60

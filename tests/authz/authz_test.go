@@ -8,7 +8,6 @@ package authz
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -16,9 +15,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,30 +51,12 @@ func (c *counting) Do(r *http.Request) (*http.Response, error) {
 	return c.next.RoundTrip(r)
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type world struct {
 	moto    *testenv.AuthMoto
 	up      *vendtest.Upstream
 	a       *app.App
 	ddb     *counting
-	logs    *syncBuffer
+	logs    *testenv.SyncBuffer
 	api     func(context.Context, events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error)
 	invoke  lambda.Handler
 	allowed aws.Credentials // role teams/eu/payments-app, session s1
@@ -90,7 +68,7 @@ type world struct {
 func setup(t *testing.T) *world {
 	t.Helper()
 	ep := testenv.DynamoDB(t)
-	w := &world{moto: testenv.StartAuthMoto(t), up: vendtest.NewUpstream(t), logs: &syncBuffer{}, arns: map[string]string{}}
+	w := &world{moto: testenv.StartAuthMoto(t), up: vendtest.NewUpstream(t), logs: &testenv.SyncBuffer{}, arns: map[string]string{}}
 	_, w.allowed = w.moto.Role(t, "/teams/eu/", "payments-app", "s1")
 	_, w.other = w.moto.Role(t, "/", "other-app", "s2")
 	_, w.admin = w.moto.Role(t, "/", "ops-admin", "s3")
@@ -427,16 +405,10 @@ func TestOperatorOperations(t *testing.T) {
 // providers are unaffected.
 func TestSTSUnavailable(t *testing.T) {
 	w := setup(t)
-	target, _ := url.Parse(w.moto.Endpoint)
-	var down atomic.Bool
-	rp := httputil.NewSingleHostReverseProxy(target)
-	sts := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		if down.Load() {
-			http.Error(rw, "unavailable", http.StatusServiceUnavailable)
-			return
-		}
-		rp.ServeHTTP(rw, r)
-	}))
+	sts, err := testenv.NewSwitchable(w.moto.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer sts.Close()
 	verifier := &identity.Verifier{Endpoint: sts.URL, VendorID: vendorID}
 	inv := lambda.NewHandler(lambdafn.Invoke(w.a.Gate, verifier, w.a.Log, nil))
@@ -452,7 +424,7 @@ func TestSTSUnavailable(t *testing.T) {
 	if typ, msg := call("payments", known); typ != "" {
 		t.Fatalf("with STS up: %s %s", typ, msg)
 	}
-	down.Store(true)
+	sts.Down.Store(true)
 	if typ, msg := call("payments", known); typ != "" {
 		t.Fatalf("cached identity while STS is down: %s %s", typ, msg)
 	}

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -44,7 +43,7 @@ func TestExtensionCarriesTheConsumersIdentity(t *testing.T) {
 	st := dynamostore.New(testenv.DynamoDBClient(ep), testenv.NewTable(t, ep))
 	defs := registry.NewStatic(up.Defs)
 	core := vend.New(defs, vendtest.Client(nil), st, vend.Options{DisableRefreshAhead: true})
-	var audit syncLog
+	var audit testenv.SyncBuffer
 	svc := startVendService(t, gate.New(core, defs, slog.New(slog.NewJSONHandler(&audit, nil)), nil),
 		&identity.Verifier{Endpoint: m.Endpoint, VendorID: fn})
 	consumer := func(c aws.Credentials) *world {
@@ -71,7 +70,7 @@ func TestExtensionCarriesTheConsumersIdentity(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for len(callers) < 2 && time.Now().Before(deadline) {
 		callers = callers[:0]
-		for _, line := range audit.lines() {
+		for _, line := range strings.Split(strings.TrimSpace(audit.String()), "\n") {
 			var rec map[string]any
 			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "audit" {
 				callers = append(callers, rec["caller"].(string)+" "+rec["outcome"].(string))
@@ -83,23 +82,4 @@ func TestExtensionCarriesTheConsumersIdentity(t *testing.T) {
 	if len(callers) != 2 || callers[0] != want[0] || callers[1] != want[1] {
 		t.Fatalf("audit callers %q, want %q", callers, want)
 	}
-}
-
-// syncLog collects log lines from concurrent writers.
-type syncLog struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (s *syncLog) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.buf = append(s.buf, p...)
-	return len(p), nil
-}
-
-func (s *syncLog) lines() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Split(strings.TrimSpace(string(s.buf)), "\n")
 }

@@ -294,29 +294,24 @@ func emf(output, stat string) map[Metric]float64 {
 }
 
 func maxValue(raw json.RawMessage) float64 {
-	var one float64
-	if json.Unmarshal(raw, &one) == nil {
-		return one
-	}
-	var many []float64
-	json.Unmarshal(raw, &many)
-	m := 0.0
-	for _, v := range many {
-		m = max(m, v)
-	}
-	return m
+	return fold(raw, func(a, b float64) float64 { return max(a, b) })
 }
 
 func sumValues(raw json.RawMessage) float64 {
+	return fold(raw, func(a, b float64) float64 { return a + b })
+}
+
+// fold combines an EMF value: one number, or an array of them.
+func fold(raw json.RawMessage, f func(a, b float64) float64) float64 {
 	var one float64
 	if json.Unmarshal(raw, &one) == nil {
 		return one
 	}
 	var many []float64
 	json.Unmarshal(raw, &many)
-	s := 0.0
+	acc := 0.0
 	for _, v := range many {
-		s += v
+		acc = f(acc, v)
 	}
-	return s
+	return acc
 }

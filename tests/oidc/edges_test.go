@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -81,7 +80,7 @@ func TestBothMethodsThroughEveryEdge(t *testing.T) {
 	api := httptest.NewServer(a.Handler)
 	defer api.Close()
 	invoke := lambda.NewHandler(lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil))
-	serveLogs := &syncBuffer{}
+	serveLogs := &testenv.SyncBuffer{}
 	serveURL := startServe(t, file, serveLogs)
 	secrets := []string{jwtKey[40:100], cliKey[40:100], "PRIVATE KEY"}
 	var bodies []string
@@ -132,7 +131,7 @@ func get(t *testing.T, url string) string {
 // test CA, and returns its base URL.
 // startServe runs `tokenvendor serve` as its own process; its log output
 // (standard output and error) is collected in logs.
-func startServe(t *testing.T, providers string, logs *syncBuffer) string {
+func startServe(t *testing.T, providers string, logs *testenv.SyncBuffer) string {
 	t.Helper()
 	root, err := testenv.RepoRoot()
 	if err != nil {
@@ -159,22 +158,4 @@ func startServe(t *testing.T, providers string, logs *syncBuffer) string {
 	}
 	t.Fatal("serve did not start")
 	return ""
-}
-
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
