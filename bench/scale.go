@@ -371,12 +371,13 @@ const (
 	renewalWRU       = 2*2 + 2           // lease take and token write of a ~1.5 KB item, plus the index entry moving
 	usageWRU         = 2                 // a usage write rewrites the item
 	renewalUpstreamS = 0.15              // assumed provider latency per renewal
-	providers        = 10                // secrets
-	secretReads      = runsPerMonth / 5 * providers
+	// secretReadsPerProvider: the refresher re-reads a provider's secret at
+	// most every PROVIDER_CACHE_TTL (5 min); vend instances add their own.
+	secretReadsPerProvider = runsPerMonth / 5
 )
 
 type monthCost struct {
-	Keys                    int
+	Keys, Providers         int
 	ReadsIndex, ReadsScan   float64 // USD
 	Writes, Lambda, Secrets float64
 	TotalIndex, TotalScan   float64
@@ -394,15 +395,17 @@ func (r *report) monthCosts() []monthCost {
 	perDue := max(0, big.IndexRCU+big.ConfirmRCU-constant) / float64(big.Due)
 	scanPerKey := big.ScanRCU / float64(big.Keys)
 	var out []monthCost
-	for _, n := range []int{100, 10000, 100000} {
+	for _, shape := range [][2]int{{100, 10}, {10000, 10}, {100000, 10}, {1000000, 10}, {100000, 10000}, {1000000, 10000}} {
+		n, providers := shape[0], shape[1]
 		duePerRun := float64(n) * renewalsPerKey / runsPerMonth
-		c := monthCost{Keys: n, RCUIndexRun: constant + duePerRun*perDue, RCUScanRun: float64(n)*scanPerKey + duePerRun*(big.ConfirmRCU/float64(big.Due))}
+		c := monthCost{Keys: n, Providers: providers, RCUIndexRun: constant + duePerRun*perDue, RCUScanRun: float64(n)*scanPerKey + duePerRun*(big.ConfirmRCU/float64(big.Due))}
 		c.ReadsIndex = c.RCUIndexRun * runsPerMonth / 1e6 * ddbPerMillionRRU
 		c.ReadsScan = c.RCUScanRun * runsPerMonth / 1e6 * ddbPerMillionRRU
 		c.Writes = float64(n) * (renewalsPerKey*renewalWRU + usageWritesKey*usageWRU) / 1e6 * ddbPerMillionWRU
-		runSeconds := 0.05 + duePerRun*renewalUpstreamS/4
+		// DefaultRefreshParallel renewals in flight, each waiting on the provider.
+		runSeconds := 0.05 + duePerRun*renewalUpstreamS/64
 		c.Lambda = runsPerMonth * (lambdaPerMillionReq/1e6 + runSeconds*memoryGB*lambdaPerGBs)
-		c.Secrets = providers*smPerSecretMonth + secretReads/1e4*smPer10kCalls
+		c.Secrets = float64(providers)*smPerSecretMonth + float64(secretReadsPerProvider*providers)/1e4*smPer10kCalls
 		c.TotalIndex = c.ReadsIndex + c.Writes + c.Lambda + c.Secrets
 		scanSeconds := runSeconds + float64(n)/float64(big.Keys)*big.ScanTime.Seconds()
 		c.TotalScan = c.ReadsScan + c.Writes + runsPerMonth*(lambdaPerMillionReq/1e6+scanSeconds*memoryGB*lambdaPerGBs) + c.Secrets
@@ -442,13 +445,14 @@ func (r *report) writeScale(w func(string, ...any)) {
 	w("")
 	w("### Monthly cost of the refresher's side")
 	w("")
-	w("Every key in use, 1 h tokens (%d renewals a key a month), refresher every minute (%d runs), %d providers in Secrets Manager. Read units per run from the largest measured table (index: per-shard minimum + units per due key; Scan: units per key in the table); writes: %d WRU per renewal (lease take and token write of a ~1.5 KB item, the index entry moving) and one usage write an hour (%d WRU); refresher Lambda 256 MB arm64, 50 ms + %.0f ms per renewal on 4 lanes (assumed provider latency); AWS list prices (us-east-1): DynamoDB on-demand $%.3f per million RRU and $%.3f per million WRU, Secrets Manager $%.2f per secret and $%.2f per 10 000 calls. The vends themselves are costed per million in section 6.",
-		renewalsPerKey, runsPerMonth, providers, renewalWRU, usageWRU, renewalUpstreamS*1000, ddbPerMillionRRU, ddbPerMillionWRU, smPerSecretMonth, smPer10kCalls)
+	w("Every key in use, 1 h tokens (%d renewals a key a month), refresher every minute (%d runs). Providers are secrets in Secrets Manager: $%.2f each a month, and the refresher re-reads each at most every 5 minutes (%d reads a month each; vend instances add their own, per instance, not counted here). The last two rows are the multi-tenant shape, one provider per merchant. Read units per run from the largest measured table (index: per-shard minimum + units per due key; Scan: units per key in the table); writes: %d WRU per renewal (lease take and token write of a ~1.5 KB item, the index entry moving) and one usage write an hour (%d WRU); refresher Lambda 256 MB arm64, 50 ms + %.0f ms per renewal with 64 in flight (assumed provider latency); AWS list prices (us-east-1): DynamoDB on-demand $%.3f per million RRU and $%.3f per million WRU, Secrets Manager $%.2f per 10 000 calls. The vends themselves are costed per million in section 6. At 1 000 000 keys a run has about %.0f keys due: one invocation renews them in a minute only if it sustains %.0f renewals/s (section 11 measures what one run sustains).",
+		renewalsPerKey, runsPerMonth, smPerSecretMonth, secretReadsPerProvider, renewalWRU, usageWRU, renewalUpstreamS*1000, ddbPerMillionRRU, ddbPerMillionWRU, smPer10kCalls,
+		1e6*float64(renewalsPerKey)/runsPerMonth, 1e6*float64(renewalsPerKey)/runsPerMonth/60)
 	w("")
-	w("| keys | read units per run (index / Scan) | DynamoDB reads (index) | DynamoDB reads (Scan) | DynamoDB writes | refresher Lambda | Secrets Manager | total with the index | total with the Scan |")
-	w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	w("| keys | providers | read units per run (index / Scan) | DynamoDB reads (index) | DynamoDB reads (Scan) | DynamoDB writes | refresher Lambda | Secrets Manager | total with the index | total with the Scan |")
+	w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, c := range r.monthCosts() {
-		w("| %d | %.1f / %.1f | $%.2f | $%.2f | $%.2f | $%.2f | $%.2f | **$%.2f** | $%.2f |", c.Keys, c.RCUIndexRun, c.RCUScanRun, c.ReadsIndex, c.ReadsScan, c.Writes, c.Lambda, c.Secrets, c.TotalIndex, c.TotalScan)
+		w("| %d | %d | %.1f / %.1f | $%.2f | $%.2f | $%.2f | $%.2f | $%.2f | **$%.2f** | $%.2f |", c.Keys, c.Providers, c.RCUIndexRun, c.RCUScanRun, c.ReadsIndex, c.ReadsScan, c.Writes, c.Lambda, c.Secrets, c.TotalIndex, c.TotalScan)
 	}
 	w("")
 	w("Keys that go idle cost nothing after IDLE_AFTER: no renewals, no reads, and their records expire by TTL.")
