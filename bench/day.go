@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/registry"
 	"github.com/token-vendor/token-vendor/pkg/sandbox"
 	"github.com/token-vendor/token-vendor/pkg/store/dynamostore"
@@ -89,7 +90,7 @@ func simulatedDay(r *report) error {
 				res.VendorWaited++
 			}
 			if !clock.Now().Add(10 * time.Second).Before(baseExpiry[i]) {
-				tok, err := up.Fetch(ctx, defs["demo-k2"], nil)
+				tok, err := up.Fetch(ctx, defs["demo-k2"], provider.Key{})
 				if err != nil {
 					return err
 				}

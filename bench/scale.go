@@ -268,14 +268,14 @@ type scopeCounter struct {
 	total, later map[string]int // all requests; requests at or after `after`
 }
 
-func (s *scopeCounter) Fetch(ctx context.Context, def *provider.Definition, scopes []string) (*upstream.Token, error) {
+func (s *scopeCounter) Fetch(ctx context.Context, def *provider.Definition, key provider.Key) (*upstream.Token, error) {
 	s.mu.Lock()
-	s.total[scopes[0]]++
+	s.total[key.Scopes[0]]++
 	if !s.now().Before(s.after) {
-		s.later[scopes[0]]++
+		s.later[key.Scopes[0]]++
 	}
 	s.mu.Unlock()
-	return s.Fetcher.Fetch(ctx, def, scopes)
+	return s.Fetcher.Fetch(ctx, def, key)
 }
 
 func simulatedWeek(r *report) error {

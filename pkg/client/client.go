@@ -57,7 +57,10 @@ func (t *Token) Lifetime(exp time.Time) time.Duration {
 // refused by a resource server.
 type Request struct {
 	Provider, Scope string
-	RejectedSHA256  string
+	// Resource and Audience (space-separated) name the token's target:
+	// RFC 8707 resource indicators, audiences.
+	Resource, Audience string
+	RejectedSHA256     string
 	// MinTTL asks for a token with at least this long left (0: the vendor's default).
 	MinTTL time.Duration
 }
@@ -128,6 +131,18 @@ func (c *Client) fetch(ctx context.Context, key string, req Request) (*oauth2.To
 		return nil, err
 	}
 	return v.(*oauth2.Token), nil
+}
+
+// TokenFor is Token for a request with a target (resource, audience).
+func (c *Client) TokenFor(ctx context.Context, r Request) (*oauth2.Token, error) {
+	key := r.Provider + "\x00" + r.Scope + "\x00" + r.Resource + "\x00" + r.Audience
+	c.mu.Lock()
+	e, ok := c.got[key]
+	c.mu.Unlock()
+	if ok && c.now().Before(e.refreshAt) {
+		return e.tok, nil
+	}
+	return c.fetch(ctx, key, Request{Provider: r.Provider, Scope: r.Scope, Resource: r.Resource, Audience: r.Audience})
 }
 
 // Rejected reports token as refused by a resource server and returns the
@@ -226,6 +241,12 @@ func (h *HTTPFetcher) Fetch(ctx context.Context, r Request) (*Token, error) {
 	}
 	if r.MinTTL > 0 && r.RejectedSHA256 == "" {
 		q.Set("min_ttl", strconv.FormatInt(int64(r.MinTTL/time.Second), 10))
+	}
+	if r.Resource != "" {
+		q.Set("resource", r.Resource)
+	}
+	if r.Audience != "" {
+		q.Set("audience", r.Audience)
 	}
 	target := h.BaseURL + "/v1/tokens/" + url.PathEscape(r.Provider)
 	method, body := http.MethodGet, []byte(nil)
@@ -329,6 +350,12 @@ func NewLambdaInvokerFromConfig(cfg aws.Config, function string) *LambdaInvoker 
 // Fetch invokes the function with {"provider","scope"[,"rejected_token_sha256"]}.
 func (l *LambdaInvoker) Fetch(ctx context.Context, r Request) (*Token, error) {
 	ev := map[string]any{"provider": r.Provider, "scope": r.Scope, "rejected_token_sha256": r.RejectedSHA256}
+	if r.Resource != "" {
+		ev["resource"] = r.Resource
+	}
+	if r.Audience != "" {
+		ev["audience"] = r.Audience
+	}
 	if r.MinTTL > 0 {
 		ev["min_ttl"] = int64(r.MinTTL / time.Second)
 	}

@@ -153,3 +153,44 @@ func TestLambdaInvokerAgainstTheHandler(t *testing.T) {
 		t.Fatalf("typed error: %v", err)
 	}
 }
+
+// A target (resource, audience) goes through the HTTP API and direct invoke
+// into the vendor's key and to the provider; a value not allowed is a typed
+// refusal naming it.
+func TestTargetThroughAPIAndInvoke(t *testing.T) {
+	up := vendtest.NewUpstream(t)
+	def := *up.Defs["demo-k2"]
+	def.AllowedResources, def.AllowedAudiences = []string{"https://api.example/a", "https://api.example/b"}, []string{"ledger"}
+	if err := def.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	up.Defs["demo-k2"] = &def
+	provs := registry.NewStatic(up.Defs)
+	v := vend.New(provs, vendtest.Client(nil), store.NewMemory(nil), vend.Options{})
+	api := httptest.NewServer(httpapi.New(v, provs, nil, nil))
+	defer api.Close()
+	viaAPI := client.New(client.NewHTTPFetcher(api.URL, nil, ""))
+	viaInvoke := client.New(client.NewLambdaInvoker(fakeLambda{h: lambda.NewHandler(lambdafn.Invoke(v, nil, quietLog(), nil))}, "vend"))
+	a, err := viaAPI.TokenFor(context.Background(), client.Request{Provider: "demo-k2", Resource: "https://api.example/a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := viaInvoke.TokenFor(context.Background(), client.Request{Provider: "demo-k2", Resource: "https://api.example/b", Audience: "ledger"})
+	if err != nil || b.AccessToken == a.AccessToken {
+		t.Fatalf("another target via invoke: %v", err)
+	}
+	same, _ := viaInvoke.TokenFor(context.Background(), client.Request{Provider: "demo-k2", Resource: "https://api.example/a"})
+	if same.AccessToken != a.AccessToken {
+		t.Fatal("the same target through another path is another token")
+	}
+	if got := up.Server.Targets("demo-k2-client"); len(got) != 2 || got[1] != "resource=https://api.example/b audience=ledger" {
+		t.Fatalf("targets at the provider: %q", got)
+	}
+	for _, c := range []*client.Client{viaAPI, viaInvoke} {
+		_, err := c.TokenFor(context.Background(), client.Request{Provider: "demo-k2", Audience: "admin"})
+		var ve *client.Error
+		if !errors.As(err, &ve) || (ve.Code != "invalid_target" && ve.Code != "InvalidTarget") || !strings.Contains(ve.Message, `"admin"`) {
+			t.Fatalf("audience not allowed: %v", err)
+		}
+	}
+}

@@ -66,10 +66,10 @@ type Cache struct {
 }
 
 type entry struct {
-	provider, scope string
-	tok             client.Token
-	expiry          time.Time
-	lifetime        time.Duration // issue to expiry (the vendor's issued_at), not the time left
+	req      client.Request // provider, scope and target; no min_ttl
+	tok      client.Token
+	expiry   time.Time
+	lifetime time.Duration // issue to expiry (the vendor's issued_at), not the time left
 	// failures and retryAt pace renewals that fail: not at every
 	// invocation, but after a backoff.
 	failures int
@@ -119,20 +119,29 @@ func scopeKey(scope string) string {
 	return strings.Join(slices.Compact(parts), " ")
 }
 
-func key(provider, scope string) string { return provider + "\x00" + scopeKey(scope) }
+func key(r client.Request) string {
+	return r.Provider + "\x00" + scopeKey(r.Scope) + "\x00" + scopeKey(r.Resource) + "\x00" + scopeKey(r.Audience)
+}
 
 // Token returns a cached token with at least minTTL left (capped at half its
 // lifetime, as the vendor caps it), or fetches one. Every caller's min_ttl
 // is checked against what it receives, joined to another's fetch or not.
 func (c *Cache) Token(ctx context.Context, provider, scope string, minTTL time.Duration) (client.Token, time.Time, error) {
-	k := key(provider, scope)
+	return c.TokenFor(ctx, client.Request{Provider: provider, Scope: scope, MinTTL: minTTL})
+}
+
+// TokenFor is Token for a request that may name a target (resource,
+// audience); its MinTTL is the caller's min_ttl.
+func (c *Cache) TokenFor(ctx context.Context, r client.Request) (client.Token, time.Time, error) {
+	minTTL := r.MinTTL
+	k := key(r)
 	c.mu.Lock()
 	e := c.got[k]
 	c.mu.Unlock()
 	if e != nil && e.fresh(c.now(), minTTL) {
 		return e.tok, e.expiry, nil
 	}
-	e, err := c.fetch(ctx, k, client.Request{Provider: provider, Scope: scope, MinTTL: minTTL})
+	e, err := c.fetch(ctx, k, r)
 	if err != nil {
 		return client.Token{}, time.Time{}, err
 	}
@@ -144,8 +153,8 @@ func (c *Cache) Token(ctx context.Context, provider, scope string, minTTL time.D
 
 // Rejected drops the cached token if its SHA-256 is sum and has the vendor
 // replace it; if the cache already holds another token, that is returned.
-func (c *Cache) Rejected(ctx context.Context, provider, scope, sum string) (client.Token, time.Time, error) {
-	k := key(provider, scope)
+func (c *Cache) Rejected(ctx context.Context, r client.Request, sum string) (client.Token, time.Time, error) {
+	k := key(r)
 	c.mu.Lock()
 	e := c.got[k]
 	if e != nil && tokenSHA(e.tok.AccessToken) != sum && c.now().Before(e.expiry) {
@@ -154,7 +163,7 @@ func (c *Cache) Rejected(ctx context.Context, provider, scope, sum string) (clie
 	}
 	delete(c.got, k)
 	c.mu.Unlock()
-	e, err := c.fetch(ctx, k, client.Request{Provider: provider, Scope: scope, RejectedSHA256: sum})
+	e, err := c.fetch(ctx, k, client.Request{Provider: r.Provider, Scope: r.Scope, Resource: r.Resource, Audience: r.Audience, RejectedSHA256: sum})
 	if err != nil {
 		return client.Token{}, time.Time{}, err
 	}
@@ -182,7 +191,7 @@ func (c *Cache) fetch(ctx context.Context, k string, req client.Request) (*entry
 		if err != nil || t.AccessToken == "" || t.ExpiresIn <= 0 {
 			return nil, errors.New("the vend function answered without a usable token")
 		}
-		e := &entry{provider: req.Provider, scope: req.Scope, tok: *t, expiry: exp, lifetime: t.Lifetime(exp)}
+		e := &entry{req: client.Request{Provider: req.Provider, Scope: req.Scope, Resource: req.Resource, Audience: req.Audience}, tok: *t, expiry: exp, lifetime: t.Lifetime(exp)}
 		c.mu.Lock()
 		c.got[k] = e
 		c.mu.Unlock()
@@ -224,8 +233,10 @@ func (c *Cache) RenewDue(ctx context.Context) int {
 			// Asking with min_ttl above what is left makes the vendor
 			// return a newer token than this one.
 			left := e.expiry.Sub(now)
-			k := key(e.provider, e.scope)
-			if _, err := c.fetch(ctx, k, client.Request{Provider: e.provider, Scope: e.scope, MinTTL: max(left, 0) + time.Second}); err != nil {
+			k := key(e.req)
+			r := e.req
+			r.MinTTL = max(left, 0) + time.Second
+			if _, err := c.fetch(ctx, k, r); err != nil {
 				c.renewalFailed(ctx, k, e, now, err)
 				return
 			}
@@ -249,12 +260,12 @@ func (c *Cache) renewalFailed(ctx context.Context, k string, e *entry, now time.
 	}
 	if (errors.As(err, &ve) && permanent[ve.Code]) || !now.Before(e.expiry) {
 		delete(c.got, k)
-		c.log.WarnContext(ctx, "renewal failed; the key is dropped until asked for again", "provider", e.provider, "error", err)
+		c.log.WarnContext(ctx, "renewal failed; the key is dropped until asked for again", "provider", e.req.Provider, "error", err)
 		return
 	}
 	e.failures++
 	e.retryAt = now.Add(min(renewBackoff<<min(e.failures-1, 10), maxRenewBackoff))
-	c.log.WarnContext(ctx, "renewal ahead of expiry failed; the cached token is served while it lasts", "provider", e.provider,
+	c.log.WarnContext(ctx, "renewal ahead of expiry failed; the cached token is served while it lasts", "provider", e.req.Provider,
 		"error", err, "retry_in_s", e.retryAt.Sub(now).Seconds())
 }
 
@@ -288,7 +299,7 @@ func (c *Cache) Handler() http.Handler {
 
 func (c *Cache) get(w http.ResponseWriter, r *http.Request) {
 	provider := r.PathValue("provider")
-	q, err := wire.Params(r, "scope", "min_ttl")
+	q, err := wire.Params(r, "scope", "resource", "audience", "min_ttl")
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_request", err.Error(), provider, 0)
 		return
@@ -306,13 +317,13 @@ func (c *Cache) get(w http.ResponseWriter, r *http.Request) {
 		}
 		minTTL = time.Duration(n) * time.Second
 	}
-	tok, exp, err := c.Token(r.Context(), provider, q.Get("scope"), minTTL)
+	tok, exp, err := c.TokenFor(r.Context(), client.Request{Provider: provider, Scope: q.Get("scope"), Resource: q.Get("resource"), Audience: q.Get("audience"), MinTTL: minTTL})
 	c.answer(w, r, provider, tok, exp, err)
 }
 
 func (c *Cache) rejected(w http.ResponseWriter, r *http.Request) {
 	provider := r.PathValue("provider")
-	q, err := wire.Params(r, "scope")
+	q, err := wire.Params(r, "scope", "resource", "audience")
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_request", err.Error(), provider, 0)
 		return
@@ -326,7 +337,7 @@ func (c *Cache) rejected(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_request", `body must be {"token_sha256":"<64 lower-case hex digits>"}`, provider, 0)
 		return
 	}
-	tok, exp, err := c.Rejected(r.Context(), provider, q.Get("scope"), body.TokenSHA256)
+	tok, exp, err := c.Rejected(r.Context(), client.Request{Provider: provider, Scope: q.Get("scope"), Resource: q.Get("resource"), Audience: q.Get("audience")}, body.TokenSHA256)
 	c.answer(w, r, provider, tok, exp, err)
 }
 

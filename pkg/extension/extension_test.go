@@ -108,7 +108,7 @@ func TestBadInputAndRelayedErrors(t *testing.T) {
 	}{
 		{"GET", "/v1/tokens/k2?min_ttl=-1", "", 400, "invalid_request"},
 		{"GET", "/v1/tokens/k2?min_ttl=86401", "", 400, "invalid_request"},
-		{"GET", "/v1/tokens/k2?audience=x", "", 400, "invalid_request"},
+		{"GET", "/v1/tokens/k2?tenant=x", "", 400, "invalid_request"},
 		{"GET", "/v1/tokens/k2?scope=a&scope=b", "", 400, "invalid_request"},
 		{"GET", "/v1/tokens/UPPER", "", 404, "unknown_provider"},
 		{"POST", "/v1/tokens/k2/rejected", `{"token_sha256":"xyz"}`, 400, "invalid_request"},

@@ -164,7 +164,7 @@ func TestFailingRenewalsBackOffAndRefusedKeysAreDropped(t *testing.T) {
 	v.mu.Unlock()
 	c.RenewDue(context.Background())
 	c.mu.Lock()
-	_, kept := c.got[key("gone", "")]
+	_, kept := c.got[key(client.Request{Provider: "gone"})]
 	c.mu.Unlock()
 	if kept {
 		t.Fatal("a key the vendor refuses permanently is still renewed")
@@ -172,5 +172,36 @@ func TestFailingRenewalsBackOffAndRefusedKeysAreDropped(t *testing.T) {
 	var ce *client.Error
 	if !errors.As(v.err, &ce) {
 		t.Fatal("unreachable")
+	}
+}
+
+// targetVend records the target of each fetch.
+type targetVend struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (f *targetVend) Fetch(_ context.Context, r client.Request) (*client.Token, error) {
+	f.mu.Lock()
+	f.seen = append(f.seen, r.Resource+"|"+r.Audience)
+	n := len(f.seen)
+	f.mu.Unlock()
+	exp := time.Now().Add(time.Hour)
+	return &client.Token{Provider: r.Provider, AccessToken: "tok-" + string(rune('A'+n)), TokenType: "Bearer", ExpiresIn: 3600,
+		ExpiresAt: exp.UTC().Format(time.RFC3339), IssuedAt: time.Now().UTC().Format(time.RFC3339)}, nil
+}
+
+// The extension passes resource and audience to the vendor and caches per
+// target (normalized like scopes).
+func TestExtensionTarget(t *testing.T) {
+	f := &targetVend{}
+	h := New(f, secret, nil).Handler()
+	for _, q := range []string{"resource=https%3A%2F%2Fa.example%2F", "resource=https%3A%2F%2Fb.example%2F&audience=ledger", "resource=https%3A%2F%2Fa.example%2F", "audience=ledger&resource=https%3A%2F%2Fb.example%2F"} {
+		if rec, m := do(h, "GET", "/v1/tokens/k2?"+q, "", secret); rec.Code != 200 {
+			t.Fatalf("%s: %d %v", q, rec.Code, m)
+		}
+	}
+	if len(f.seen) != 2 || f.seen[0] != "https://a.example/|" || f.seen[1] != "https://b.example/|ledger" {
+		t.Fatalf("fetches %q: want one per target", f.seen)
 	}
 }

@@ -65,6 +65,8 @@ type Record struct {
 	Op        authz.Op
 	Provider  string
 	Scope     string
+	Resource  string
+	Audience  string
 	Outcome   string // "granted", a refusal reason, or the error code
 	Detail    string // why, for refusals
 	Source    vend.Source
@@ -92,6 +94,12 @@ func (g *Gate) write(ctx context.Context, r Record) {
 		slog.String("provider", r.Provider),
 		slog.String("scope", truncate(r.Scope, 256)),
 		slog.String("outcome", r.Outcome),
+	}
+	if r.Resource != "" {
+		attrs = append(attrs, slog.String("resource", truncate(r.Resource, 256)))
+	}
+	if r.Audience != "" {
+		attrs = append(attrs, slog.String("audience", truncate(r.Audience, 256)))
 	}
 	if r.Caller.OrgID != "" {
 		attrs = append(attrs, slog.String("caller_org", r.Caller.OrgID))
@@ -131,7 +139,7 @@ func (g *Gate) admit(ctx context.Context, op authz.Op, req vend.Request) (identi
 
 // finish writes the audit record of a request that was admitted (or not).
 func (g *Gate) finish(ctx context.Context, c identity.Caller, op authz.Op, req vend.Request, t vend.Token, err error) {
-	r := Record{Caller: c, Op: op, Provider: req.Provider, Scope: req.Scope, Outcome: Granted}
+	r := Record{Caller: c, Op: op, Provider: req.Provider, Scope: req.Scope, Resource: req.Resource, Audience: req.Audience, Outcome: Granted}
 	if err != nil {
 		p := wire.Classify(err, req.Provider)
 		r.Outcome = p.Code

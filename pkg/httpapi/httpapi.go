@@ -174,7 +174,7 @@ func (s *statusRecorder) WriteHeader(code int) {
 }
 
 func vendRequest(r *http.Request, withMinTTL bool) (vend.Request, error) {
-	allowed := []string{"scope"}
+	allowed := []string{"scope", "resource", "audience"}
 	if withMinTTL {
 		allowed = append(allowed, "min_ttl")
 	}
@@ -182,7 +182,7 @@ func vendRequest(r *http.Request, withMinTTL bool) (vend.Request, error) {
 	if err != nil {
 		return vend.Request{}, err
 	}
-	req := vend.Request{Provider: r.PathValue("provider"), Scope: q.Get("scope"), MinTTL: -1}
+	req := vend.Request{Provider: r.PathValue("provider"), Scope: q.Get("scope"), Resource: q.Get("resource"), Audience: q.Get("audience"), MinTTL: -1}
 	if q.Has("min_ttl") {
 		n, err := strconv.ParseInt(q.Get("min_ttl"), 10, 64)
 		if err != nil || n < 0 || n > int64(vend.MaxMinTTL/time.Second) {

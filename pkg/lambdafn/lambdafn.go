@@ -99,6 +99,8 @@ type Vendor interface {
 type InvokeEvent struct {
 	Provider            string `json:"provider"`
 	Scope               string `json:"scope"`
+	Resource            string `json:"resource"`
+	Audience            string `json:"audience"`
 	MinTTL              *int64 `json:"min_ttl"`
 	RejectedTokenSHA256 string `json:"rejected_token_sha256"`
 	// Identity proves who invokes: a signed sts:GetCallerIdentity request
@@ -128,7 +130,7 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) f
 			if ev.Provider == "" {
 				return vend.Token{}, wire.Invalid("provider is required")
 			}
-			req := vend.Request{Provider: ev.Provider, Scope: ev.Scope, MinTTL: -1}
+			req := vend.Request{Provider: ev.Provider, Scope: ev.Scope, Resource: ev.Resource, Audience: ev.Audience, MinTTL: -1}
 			if ev.MinTTL != nil {
 				if *ev.MinTTL < 0 || *ev.MinTTL > int64(vend.MaxMinTTL/time.Second) {
 					return vend.Token{}, wire.Invalid("min_ttl must be a whole number of seconds from 0 to %d", int64(vend.MaxMinTTL/time.Second))

@@ -150,7 +150,7 @@ func FuzzInvoke(f *testing.F) {
 		_, err := h.Invoke(context.Background(), ev)
 		if err != nil {
 			switch typeName(err) {
-			case "InvalidRequest", "ScopeNotAllowed", "UnknownProvider", "UpstreamRejected", "UpstreamUnavailable":
+			case "InvalidRequest", "ScopeNotAllowed", "InvalidTarget", "UnknownProvider", "UpstreamRejected", "UpstreamUnavailable":
 			default:
 				t.Fatalf("%q -> %T %v", ev, err, err)
 			}

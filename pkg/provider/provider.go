@@ -104,6 +104,13 @@ type Definition struct {
 	// allowed_scopes (0: DefaultMaxKeys; ignored with allowed_scopes, which
 	// bound the keys already).
 	MaxKeys int `json:"max_keys,omitempty"`
+	// Resources and Audiences are the target a token is asked for when the
+	// caller names none (RFC 8707 resource, audience); AllowedResources and
+	// AllowedAudiences are what callers may ask for (absent: nothing).
+	Resources        []string `json:"resources,omitempty"`
+	AllowedResources []string `json:"allowed_resources,omitempty"`
+	Audiences        []string `json:"audiences,omitempty"`
+	AllowedAudiences []string `json:"allowed_audiences,omitempty"`
 	// MaxConcurrentFetches caps the refresher's concurrent token requests
 	// to this provider (0: 4); FetchRate, when set, caps them per second.
 	MaxConcurrentFetches int     `json:"max_concurrent_fetches,omitempty"`
@@ -307,6 +314,31 @@ func (d *Definition) Validate() error {
 		}
 		if k == "" || !printable(k) || !printable(v) {
 			return fe("extra_params", "keys must be non-empty and keys and values free of control characters")
+		}
+	}
+	for _, f := range []struct {
+		name, param       string
+		defaults, allowed []string
+		check             func(string) error
+	}{
+		{"resources", "resource", d.Resources, d.AllowedResources, checkResource},
+		{"audiences", "audience", d.Audiences, d.AllowedAudiences, checkAudience},
+	} {
+		for _, list := range [][]string{f.defaults, f.allowed} {
+			if len(list) > 100 {
+				return fe(f.name, "at most 100 values")
+			}
+			for _, v := range list {
+				if err := f.check(v); err != nil {
+					return fe(f.name, err.Error())
+				}
+			}
+		}
+		if len(f.allowed) > 0 && !subset(f.defaults, f.allowed) {
+			return fe(f.name, "defaults must be within allowed_"+f.name)
+		}
+		if _, clash := d.ExtraParams[f.param]; clash && len(f.defaults)+len(f.allowed) > 0 {
+			return fe("extra_params", fmt.Sprintf("sets %q, which %s and allowed_%s decide", f.param, f.name, f.name))
 		}
 	}
 	if d.DefaultExpiresIn < 0 || d.DefaultExpiresIn > 86400*366 {

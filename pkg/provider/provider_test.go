@@ -312,3 +312,46 @@ func TestPrivateKeyCheckedAtLoad(t *testing.T) {
 		}
 	}
 }
+
+// Resource indicators and audiences: normalized like scopes, defaults when
+// none is asked, refused (naming the value) outside the allowed ones, and
+// part of the key.
+func TestResolveTarget(t *testing.T) {
+	d := &Definition{Name: "p", TokenURL: "https://idp.example/token", ClientID: "c", ClientSecret: "s",
+		Resources: []string{"https://api.example/payments"}, AllowedResources: []string{"https://api.example/payments", "https://api.example/payouts"},
+		Audiences: []string{"api://default"}, AllowedAudiences: []string{"api://default", "api://ledger"}}
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	def, err := d.ResolveTarget("", "")
+	if err != nil || len(def.Resources) != 1 || def.Audiences[0] != "api://default" {
+		t.Fatalf("defaults: %+v %v", def, err)
+	}
+	a, err := d.ResolveTarget("https://api.example/payouts https://api.example/payments https://api.example/payouts", "api://ledger")
+	if err != nil || len(a.Resources) != 2 || a.Resources[0] != "https://api.example/payments" {
+		t.Fatalf("normalized: %+v %v", a, err)
+	}
+	b, _ := d.ResolveTarget("https://api.example/payments https://api.example/payouts", "api://ledger")
+	if d.KeyForTarget(nil, a).PK != d.KeyForTarget(nil, b).PK || d.KeyForTarget(nil, a).PK == d.KeyForTarget(nil, def).PK || d.KeyForTarget(nil, def).PK == d.KeyFor(nil).PK {
+		t.Fatal("the target must be part of the key, normalized")
+	}
+	for _, c := range []struct{ res, aud, want string }{
+		{"https://evil.example/", "", "https://evil.example/"},
+		{"", "api://other", "api://other"},
+	} {
+		if _, err := d.ResolveTarget(c.res, c.aud); !errors.Is(err, ErrTargetNotAllowed) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q %q: %v", c.res, c.aud, err)
+		}
+	}
+	for _, bad := range []string{"not-a-uri", "https://api.example/x#frag", "/relative"} {
+		if _, err := d.ResolveTarget(bad, ""); !errors.Is(err, ErrBadScope) {
+			t.Errorf("resource %q: %v", bad, err)
+		}
+	}
+	clash := &Definition{Name: "p", TokenURL: "https://idp.example/token", ClientID: "c", ClientSecret: "s",
+		ExtraParams: map[string]string{"audience": "x"}, AllowedAudiences: []string{"y"}}
+	var fe *FieldError
+	if err := clash.Validate(); !errors.As(err, &fe) || fe.Field != "extra_params" {
+		t.Fatalf("extra_params audience beside allowed_audiences: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"sort"
 	"strings"
 )
@@ -102,36 +103,139 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// Key identifies one cached token: provider, registration and scope set.
+// Key identifies one cached token: provider, registration, scope set and
+// target (resource indicators and audiences).
 type Key struct {
 	Provider string
 	Scopes   []string
-	// PK is the DynamoDB partition key: token#{provider}#{fingerprint}#{scope}.
+	Target   Target
+	// PK is the DynamoDB partition key:
+	// token#{provider}#{fingerprint}#{scope}[#r={resources}][#a={audiences}].
 	PK string
 }
 
 // Scope returns the normalized, space-separated scope string.
 func (k Key) Scope() string { return strings.Join(k.Scopes, " ") }
 
-// maxScopeInKey is the longest scope set written into a key as is; a
-// longer one is keyed by its digest, so keys stay short and the key-count
-// record listing up to 1000 of them stays far below DynamoDB's 400 KB
-// item limit (the scope itself is in the record's scope attribute).
+// maxScopeInKey is the longest scope set (with its target) written into a
+// key as is; a longer one is keyed by its digest, so keys stay short and
+// the key-count record listing up to 1000 of them stays far below
+// DynamoDB's 400 KB item limit (the scope itself is in the record's scope
+// attribute, the target in resource and audience).
 const maxScopeInKey = 128
 
-// KeyFor builds the cache key for normalized scopes.
-func (d *Definition) KeyFor(scopes []string) Key {
-	scope := strings.Join(scopes, " ")
-	if len(scope) > maxScopeInKey {
-		sum := sha256.Sum256([]byte(scope))
-		scope = "sha256:" + hex.EncodeToString(sum[:16])
+// KeyFor builds the cache key for normalized scopes and no target.
+func (d *Definition) KeyFor(scopes []string) Key { return d.KeyForTarget(scopes, Target{}) }
+
+// KeyForTarget builds the cache key for normalized scopes and target.
+func (d *Definition) KeyForTarget(scopes []string, t Target) Key {
+	tail := strings.Join(scopes, " ")
+	if len(t.Resources) > 0 {
+		tail += "#r=" + strings.Join(t.Resources, " ")
+	}
+	if len(t.Audiences) > 0 {
+		tail += "#a=" + strings.Join(t.Audiences, " ")
+	}
+	if len(tail) > maxScopeInKey {
+		sum := sha256.Sum256([]byte(tail))
+		tail = "sha256:" + hex.EncodeToString(sum[:16])
 	}
 	return Key{
 		Provider: d.Name,
 		Scopes:   scopes,
-		PK:       "token#" + d.Name + "#" + d.Fingerprint() + "#" + scope,
+		Target:   t,
+		PK:       "token#" + d.Name + "#" + d.Fingerprint() + "#" + tail,
 	}
 }
+
+// Target is what a token is for beyond its scopes: RFC 8707 resource
+// indicators and audiences (as Auth0, Entra and AWS's credential broker
+// take them), each normalized like scopes.
+type Target struct {
+	Resources, Audiences []string
+}
+
+// ErrTargetNotAllowed is wrapped when a requested resource or audience is
+// not among the definition's allowed ones.
+var ErrTargetNotAllowed = errors.New("resource or audience not allowed")
+
+// maxTargetValues bounds the resources or audiences of one request.
+const maxTargetValues = 10
+
+// ResolveTarget turns a caller's space-separated resource and audience
+// strings into the target for this provider: the definition's defaults when
+// none is asked for, and an error wrapping ErrTargetNotAllowed (naming the
+// value) for anything not in allowed_resources / allowed_audiences.
+func (d *Definition) ResolveTarget(resource, audience string) (Target, error) {
+	var t Target
+	for _, f := range []struct {
+		param           string
+		raw             string
+		defaults, allow []string
+		dst             *[]string
+		check           func(string) error
+	}{
+		{"resource", resource, d.Resources, d.AllowedResources, &t.Resources, checkResource},
+		{"audience", audience, d.Audiences, d.AllowedAudiences, &t.Audiences, checkAudience},
+	} {
+		vals, err := targetValues(f.param, f.raw, f.check)
+		if err != nil {
+			return Target{}, err
+		}
+		if len(vals) == 0 {
+			vals = normalized(f.defaults)
+		} else {
+			for _, v := range vals {
+				if !contains(f.allow, v) {
+					return Target{}, fmt.Errorf("%w: %s %q is not in allowed_%ss of provider %q", ErrTargetNotAllowed, f.param, truncateValue(v), f.param, d.Name)
+				}
+			}
+		}
+		*f.dst = vals
+	}
+	return t, nil
+}
+
+func targetValues(param, raw string, check func(string) error) ([]string, error) {
+	if len(raw) > maxScopeLen {
+		return nil, fmt.Errorf("%w: %s longer than %d bytes", ErrBadScope, param, maxScopeLen)
+	}
+	vals := strings.Fields(raw)
+	if len(vals) > maxTargetValues {
+		return nil, fmt.Errorf("%w: at most %d values of %s", ErrBadScope, maxTargetValues, param)
+	}
+	for _, v := range vals {
+		if err := check(v); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrBadScope, param, err)
+		}
+	}
+	return normalized(vals), nil
+}
+
+func normalized(vals []string) []string {
+	out := append([]string(nil), vals...)
+	sort.Strings(out)
+	return compact(out)
+}
+
+// checkResource: an absolute URI without a fragment (RFC 8707 §2).
+func checkResource(v string) error {
+	u, err := url.Parse(v)
+	if err != nil || u.Scheme == "" || (u.Host == "" && u.Opaque == "") || u.Fragment != "" || strings.Contains(v, "#") || !printable(v) {
+		return errors.New("each resource must be an absolute URI without a fragment")
+	}
+	return nil
+}
+
+// checkAudience: printable, no spaces (space separates values).
+func checkAudience(v string) error {
+	if v == "" || !printable(v) || strings.ContainsAny(v, " \"") {
+		return errors.New("each audience must be printable, without spaces or quotes")
+	}
+	return nil
+}
+
+func truncateValue(v string) string { return truncate(v, 120) }
 
 // ErrNotFound is wrapped by provider sources when no definition has the name.
 var ErrNotFound = errors.New("unknown provider")

@@ -92,6 +92,7 @@ type issued struct {
 
 // Server is the sandbox. Its zero value is not usable; call New.
 type Server struct {
+	targets  map[string][]string // client id -> resource/audience of its requests
 	mu       sync.Mutex
 	clients  map[string]*Client
 	retired  map[string]string // client id -> previous secret, refused after rotation
@@ -170,6 +171,26 @@ func (s *Server) Stats() Stats {
 		st.Revokes[k] = v
 	}
 	return st
+}
+
+// targetOf renders a request's resource and audience parameters (RFC 8707)
+// as "resource=a,b audience=c", or "" when it has none.
+func targetOf(style Style, r *http.Request, form url.Values) string {
+	if style == Mobi {
+		form = r.URL.Query()
+	}
+	if len(form["resource"]) == 0 && len(form["audience"]) == 0 {
+		return ""
+	}
+	return "resource=" + strings.Join(form["resource"], ",") + " audience=" + strings.Join(form["audience"], ",")
+}
+
+// Targets returns the resource and audience parameters of a client's token
+// requests that had any, in order.
+func (s *Server) Targets(clientID string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.targets[clientID]...)
 }
 
 // Requests returns how many token requests a client has made.
@@ -324,6 +345,12 @@ func (s *Server) token(style Style) http.HandlerFunc {
 		s.mu.Lock()
 		s.total++
 		s.requests[id]++
+		if s.targets == nil {
+			s.targets = map[string][]string{}
+		}
+		if t := targetOf(style, r, form); t != "" {
+			s.targets[id] = append(s.targets[id], t)
+		}
 		fault := s.takeFault(id)
 		s.mu.Unlock()
 		if fault != nil && fault.Delay > 0 {

@@ -53,9 +53,13 @@ func (s Secret) IsZero() bool { return s.Plain == "" && len(s.Sealed) == 0 }
 // TTL and humans read; lease and cooldown times are in milliseconds because
 // leases are seconds long.
 type Item struct {
-	PK          string `dynamodbav:"pk"`
-	Provider    string `dynamodbav:"provider,omitempty"`
-	Scope       string `dynamodbav:"scope"`
+	PK       string `dynamodbav:"pk"`
+	Provider string `dynamodbav:"provider,omitempty"`
+	Scope    string `dynamodbav:"scope"`
+	// Resource and Audience are the key's target (space-separated), which
+	// the refresher needs to renew it; empty for most keys.
+	Resource    string `dynamodbav:"resource,omitempty"`
+	Audience    string `dynamodbav:"audience,omitempty"`
 	Fingerprint string `dynamodbav:"registration,omitempty"`
 	Token       Secret `dynamodbav:"access_token"`
 	TokenType   string `dynamodbav:"token_type,omitempty"`

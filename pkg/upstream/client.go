@@ -190,15 +190,22 @@ func (c *Client) CertificateExpiry(def *provider.Definition) (time.Time, bool) {
 	return cc.notAfter, true
 }
 
-// Fetch requests a token for the normalized scopes.
-func (c *Client) Fetch(ctx context.Context, def *provider.Definition, scopes []string) (*Token, error) {
-	scope := strings.Join(scopes, " ")
+// Fetch requests a token for the key's normalized scopes and target
+// (RFC 8707 resource parameters, audience parameters).
+func (c *Client) Fetch(ctx context.Context, def *provider.Definition, key provider.Key) (*Token, error) {
+	scope := key.Scope()
 	rules := ExpiryRules{DefaultExpiresIn: def.DefaultExpiresIn, MaxCacheSeconds: c.MaxCacheSeconds}
 	var tok *Token
 	err := c.retry(ctx, def, func(ctx context.Context) error {
 		params := url.Values{"grant_type": {"client_credentials"}}
 		if scope != "" {
 			params.Set("scope", scope)
+		}
+		for _, r := range key.Target.Resources {
+			params.Add("resource", r)
+		}
+		for _, a := range key.Target.Audiences {
+			params.Add("audience", a)
 		}
 		for k, v := range def.ExtraParams {
 			params.Set(k, v)

@@ -77,7 +77,7 @@ func TestFetchClientSecretPostBody(t *testing.T) {
 	d := newDef(t, srv.URL+"/oauth/token", provider.AuthPost, "s&cret=1")
 	d.ExtraParams = map[string]string{"audience": "https://api"}
 	c := &Client{}
-	tok, err := c.Fetch(context.Background(), d, []string{"read", "write"})
+	tok, err := c.Fetch(context.Background(), d, provider.Key{Scopes: []string{"read", "write"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestFetchClientSecretBasicEncodesCredentials(t *testing.T) {
 		rc := &recorder{}
 		srv := httptest.NewServer(rc)
 		d := newDef(t, srv.URL+"/o/token/", provider.AuthBasic, secret)
-		if _, err := (&Client{}).Fetch(context.Background(), d, []string{"read"}); err != nil {
+		if _, err := (&Client{}).Fetch(context.Background(), d, provider.Key{Scopes: []string{"read"}}); err != nil {
 			t.Fatal(err)
 		}
 		srv.Close()
@@ -128,7 +128,7 @@ func TestFetchQueryStyle(t *testing.T) {
 	srv := httptest.NewServer(rc)
 	defer srv.Close()
 	d := newDef(t, srv.URL+"/token?tenant=7", provider.AuthQuery, "q s+cret")
-	tok, err := (&Client{}).Fetch(context.Background(), d, nil)
+	tok, err := (&Client{}).Fetch(context.Background(), d, provider.Key{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestFetchAgainstSandboxEachStyle(t *testing.T) {
 	defs := sandbox.DemoProviders(sb, srv.URL)
 	want := map[string]time.Duration{"demo-k2": time.Hour, "demo-mobi": time.Hour, "demo-dot": 36000 * time.Second}
 	for name, life := range want {
-		tok, err := (&Client{}).Fetch(context.Background(), defs[name], []string{"read", "write"}[:1])
+		tok, err := (&Client{}).Fetch(context.Background(), defs[name], provider.Key{Scopes: []string{"read", "write"}[:1]})
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -166,7 +166,7 @@ func TestFetchAgainstSandboxEachStyle(t *testing.T) {
 	// The sandbox insists on each style's placement, so a wrong method fails.
 	wrong := *defs["demo-k2"]
 	wrong.AuthMethod = provider.AuthBasic
-	_, err := (&Client{}).Fetch(context.Background(), &wrong, nil)
+	_, err := (&Client{}).Fetch(context.Background(), &wrong, provider.Key{})
 	if re, ok := AsRetrieveError(err); !ok || re.Code != "invalid_request" || re.Kind != Permanent {
 		t.Fatalf("K2 with Basic: %v", err)
 	}
@@ -300,7 +300,7 @@ func TestBodyCappedAt1MiB(t *testing.T) {
 	}))
 	defer srv.Close()
 	c := &Client{MaxAttempts: 1}
-	_, err := c.Fetch(context.Background(), newDef(t, srv.URL, provider.AuthPost, "x"), nil)
+	_, err := c.Fetch(context.Background(), newDef(t, srv.URL, provider.AuthPost, "x"), provider.Key{})
 	re, ok := AsRetrieveError(err)
 	if !ok || re.Code != "invalid_response" || !strings.Contains(re.Description, "1 MiB") {
 		t.Fatalf("got %v", err)
@@ -319,7 +319,7 @@ func TestRetriesTransientThenSucceeds(t *testing.T) {
 	defer srv.Close()
 	var waits []time.Duration
 	c := &Client{BaseBackoff: 100 * time.Millisecond, Sleep: func(_ context.Context, d time.Duration) error { waits = append(waits, d); return nil }}
-	tok, err := c.Fetch(context.Background(), newDef(t, srv.URL, provider.AuthPost, "x"), nil)
+	tok, err := c.Fetch(context.Background(), newDef(t, srv.URL, provider.AuthPost, "x"), provider.Key{})
 	if err != nil || tok.AccessToken != "ok" || n.Load() != 3 {
 		t.Fatalf("tok=%v err=%v requests=%d", tok, err, n.Load())
 	}
@@ -332,7 +332,7 @@ func TestPermanentErrorsNeverRetried(t *testing.T) {
 	for _, code := range []string{"invalid_client", "unauthorized_client", "invalid_request", "invalid_scope", "unsupported_grant_type", "invalid_grant"} {
 		rc := &recorder{status: 400, body: `{"error":"` + code + `"}`}
 		srv := httptest.NewServer(rc)
-		_, err := (&Client{Sleep: noSleep}).Fetch(context.Background(), newDef(t, srv.URL, provider.AuthPost, "x"), nil)
+		_, err := (&Client{Sleep: noSleep}).Fetch(context.Background(), newDef(t, srv.URL, provider.AuthPost, "x"), provider.Key{})
 		srv.Close()
 		re, _ := AsRetrieveError(err)
 		if rc.count() != 1 || re == nil || re.Code != code || re.Kind != Permanent {
@@ -347,7 +347,7 @@ func TestRateLimitHonoursRetryAfter(t *testing.T) {
 	defer srv.Close()
 	var waits []time.Duration
 	c := &Client{MaxAttempts: 2, Sleep: func(_ context.Context, d time.Duration) error { waits = append(waits, d); return nil }}
-	_, err := c.Fetch(context.Background(), newDef(t, srv.URL, provider.AuthPost, "x"), nil)
+	_, err := c.Fetch(context.Background(), newDef(t, srv.URL, provider.AuthPost, "x"), provider.Key{})
 	re, _ := AsRetrieveError(err)
 	if rc.count() != 2 || len(waits) != 1 || waits[0] != time.Second || re == nil || re.Kind != RateLimited {
 		t.Fatalf("requests %d waits %v err %v", rc.count(), waits, err)
@@ -356,7 +356,7 @@ func TestRateLimitHonoursRetryAfter(t *testing.T) {
 	rc2 := &recorder{status: 429, header: map[string]string{"Retry-After": "30"}}
 	srv2 := httptest.NewServer(rc2)
 	defer srv2.Close()
-	_, err = (&Client{Sleep: noSleep}).Fetch(context.Background(), newDef(t, srv2.URL, provider.AuthPost, "x"), nil)
+	_, err = (&Client{Sleep: noSleep}).Fetch(context.Background(), newDef(t, srv2.URL, provider.AuthPost, "x"), provider.Key{})
 	re, _ = AsRetrieveError(err)
 	if rc2.count() != 1 || re == nil || re.RetryAfter != 30*time.Second {
 		t.Fatalf("requests %d err %v", rc2.count(), err)
@@ -365,7 +365,7 @@ func TestRateLimitHonoursRetryAfter(t *testing.T) {
 	rc3 := &recorder{status: 429}
 	srv3 := httptest.NewServer(rc3)
 	defer srv3.Close()
-	_, _ = (&Client{Sleep: noSleep, MaxRetryAfter: -1}).Fetch(context.Background(), newDef(t, srv3.URL, provider.AuthPost, "x"), nil)
+	_, _ = (&Client{Sleep: noSleep, MaxRetryAfter: -1}).Fetch(context.Background(), newDef(t, srv3.URL, provider.AuthPost, "x"), provider.Key{})
 	if rc3.count() != 1 {
 		t.Fatalf("want 1 request, got %d", rc3.count())
 	}
@@ -384,7 +384,7 @@ func TestAttemptTimeoutAndDeadline(t *testing.T) {
 	defer srv.Close()
 	defer close(release) // runs before Close, which waits for handlers
 	c := &Client{AttemptTimeout: 50 * time.Millisecond, MaxAttempts: 2, Sleep: noSleep}
-	_, err := c.Fetch(context.Background(), newDef(t, srv.URL, provider.AuthPost, "x"), nil)
+	_, err := c.Fetch(context.Background(), newDef(t, srv.URL, provider.AuthPost, "x"), provider.Key{})
 	re, _ := AsRetrieveError(err)
 	if re == nil || re.Code != "timeout" || re.Kind != Transient || n.Load() != 2 {
 		t.Fatalf("err %v requests %d", err, n.Load())
@@ -394,7 +394,7 @@ func TestAttemptTimeoutAndDeadline(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	c = &Client{AttemptTimeout: 5 * time.Second, MaxAttempts: 5}
-	_, err = c.Fetch(ctx, newDef(t, srv.URL, provider.AuthPost, "x"), nil)
+	_, err = c.Fetch(ctx, newDef(t, srv.URL, provider.AuthPost, "x"), provider.Key{})
 	if el := time.Since(start); el > 2*time.Second || err == nil {
 		t.Fatalf("deadline ignored: %v after %v", err, el)
 	}
@@ -408,7 +408,7 @@ func TestRedirectNotFollowed(t *testing.T) {
 		http.Redirect(w, r, tsrv.URL+"/steal", http.StatusFound)
 	}))
 	defer srv.Close()
-	_, err := (&Client{}).Fetch(context.Background(), newDef(t, srv.URL, provider.AuthQuery, "x"), nil)
+	_, err := (&Client{}).Fetch(context.Background(), newDef(t, srv.URL, provider.AuthQuery, "x"), provider.Key{})
 	re, _ := AsRetrieveError(err)
 	if target.count() != 0 || re == nil || re.Kind != Permanent {
 		t.Fatalf("redirect followed or misclassified: %v (target saw %d)", err, target.count())
@@ -421,7 +421,7 @@ func TestNetworkErrorNeverCarriesQuerySecret(t *testing.T) {
 	l.Close() // nothing listens now: connection refused
 	const secret = "query-secret-canary"
 	d := newDef(t, "http://"+addr+"/token", provider.AuthQuery, secret)
-	_, err := (&Client{MaxAttempts: 2, Sleep: noSleep}).Fetch(context.Background(), d, nil)
+	_, err := (&Client{MaxAttempts: 2, Sleep: noSleep}).Fetch(context.Background(), d, provider.Key{})
 	re, _ := AsRetrieveError(err)
 	if re == nil || re.Kind != Transient || re.Code != "network_error" {
 		t.Fatalf("got %v", err)
@@ -433,7 +433,7 @@ func TestNetworkErrorNeverCarriesQuerySecret(t *testing.T) {
 
 func TestEndpointMustBeHTTPS(t *testing.T) {
 	d := &provider.Definition{Name: "p", TokenURL: "http://api.example.com/token", ClientID: "a", ClientSecret: "b", AuthMethod: provider.AuthPost}
-	_, err := (&Client{}).Fetch(context.Background(), d, nil)
+	_, err := (&Client{}).Fetch(context.Background(), d, provider.Key{})
 	re, _ := AsRetrieveError(err)
 	if re == nil || re.Code != "invalid_endpoint" || re.Kind != Permanent {
 		t.Fatalf("got %v", err)
@@ -465,7 +465,7 @@ func TestRevoke(t *testing.T) {
 	defs := sandbox.DemoProviders(sb, srv.URL)
 	c := &Client{Sleep: noSleep}
 	for _, name := range []string{"demo-k2", "demo-dot"} {
-		tok, err := c.Fetch(context.Background(), defs[name], nil)
+		tok, err := c.Fetch(context.Background(), defs[name], provider.Key{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -538,7 +538,7 @@ func TestEchoedCredentialsRedactedInEveryAuthStyle(t *testing.T) {
 	for name, def := range sandbox.DemoProviders(sb, srv.URL) {
 		t.Run(name, func(t *testing.T) {
 			sb.SetFault(sandbox.Fault{ClientID: def.ClientID, Body: "echo_auth", Times: 1})
-			_, err := (&Client{}).Fetch(context.Background(), def, nil)
+			_, err := (&Client{}).Fetch(context.Background(), def, provider.Key{})
 			re, ok := AsRetrieveError(err)
 			if !ok || re.Code != "invalid_client" || !strings.Contains(re.Description, "[REDACTED]") {
 				t.Fatalf("want a redacted invalid_client, got %v", err)
@@ -574,7 +574,7 @@ func TestRevokeAssertionAudienceIsTheRevocationEndpoint(t *testing.T) {
 	}
 	a := &audiences{}
 	c := &Client{Assertions: a}
-	if _, err := c.Fetch(context.Background(), d, nil); err != nil {
+	if _, err := c.Fetch(context.Background(), d, provider.Key{}); err != nil {
 		t.Fatal(err)
 	}
 	rc.mu.Lock()
@@ -607,7 +607,7 @@ func TestInvalidClientForgetsTheKMSKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := &forgetful{}
-	if _, err := (&Client{Assertions: f}).Fetch(context.Background(), d, nil); err == nil || f.forgot != 1 {
+	if _, err := (&Client{Assertions: f}).Fetch(context.Background(), d, provider.Key{}); err == nil || f.forgot != 1 {
 		t.Fatalf("err %v, forgot %d", err, f.forgot)
 	}
 }

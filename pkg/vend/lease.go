@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/provider"
@@ -252,6 +253,7 @@ func (v *Vendor) acquire(ctx context.Context, j *job, it *store.Item, drop bool,
 		expect = it.Version
 	}
 	next.PK, next.Provider, next.Scope, next.Fingerprint = j.key.PK, j.def.Name, j.key.Scope(), j.def.Fingerprint()
+	next.Resource, next.Audience = strings.Join(j.key.Target.Resources, " "), strings.Join(j.key.Target.Audiences, " ")
 	next.Version = nextVersion(expect, now)
 	next.LeaseOwner = v.opts.InstanceID + "/" + strconv.FormatUint(v.seq.Add(1), 10)
 	leaseUntil := now.Add(v.opts.LeaseDuration)
@@ -333,7 +335,7 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 	fctx, fcancel := fetchContext(ctx, leased.LeaseUntil().Sub(v.opts.Now()))
 	defer fcancel()
 	def := j.def
-	up, err := v.fetch(fctx, def, j.key.Scopes)
+	up, err := v.fetch(fctx, def, j.key)
 	if re, ok := upstream.AsRetrieveError(err); ok && re.IsClientAuth() {
 		// Maybe the secret was rotated: re-read it once, bypassing caches.
 		if fresh, rerr := v.providers.Reload(ctx, def.Name); rerr == nil && !fresh.SameCredentials(def) {
@@ -345,12 +347,19 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 			}
 			v.log.InfoContext(ctx, "provider refused credentials; retrying with the re-read secret", "provider", def.Name)
 			def = fresh
-			up, err = v.fetch(fctx, def, j.key.Scopes)
+			up, err = v.fetch(fctx, def, j.key)
 		}
 	}
 	sctx, scancel := settleContext(ctx)
 	defer scancel()
 	now := v.opts.Now()
+	if err != nil && j.mode == modeScheduled && cutByDeadline(ctx, fctx) {
+		// The refresher run's own deadline cut this renewal: nothing says the
+		// provider failed, so no failure is recorded and no cooldown opened
+		// (it would refuse callers for nothing); the lease is released.
+		v.release(sctx, leased)
+		return Token{}, &UnavailableError{Provider: def.Name, Reason: "the refresher run's deadline passed during the renewal", RetryAfter: time.Second, Err: err}
+	}
 	if err != nil {
 		if now.Before(leased.LeaseUntil()) {
 			v.recordFailure(sctx, j, leased, err, now)
@@ -413,6 +422,13 @@ func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // fetchContext ends the upstream fetch when the lease lapses (leaseLeft
 // from now), and settleTimeout before ctx's deadline when there is room
 // for that.
+// cutByDeadline reports whether a fetch ended because its caller's deadline
+// (not the lease, not the provider) ran out.
+func cutByDeadline(ctx, fctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && fctx.Err() != nil && time.Until(dl) <= 2*settleTimeout
+}
+
 func fetchContext(ctx context.Context, leaseLeft time.Duration) (context.Context, context.CancelFunc) {
 	end := time.Now().Add(max(leaseLeft, 0))
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) > 2*settleTimeout && dl.Add(-settleTimeout).Before(end) {
@@ -465,9 +481,9 @@ func refreshAt(def *provider.Definition, up *upstream.Token) time.Time {
 	return at
 }
 
-func (v *Vendor) fetch(ctx context.Context, def *provider.Definition, scopes []string) (*upstream.Token, error) {
+func (v *Vendor) fetch(ctx context.Context, def *provider.Definition, key provider.Key) (*upstream.Token, error) {
 	start := time.Now()
-	up, err := v.fetcher.Fetch(ctx, def, scopes)
+	up, err := v.fetcher.Fetch(ctx, def, key)
 	code := ""
 	if re, ok := upstream.AsRetrieveError(err); ok {
 		code = re.Code
@@ -656,7 +672,7 @@ func (v *Vendor) withoutStore(ctx context.Context, j *job, cause error) (Token, 
 		return Token{}, &UnavailableError{Provider: j.def.Name, RetryAfter: time.Second, Err: cause,
 			Reason: "token store unavailable and this instance's upstream rate limit is reached"}
 	}
-	up, err := v.fetch(ctx, j.def, j.key.Scopes)
+	up, err := v.fetch(ctx, j.def, j.key)
 	if err != nil {
 		return Token{}, v.failure(j, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,7 +37,7 @@ func (v *Vendor) Revoke(ctx context.Context, req Request) (RevokeResult, error) 
 	if err != nil {
 		return RevokeResult{}, err
 	}
-	key, err := resolve(def, req.Scope)
+	key, err := resolve(def, req)
 	if err != nil {
 		return RevokeResult{}, err
 	}
@@ -316,6 +317,13 @@ func (v *Vendor) renew(ctx context.Context, it *store.Item, now time.Time, o Ref
 	}
 	scopes, _ := provider.NormalizeScope(it.Scope)
 	key := def.KeyFor(scopes)
+	if key.PK != it.PK {
+		// A key with a target (resource, audience), which the index does
+		// not project: read it from the record.
+		if rec, err := v.store.Get(ctx, it.PK, true); err == nil && rec != nil && (rec.Resource != "" || rec.Audience != "") {
+			key = def.KeyForTarget(scopes, provider.Target{Resources: strings.Fields(rec.Resource), Audiences: strings.Fields(rec.Audience)})
+		}
+	}
 	if key.PK != it.PK {
 		count(&res.Skipped) // an old registration's token: let it expire
 		return renewDone

@@ -152,8 +152,16 @@ func TestRefresherReturnsBeforeItsDeadline(t *testing.T) {
 	if res.Refreshed != 0 || res.Failed+res.Deferred+res.Skipped != 6 {
 		t.Fatalf("%+v", res)
 	}
+	// The run's own deadline is not the provider's failure: no cooldown
+	// that would refuse callers, no failure recorded on the keys.
+	if cd, _ := st.Get(ctx, "cooldown#demo-mobi", true); cd != nil && time.Now().Before(time.UnixMilli(cd.CooldownUntil)) {
+		t.Fatal("the run's deadline opened a cooldown for the provider")
+	}
 	for _, pk := range pks {
 		it, _ := st.Get(ctx, pk, true)
+		if it != nil && it.LastError != "" {
+			t.Fatalf("%s: a failure was recorded for a renewal the run cut (%s)", pk, it.LastError)
+		}
 		if it == nil || it.Token.IsZero() {
 			t.Fatalf("%s: the cached token was lost", pk)
 		}

@@ -36,7 +36,7 @@ type ProviderSource interface {
 
 // Fetcher talks to authorization servers (upstream.Client in production).
 type Fetcher interface {
-	Fetch(ctx context.Context, def *provider.Definition, scopes []string) (*upstream.Token, error)
+	Fetch(ctx context.Context, def *provider.Definition, key provider.Key) (*upstream.Token, error)
 	Revoke(ctx context.Context, def *provider.Definition, token string) error
 }
 
@@ -88,6 +88,10 @@ type Request struct {
 	// Scope is space-separated, as the caller sent it; empty means the
 	// provider's default scopes.
 	Scope string
+	// Resource and Audience (space-separated; RFC 8707 resource
+	// indicators, audiences) name the token's target; empty means the
+	// provider's defaults. They are part of the cache key.
+	Resource, Audience string
 	// MinTTL is the least lifetime the token must have left; negative means
 	// the default (60 s). It is capped at half the token's lifetime.
 	MinTTL time.Duration
@@ -225,7 +229,7 @@ func (v *Vendor) Token(ctx context.Context, req Request) (Token, error) {
 	}
 	now := v.opts.Now()
 	if v.opts.L1MaxAge > 0 {
-		if t, ok := v.l1.get(def, req.Scope, now, minTTL, v.opts.L1MaxAge); ok {
+		if t, ok := v.l1.get(def, req.l1Key(), now, minTTL, v.opts.L1MaxAge); ok {
 			v.obs.Vended(def.Name, FromL1, t.ExpiresAt.Sub(now))
 			return t, nil
 		}
@@ -301,23 +305,37 @@ func (v *Vendor) minTTL(d time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// resolve checks the scope against the definition and builds the key.
-func resolve(def *provider.Definition, scope string) (provider.Key, error) {
-	scopes, err := def.Resolve(scope)
+// resolve checks the scope and target against the definition and builds
+// the key.
+func resolve(def *provider.Definition, req Request) (provider.Key, error) {
+	scopes, err := def.Resolve(req.Scope)
+	var target provider.Target
+	if err == nil {
+		target, err = def.ResolveTarget(req.Resource, req.Audience)
+	}
 	if errors.Is(err, provider.ErrBadScope) {
 		return provider.Key{}, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	if err != nil {
 		return provider.Key{}, err
 	}
-	return def.KeyFor(scopes), nil
+	return def.KeyForTarget(scopes, target), nil
+}
+
+// l1Key is the request as the caller wrote it: L1 is keyed by it, so a hit
+// needs no parsing.
+func (r Request) l1Key() string {
+	if r.Resource == "" && r.Audience == "" {
+		return r.Scope
+	}
+	return r.Scope + "\x00" + r.Resource + "\x00" + r.Audience
 }
 
 // withDefinition runs a job, and runs it once more with a re-read definition
 // when a credential rotation changed the registration (client id) under it.
 func (v *Vendor) withDefinition(ctx context.Context, def *provider.Definition, req Request, mk func(*provider.Definition, provider.Key) *job) (Token, error) {
 	for attempt := 0; ; attempt++ {
-		key, err := resolve(def, req.Scope)
+		key, err := resolve(def, req)
 		if err != nil {
 			return Token{}, err
 		}
@@ -329,7 +347,7 @@ func (v *Vendor) withDefinition(ctx context.Context, def *provider.Definition, r
 			continue
 		}
 		if err == nil && v.opts.L1MaxAge > 0 {
-			v.l1.put(def, req.Scope, key.PK, t, v.opts.Now())
+			v.l1.put(def, req.l1Key(), key.PK, t, v.opts.Now())
 		}
 		if err == nil {
 			v.obs.Vended(def.Name, t.Source, t.ExpiresAt.Sub(v.opts.Now()))

@@ -107,6 +107,7 @@ var kinds = map[string]struct {
 	"InvalidRequest":      {400, "invalid_request"},
 	"ScopeNotAllowed":     {403, "scope_not_allowed"},
 	"KeyLimitReached":     {403, "key_limit_reached"},
+	"InvalidTarget":       {403, "invalid_target"},
 	"CallerNotAllowed":    {403, "caller_not_allowed"},
 	"IdentityUnavailable": {503, "identity_unavailable"},
 	"UnknownProvider":     {404, "unknown_provider"},
@@ -150,6 +151,8 @@ func Classify(err error, providerName string) Problem {
 		return mk("ScopeNotAllowed", err.Error())
 	case errors.Is(err, provider.ErrKeyLimit):
 		return mk("KeyLimitReached", err.Error())
+	case errors.Is(err, provider.ErrTargetNotAllowed):
+		return mk("InvalidTarget", err.Error())
 	case errors.Is(err, provider.ErrNotFound), errors.Is(err, provider.ErrInvalidName):
 		return mk("UnknownProvider", fmt.Sprintf("no provider named %q", providerName))
 	case errors.As(err, &re) && re.Kind == upstream.Permanent:
@@ -186,6 +189,7 @@ type (
 	InvalidRequest      struct{ lambdaError }
 	ScopeNotAllowed     struct{ lambdaError }
 	KeyLimitReached     struct{ lambdaError }
+	InvalidTarget       struct{ lambdaError }
 	CallerNotAllowed    struct{ lambdaError }
 	IdentityUnavailable struct{ lambdaError }
 	UnknownProvider     struct{ lambdaError }
@@ -228,6 +232,8 @@ func (p Problem) LambdaError() error {
 		return &ScopeNotAllowed{le}
 	case "KeyLimitReached":
 		return &KeyLimitReached{le}
+	case "InvalidTarget":
+		return &InvalidTarget{le}
 	case "UnknownProvider":
 		return &UnknownProvider{le}
 	case "CallerNotAllowed":

@@ -18,7 +18,7 @@ type fixedFetcher struct {
 	calls int
 }
 
-func (f *fixedFetcher) Fetch(_ context.Context, _ *provider.Definition, scopes []string) (*upstream.Token, error) {
+func (f *fixedFetcher) Fetch(_ context.Context, _ *provider.Definition, key provider.Key) (*upstream.Token, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++

@@ -18,6 +18,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"github.com/token-vendor/token-vendor/pkg/httpapi"
 	"io"
@@ -468,3 +469,46 @@ func TestJWKSRouteAsJWKSURIAndRotation(t *testing.T) {
 type listing struct{ *vendtest.Providers }
 
 func (listing) Names(context.Context) ([]string, error) { return nil, nil }
+
+// RFC 8707 resource indicators against oidc-provider: each resource is its
+// own cached token, issued for that resource (the JWT's aud), through the
+// vend core as every edge reaches it; a resource not allowed never reaches
+// the server.
+func TestResourceIndicators(t *testing.T) {
+	secret := "resource-client-secret-" + strings.Repeat("r", 20)
+	srv := startWith(t, []registration{{ClientID: "svc-res", Auth: provider.AuthClientSecretJWT, Secret: secret}}, nil)
+	d := definition(srv, "svc-res", func(d *provider.Definition) {
+		d.AuthMethod, d.ClientSecret = provider.AuthClientSecretJWT, secret
+		d.AllowedResources = []string{"https://api.example/payments", "https://api.example/payouts"}
+	})
+	v, _ := vendor(map[string]*provider.Definition{"svc-res": d}, assertion.New(nil))
+	ctx := context.Background()
+	aud := func(tok string) any {
+		parts := strings.Split(tok, ".")
+		if len(parts) != 3 {
+			t.Fatalf("not a JWT access token: %d parts", len(parts))
+		}
+		raw, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		var claims map[string]any
+		json.Unmarshal(raw, &claims)
+		return claims["aud"]
+	}
+	pay, err := v.Token(ctx, vend.Request{Provider: "svc-res", Scope: "read", Resource: "https://api.example/payments", MinTTL: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := v.Token(ctx, vend.Request{Provider: "svc-res", Scope: "read", Resource: "https://api.example/payouts", MinTTL: -1})
+	if err != nil || out.AccessToken == pay.AccessToken {
+		t.Fatalf("second resource: %v", err)
+	}
+	if aud(pay.AccessToken) != "https://api.example/payments" || aud(out.AccessToken) != "https://api.example/payouts" {
+		t.Fatalf("aud %v and %v", aud(pay.AccessToken), aud(out.AccessToken))
+	}
+	if again, _ := v.Token(ctx, vend.Request{Provider: "svc-res", Scope: "read", Resource: "https://api.example/payments", MinTTL: -1}); again.AccessToken != pay.AccessToken {
+		t.Fatal("not cached per resource")
+	}
+	before := len(srv.assertions(t))
+	if _, err := v.Token(ctx, vend.Request{Provider: "svc-res", Resource: "https://evil.example/", MinTTL: -1}); !errors.Is(err, provider.ErrTargetNotAllowed) || len(srv.assertions(t)) != before {
+		t.Fatalf("a resource not allowed: %v", err)
+	}
+}

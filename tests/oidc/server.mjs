@@ -49,6 +49,15 @@ const provider = new Provider(`${tls ? 'https' : 'http'}://127.0.0.1:${port}`, {
   features: {
     clientCredentials: { enabled: true },
     revocation: { enabled: true },
+    // RFC 8707: a token for a named resource is a JWT whose aud is it.
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      useGrantedResource: () => false,
+      getResourceServerInfo: (ctx, resourceIndicator) => ({
+        scope: 'read write', audience: resourceIndicator, accessTokenFormat: 'jwt', accessTokenTTL: 3600,
+      }),
+    },
     devInteractions: { enabled: false },
     mTLS: {
       enabled: !!tls,

@@ -111,13 +111,13 @@ func newGate(clock *Clock) *gatedFetcher {
 	return &gatedFetcher{Fetcher: Client(clock), calls: make(chan chan error)}
 }
 
-func (g *gatedFetcher) Fetch(ctx context.Context, def *provider.Definition, scopes []string) (*upstream.Token, error) {
+func (g *gatedFetcher) Fetch(ctx context.Context, def *provider.Definition, key provider.Key) (*upstream.Token, error) {
 	release := make(chan error)
 	g.calls <- release
 	if err := <-release; err != nil {
 		return nil, err
 	}
-	return g.Fetcher.Fetch(ctx, def, scopes)
+	return g.Fetcher.Fetch(ctx, def, key)
 }
 
 func (g *gatedFetcher) next(t *testing.T) chan error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +25,7 @@ var usageScenarios = map[string]func(*testing.T, NewStore){
 	"KeysPerProviderBounded":                 testKeysPerProviderBounded,
 	"KeyLimitHoldsForDeadRecords":            testKeyLimitHoldsForDeadRecords,
 	"RefusedRecordIsNotAnOutage":             testRefusedRecordIsNotAnOutage,
+	"ResourceAndAudienceInTheKey":            testResourceAndAudienceInTheKey,
 }
 
 // writeCounter counts writes that landed and writes attempted.
@@ -375,5 +377,47 @@ func testRefusedRecordIsNotAnOutage(t *testing.T, newStore NewStore) {
 	rs.mu.Unlock()
 	if after == before {
 		t.Fatal("the healthy provider was vended around the store: the breaker opened")
+	}
+}
+
+// testResourceAndAudienceInTheKey: a token's target (RFC 8707 resource,
+// audience) is part of its key, sent upstream, refused outside the allowed
+// values before any request, and renewed by the refresher per combination.
+func testResourceAndAudienceInTheKey(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	def := *f.up.Defs["demo-k2"]
+	def.Resources = []string{"https://api.example/a"}
+	def.AllowedResources = []string{"https://api.example/a", "https://api.example/b"}
+	def.AllowedAudiences = []string{"ledger"}
+	if err := def.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	f.provs.Set(&def)
+	v := f.vendor(vend.Options{DisableRefreshAhead: true})
+	a, err := v.Token(bg, req("demo-k2", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := v.Token(bg, vend.Request{Provider: "demo-k2", Resource: "https://api.example/b", Audience: "ledger", MinTTL: -1})
+	if err != nil || b.AccessToken == a.AccessToken || f.requests("demo-k2") != 2 {
+		t.Fatalf("another target: %v, %d requests", err, f.requests("demo-k2"))
+	}
+	if again, _ := f.vendor(vend.Options{}).Token(bg, vend.Request{Provider: "demo-k2", Resource: "https://api.example/b", Audience: "ledger", MinTTL: -1}); again.AccessToken != b.AccessToken {
+		t.Fatal("the same target from another instance is another token")
+	}
+	if got := f.up.Server.Targets("demo-k2-client"); len(got) != 2 || got[0] != "resource=https://api.example/a audience=" || got[1] != "resource=https://api.example/b audience=ledger" {
+		t.Fatalf("targets sent upstream: %q", got)
+	}
+	_, err = v.Token(bg, vend.Request{Provider: "demo-k2", Resource: "https://evil.example/", MinTTL: -1})
+	if !errors.Is(err, provider.ErrTargetNotAllowed) || !strings.Contains(err.Error(), "https://evil.example/") || f.requests("demo-k2") != 2 {
+		t.Fatalf("a resource not allowed: %v", err)
+	}
+	f.clock.Advance(55 * time.Minute) // both past their refresh point
+	res, err := f.vendor(vend.Options{}).RefreshDue(bg, vend.RefreshOptions{Horizon: time.Minute})
+	if err != nil || res.Refreshed != 2 {
+		t.Fatalf("the refresher renews each target: %+v %v", res, err)
+	}
+	if got := f.up.Server.Targets("demo-k2-client"); len(got) != 4 || !slices.Contains(got[2:], "resource=https://api.example/b audience=ledger") {
+		t.Fatalf("targets of the renewals: %q", got)
 	}
 }
