@@ -19,9 +19,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	kmstypes "github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/token-vendor/token-vendor/pkg/assertion"
 	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/webidentity"
+	"github.com/token-vendor/token-vendor/tests/ststandin"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
@@ -58,6 +61,38 @@ func signingBench(r *report) error {
 	if r.quick {
 		n = 200
 	}
+	// aws_web_identity: the assertion is an AWS-issued JWT, from STS (here the
+	// stand-in for GetWebIdentityToken on loopback), reused while valid.
+	standin, err := ststandin.Start("arn:aws:iam::123456789012:role/token-vendor-VendFunctionRole")
+	if err != nil {
+		return err
+	}
+	defer standin.Close()
+	stsc := sts.NewFromConfig(testenv.Config(), func(o *sts.Options) { o.BaseEndpoint = aws.String(standin.URL) })
+	wi := &provider.Definition{Name: "entra", ClientID: "app", TokenURL: "https://login.example/token", AuthMethod: provider.AuthAWSWebIdentity}
+	if err := wi.Validate(); err != nil {
+		return err
+	}
+	cachedWI := webidentity.New(stsc)
+	for _, c := range []struct {
+		name string
+		f    func() error
+	}{
+		{"aws_web_identity: GetWebIdentityToken through the STS stand-in (loopback), per fetch", func() error {
+			_, err := webidentity.New(stsc).Token(ctx, wi)
+			return err
+		}},
+		{"aws_web_identity: the JWT reused while valid", func() error {
+			_, err := cachedWI.Token(ctx, wi)
+			return err
+		}},
+	} {
+		row, err := measure(c.name, n/4, c.f)
+		if err != nil {
+			return err
+		}
+		r.signing = append(r.signing, row)
+	}
 	for _, c := range []struct {
 		name string
 		set  func(*provider.Definition)
@@ -87,9 +122,9 @@ func (r *report) writeSigning(w func(string, ...any)) {
 		return
 	}
 	w("")
-	w("## 9. What private_key_jwt adds to a fetch")
+	w("## 9. What client assertions add to a fetch")
 	w("")
-	w("Signing one client assertion (RFC 7523: header, claims, signature), which every upstream attempt of a private_key_jwt provider does once. The KMS rows go through moto on loopback, so they show the vendor's side (SDK, signing request) and moto's, not AWS KMS's: a real kms:Sign adds a regional round trip, typically a few to tens of milliseconds. A fetch happens once per key per refresh, fleet-wide, so this is not on the path of cached vends.")
+	w("Signing one client assertion (RFC 7523: header, claims, signature), which every upstream attempt of a private_key_jwt provider does once. The KMS rows go through moto on loopback, so they show the vendor's side (SDK, signing request) and moto's, not AWS KMS's: a real kms:Sign adds a regional round trip, typically a few to tens of milliseconds. The aws_web_identity rows get the vendor's AWS-issued JWT from a stand-in for STS GetWebIdentityToken on loopback (moto lacks the operation), so they show the vendor's side (SDK request, XML answer) and not AWS STS's latency; the JWT is then reused while it has more than 30 s left. A fetch happens once per key per refresh, fleet-wide, so this is not on the path of cached vends.")
 	w("")
 	latencyTable(w, "key", r.signing)
 }

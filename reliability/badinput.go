@@ -121,7 +121,7 @@ func badInputs() ([]badRow, error) {
 		{`{"client_id":"a","client_secret":"SECRET"}`, "token_url: required"},
 		{`{"token_url":"http://api.example.com/t","client_id":"a","client_secret":"SECRET"}`, "token_url: must use https (http is allowed only for loopback hosts)"},
 		{`{"token_url":"https://x.example/t","client_id":"a"}`, "client_secret: required"},
-		{`{"token_url":"https://x.example/t","client_id":"a","client_secret":"SECRET","auth_method":"jwt"}`, "auth_method: must be one of client_secret_basic, client_secret_post, query, client_secret_jwt, private_key_jwt, tls_client_auth, self_signed_tls_client_auth"},
+		{`{"token_url":"https://x.example/t","client_id":"a","client_secret":"SECRET","auth_method":"jwt"}`, "auth_method: must be one of client_secret_basic, client_secret_post, query, client_secret_jwt, private_key_jwt, aws_web_identity, tls_client_auth, self_signed_tls_client_auth"},
 		{`{"token_url":"https://x.example/t","client_id":"a","client_secret":"SECRET","scopes":["a b"]}`, "scopes: each scope must be a non-empty RFC 6749 scope-token (no spaces, quotes or backslashes)"},
 		{`{"token_url":"https://x.example/t","client_id":"a","client_secret":"SECRET","client_secert":"x"}`, "client_secert: unknown field"},
 		{`{"token_url":"https://x.example/t","client_id":"a","auth_method":"private_key_jwt"}`, "kms_key_id: private_key_jwt needs kms_key_id (an asymmetric KMS key) or private_key (PEM)"},

@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/token-vendor/token-vendor/pkg/assertion"
 	"github.com/token-vendor/token-vendor/pkg/envelope"
@@ -33,6 +34,7 @@ import (
 	"github.com/token-vendor/token-vendor/pkg/store/dynamostore"
 	"github.com/token-vendor/token-vendor/pkg/upstream"
 	"github.com/token-vendor/token-vendor/pkg/vend"
+	"github.com/token-vendor/token-vendor/pkg/webidentity"
 )
 
 // Config is everything the vendor can be told.
@@ -165,12 +167,14 @@ type Clients struct {
 	DynamoDB       *dynamodb.Client
 	SecretsManager *secretsmanager.Client
 	KMS            *kms.Client
+	// STS gets web identity tokens for aws_web_identity providers.
+	STS webidentity.STS
 }
 
 // AWSClients builds clients from an AWS config. Endpoints follow the SDK's
 // own settings (AWS_ENDPOINT_URL_DYNAMODB, …).
 func AWSClients(cfg aws.Config) Clients {
-	return Clients{DynamoDB: dynamodb.NewFromConfig(cfg), SecretsManager: secretsmanager.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg)}
+	return Clients{DynamoDB: dynamodb.NewFromConfig(cfg), SecretsManager: secretsmanager.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg)}
 }
 
 // Providers is a provider source that can also list.
@@ -252,6 +256,7 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 	keys := assertion.New(signer)
 	up := &upstream.Client{
 		Assertions:      keys,
+		WebIdentity:     webidentity.New(c.STS),
 		HTTP:            &http.Client{Transport: transport()},
 		AttemptTimeout:  cfg.UpstreamTimeout,
 		MaxAttempts:     cfg.UpstreamAttempts,

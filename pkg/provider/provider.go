@@ -40,6 +40,9 @@ const (
 	// by client_secret (RFC 7523, OpenID Connect Core §9): the secret
 	// never travels.
 	AuthClientSecretJWT = "client_secret_jwt"
+	// AuthAWSWebIdentity sends the vendor's own AWS-issued JWT (STS
+	// GetWebIdentityToken) as the client assertion: no secret and no key.
+	AuthAWSWebIdentity = "aws_web_identity"
 	// AuthTLS and AuthSelfSignedTLS authenticate with a client certificate
 	// (RFC 8705 §2.1, §2.2): client_certificate and client_key.
 	AuthTLS           = "tls_client_auth"
@@ -104,6 +107,12 @@ type Definition struct {
 	// allowed_scopes (0: DefaultMaxKeys; ignored with allowed_scopes, which
 	// bound the keys already).
 	MaxKeys int `json:"max_keys,omitempty"`
+	// aws_web_identity: the JWT's audience (default Entra's
+	// api://AzureADTokenExchange), algorithm (RS256 or ES384) and life in
+	// seconds (60-3600, default 300).
+	WebIdentityAudience string `json:"web_identity_audience,omitempty"`
+	WebIdentityAlg      string `json:"web_identity_signing_alg,omitempty"`
+	WebIdentitySeconds  int    `json:"web_identity_duration_seconds,omitempty"`
 	// Resources and Audiences are the target a token is asked for when the
 	// caller names none (RFC 8707 resource, audience); AllowedResources and
 	// AllowedAudiences are what callers may ask for (absent: nothing).
@@ -226,9 +235,9 @@ func (d *Definition) Validate() error {
 	switch d.AuthMethod {
 	case "":
 		d.AuthMethod = AuthBasic // RFC 6749 §2.3.1: servers MUST support Basic.
-	case AuthBasic, AuthPost, AuthQuery, AuthPrivateKeyJWT, AuthClientSecretJWT, AuthTLS, AuthSelfSignedTLS:
+	case AuthBasic, AuthPost, AuthQuery, AuthPrivateKeyJWT, AuthClientSecretJWT, AuthAWSWebIdentity, AuthTLS, AuthSelfSignedTLS:
 	default:
-		return fe("auth_method", "must be one of client_secret_basic, client_secret_post, query, client_secret_jwt, private_key_jwt, tls_client_auth, self_signed_tls_client_auth")
+		return fe("auth_method", "must be one of client_secret_basic, client_secret_post, query, client_secret_jwt, private_key_jwt, aws_web_identity, tls_client_auth, self_signed_tls_client_auth")
 	}
 	keyFields := map[string]string{"kms_key_id": d.KMSKeyID, "private_key": d.PrivateKey, "signing_alg": d.SigningAlg, "key_id": d.KeyID,
 		"assertion_audience": d.AssertionAudience, "signing_certificate": d.SigningCertificate}
@@ -241,6 +250,9 @@ func (d *Definition) Validate() error {
 		}
 		return nil
 	}
+	if d.AuthMethod != AuthAWSWebIdentity && (d.WebIdentityAudience != "" || d.WebIdentityAlg != "" || d.WebIdentitySeconds != 0) {
+		return fe("web_identity_audience", "web_identity_* fields only with auth_method aws_web_identity")
+	}
 	if len(d.PublishKeys) > 0 && d.AuthMethod != AuthPrivateKeyJWT {
 		return fe("publish_keys", "only with auth_method private_key_jwt")
 	}
@@ -251,6 +263,27 @@ func (d *Definition) Validate() error {
 		}
 		if err := only(certFields, "tls_client_auth or self_signed_tls_client_auth"); err != nil {
 			return err
+		}
+	case AuthAWSWebIdentity:
+		if d.ClientSecret != "" {
+			return fe("client_secret", "not used with aws_web_identity (the point is to hold none); remove it")
+		}
+		if err := only(keyFields, "private_key_jwt"); err != nil {
+			return err
+		}
+		if err := only(certFields, "tls_client_auth or self_signed_tls_client_auth"); err != nil {
+			return err
+		}
+		if d.WebIdentityAudience != "" && (!printable(d.WebIdentityAudience) || len(d.WebIdentityAudience) > 1024) {
+			return fe("web_identity_audience", "must be printable, at most 1024 bytes")
+		}
+		switch d.WebIdentityAlg {
+		case "", "RS256", "ES384":
+		default:
+			return fe("web_identity_signing_alg", "must be RS256 or ES384")
+		}
+		if d.WebIdentitySeconds != 0 && (d.WebIdentitySeconds < 60 || d.WebIdentitySeconds > 3600) {
+			return fe("web_identity_duration_seconds", "must be between 60 and 3600")
 		}
 	case AuthClientSecretJWT:
 		if d.ClientSecret == "" {
@@ -397,6 +430,26 @@ func patterns(provider, field string, entries []string) ([]principal.Pattern, er
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// DefaultWebIdentityAudience is Microsoft Entra ID's audience for federated
+// identity credentials.
+const DefaultWebIdentityAudience = "api://AzureADTokenExchange"
+
+// WebIdentity is aws_web_identity's audience, algorithm and duration, with
+// defaults applied.
+func (d *Definition) WebIdentity() (audience, alg string, seconds int) {
+	audience, alg, seconds = d.WebIdentityAudience, d.WebIdentityAlg, d.WebIdentitySeconds
+	if audience == "" {
+		audience = DefaultWebIdentityAudience
+	}
+	if alg == "" {
+		alg = "RS256"
+	}
+	if seconds == 0 {
+		seconds = 300
+	}
+	return audience, alg, seconds
 }
 
 // Callers are the patterns admitting callers for an operation: admin_callers

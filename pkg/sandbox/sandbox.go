@@ -9,12 +9,15 @@
 package sandbox
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+	"github.com/lestrrat-go/jwx/v3/jwt"
 	"io"
 	"mime"
 	"net/http"
@@ -63,6 +66,19 @@ type Client struct {
 	ExpiresIn int `json:"expires_in,omitempty"`
 	// RevokeOnIssue invalidates the client's earlier tokens when it issues a new one.
 	RevokeOnIssue bool `json:"revoke_on_issue,omitempty"`
+	// Federated makes it a federated client, as Entra ID federated identity
+	// credentials and Keycloak's federated client authentication work: it
+	// authenticates with a JWT another issuer signed (client_assertion,
+	// jwt-bearer), checked against that issuer's JWKS, and has no secret.
+	Federated *Federation `json:"federated,omitempty"`
+}
+
+// Federation is what a federated client trusts: one issuer, one subject,
+// one audience.
+type Federation struct {
+	Issuer   string `json:"issuer"`
+	Subject  string `json:"subject"`
+	Audience string `json:"audience"`
 }
 
 // Fault makes the server misbehave on token requests.
@@ -375,6 +391,17 @@ func (s *Server) token(style Style) http.HandlerFunc {
 		if style == Mobi {
 			scope = r.URL.Query().Get("scope")
 		}
+		s.mu.Lock()
+		c := s.clients[id]
+		s.mu.Unlock()
+		if c != nil && c.Federated != nil {
+			// The secret compare below is replaced by the assertion's check.
+			if err := verifyFederated(r.Context(), c.Federated, form); err != nil {
+				writeError(w, &oauthError{401, "invalid_client", "federated credential refused: " + err.Error()})
+				return
+			}
+			secret = c.Secret
+		}
 		resp, oe := s.issue(style, id, secret, grant, scope)
 		if oe != nil {
 			writeError(w, oe)
@@ -657,4 +684,24 @@ func containsStr(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// verifyFederated checks a federated client's assertion: type jwt-bearer, a
+// JWS signed by a key in the trusted issuer's JWKS (fetched from
+// {issuer}/.well-known/jwks.json), and iss, sub, aud and the validity times
+// as the federation names them. An unsigned or expired token is refused.
+func verifyFederated(ctx context.Context, f *Federation, form url.Values) error {
+	if form.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" || form.Get("client_assertion") == "" {
+		return errors.New("want client_assertion_type jwt-bearer and a client_assertion")
+	}
+	set, err := jwk.Fetch(ctx, strings.TrimRight(f.Issuer, "/")+"/.well-known/jwks.json")
+	if err != nil {
+		return errors.New("the issuer's JWKS could not be fetched")
+	}
+	_, err = jwt.Parse([]byte(form.Get("client_assertion")), jwt.WithKeySet(set), jwt.WithValidate(true),
+		jwt.WithIssuer(f.Issuer), jwt.WithSubject(f.Subject), jwt.WithAudience(f.Audience), jwt.WithAcceptableSkew(30*time.Second))
+	if err != nil {
+		return errors.New("the assertion is not a valid token of the trusted issuer, subject and audience")
+	}
+	return nil
 }

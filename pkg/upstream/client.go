@@ -58,6 +58,9 @@ type Client struct {
 	// Assertions signs private_key_jwt client assertions (assertion.Keys);
 	// nil refuses private_key_jwt providers.
 	Assertions Assertions
+	// WebIdentity gets the vendor's AWS-issued JWT for aws_web_identity
+	// providers (webidentity.Tokens); nil: none.
+	WebIdentity WebIdentity
 
 	certClients sync.Map // certificate-authenticated registration -> *certClient
 }
@@ -75,12 +78,23 @@ type Assertions interface {
 	Assertion(ctx context.Context, def *provider.Definition, aud string) (string, error)
 }
 
+// WebIdentity hands out the vendor's own AWS-issued JWT for def.
+type WebIdentity interface {
+	Token(ctx context.Context, def *provider.Definition) (string, error)
+}
+
 // clientAssertion signs one for an attempt ("" for other methods), for the
 // endpoint it is sent to: "" is the token endpoint (audience token_url or
 // assertion_audience); a revocation is sent with the revocation endpoint's
 // own URL as audience, so a revoke_url on another host holds nothing it
 // could redeem at the token endpoint.
 func (c *Client) clientAssertion(ctx context.Context, def *provider.Definition, audience string) (string, error) {
+	if def.AuthMethod == provider.AuthAWSWebIdentity {
+		if c.WebIdentity == nil {
+			return "", &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "web_identity_unavailable", Description: "aws_web_identity is not configured in this vendor"}
+		}
+		return c.WebIdentity.Token(ctx, def)
+	}
 	if def.AuthMethod != provider.AuthPrivateKeyJWT && def.AuthMethod != provider.AuthClientSecretJWT {
 		return "", nil
 	}
@@ -295,7 +309,7 @@ func buildRequest(ctx context.Context, def *provider.Definition, endpoint string
 		// RFC 8705 §2: the certificate authenticates; client_id names the client.
 		params.Set("client_id", def.ClientID)
 		body = params.Encode()
-	case provider.AuthPrivateKeyJWT, provider.AuthClientSecretJWT:
+	case provider.AuthPrivateKeyJWT, provider.AuthClientSecretJWT, provider.AuthAWSWebIdentity:
 		// RFC 7523 §2.2; client_id too, which RFC 6749 §3.2.1 allows and
 		// many servers want.
 		params.Set("client_id", def.ClientID)

@@ -496,3 +496,36 @@ func TestRefresherRunsAreNotRetriedAndHaveCapacity(t *testing.T) {
 		t.Error("REFRESH_CONCURRENCY is not set for the refresher")
 	}
 }
+
+// sts:GetWebIdentityToken is granted only when WebIdentityAudiences names
+// audiences, and only for those (sts:IdentityTokenAudience).
+func TestWebIdentityGrantLimitedToAudiences(t *testing.T) {
+	root, _ := loadTemplate(t)
+	found := 0
+	for name, fn := range resources(t, root, "AWS::Serverless::Function") {
+		p := get(fn, "Properties", "Policies")
+		for _, pol := range p.Content {
+			if pol.Tag != "!If" || len(pol.Content) != 3 || pol.Content[0].Value != "HasWebIdentity" {
+				continue
+			}
+			var stmts []*yaml.Node
+			statements(pol.Content[1], &stmts)
+			for _, st := range stmts {
+				if !slices.Contains(scalars(get(st, "Action")), "sts:GetWebIdentityToken") {
+					continue
+				}
+				found++
+				c := get(st, "Condition", "ForAllValues:StringEquals", "sts:IdentityTokenAudience")
+				if c == nil || !slices.Contains(scalars(c), "WebIdentityAudiences") {
+					t.Errorf("%s: GetWebIdentityToken without the audience condition", name)
+				}
+			}
+		}
+	}
+	if found != 3 {
+		t.Fatalf("want the conditional grant on the 3 functions, found %d", found)
+	}
+	if d := get(root, "Parameters", "WebIdentityAudiences", "Default"); d == nil || d.Value != "" {
+		t.Error("WebIdentityAudiences must default to empty (no grant)")
+	}
+}

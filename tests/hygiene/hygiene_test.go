@@ -31,6 +31,7 @@ import (
 	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/token-vendor/token-vendor/pkg/app"
 	"github.com/token-vendor/token-vendor/pkg/client"
@@ -40,6 +41,8 @@ import (
 	"github.com/token-vendor/token-vendor/pkg/obs"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/wire"
+	"github.com/token-vendor/token-vendor/tests/ststandin"
+	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
 const (
@@ -72,7 +75,7 @@ func (p *leakyProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "echo401":
 		w.WriteHeader(401)
 		raw := " raw=" + canarySecret // the client's secret, echoed as it arrived
-		if strings.Contains(echo, "client-jwt") || strings.Contains(echo, "client-mtls") || strings.Contains(echo, "client-hs") {
+		if strings.Contains(echo, "client-jwt") || strings.Contains(echo, "client-mtls") || strings.Contains(echo, "client-hs") || strings.Contains(echo, "client-wi") {
 			raw = "" // these clients send no secret; their assertion is in the echo
 		}
 		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_client", "error_description": "bad credentials: " + echo + raw})
@@ -122,6 +125,8 @@ func TestCanariesNeverLeak(t *testing.T) {
 		"mtls": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthTLS, ClientCertificate: certPEM, ClientKey: keyPEM},
 		// client_secret_jwt: the HMAC key is a secret that never travels.
 		"hs": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthClientSecretJWT, ClientSecret: canaryHMAC, RevokeURL: srv.URL + "/r"},
+		// aws_web_identity: an AWS-issued JWT (from the STS stand-in) as the assertion.
+		"wi": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthAWSWebIdentity},
 	} {
 		d.Name, d.ClientID = name, "client-"+name
 		if err := d.Validate(); err != nil {
@@ -140,26 +145,32 @@ func TestCanariesNeverLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	defs["restricted"] = &restricted
-	sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	echoSTS := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(403)
 		fmt.Fprintf(w, "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>%s %s</Message></Error></ErrorResponse>",
 			r.Header.Get("Authorization"), r.Header.Get("X-Amz-Security-Token"))
 	}))
-	defer sts.Close()
+	defer echoSTS.Close()
 	proof, err := identity.Sign(context.Background(), aws.Credentials{AccessKeyID: "ASIACANARYKEYID", SecretAccessKey: canarySecret, SessionToken: canaryProofSession},
-		"us-east-1", sts.URL, "tv-hygiene", time.Now())
+		"us-east-1", echoSTS.URL, "tv-hygiene", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	proofJSON, _ := json.Marshal(proof)
 	var logs, metrics bytes.Buffer
 	cfg := app.Defaults()
-	cfg.VendorID, cfg.STSEndpoint = "tv-hygiene", sts.URL
+	cfg.VendorID, cfg.STSEndpoint = "tv-hygiene", echoSTS.URL
 	cfg.StaticProviders = defs
 	cfg.L1MaxAge = -1
 	cfg.UpstreamAttempts = 1
 	cfg.MetricsOutput = &metrics
-	a, err := app.New(cfg, app.Clients{}, obs.NewLogger(&logs, "debug"))
+	standin, err := ststandin.Start("arn:aws:iam::123456789012:role/vendor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer standin.Close()
+	stsClient := sts.NewFromConfig(testenv.Config(), func(o *sts.Options) { o.BaseEndpoint = aws.String(standin.URL) })
+	a, err := app.New(cfg, app.Clients{STS: stsClient}, obs.NewLogger(&logs, "debug"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,6 +264,9 @@ func TestCanariesNeverLeak(t *testing.T) {
 				t.Errorf("%s contain a canary %q near: …%s…", what, c, text[max(0, i-120):min(len(text), i+60)])
 			}
 		}
+	}
+	if standin.Calls() == 0 {
+		t.Fatal("no web identity token was requested: the aws_web_identity scenarios did not run")
 	}
 	if lp.assertions == 0 {
 		t.Fatal("no client assertion reached the leaky provider: the key-material scenarios did not run")
