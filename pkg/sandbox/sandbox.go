@@ -600,8 +600,12 @@ func (s *Server) resource(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) controlClient(w http.ResponseWriter, r *http.Request) {
 	var c Client
-	if err := decodeStrict(r, &c); err != nil || c.ID == "" || c.Secret == "" {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want a client with client_id, client_secret and style"})
+	if err := decodeStrict(r, &c); err != nil || c.ID == "" || (c.Secret == "" && c.Federated == nil) {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want a client with client_id, style and client_secret (or federated: issuer, subject, audience)"})
+		return
+	}
+	if f := c.Federated; f != nil && (f.Issuer == "" || f.Subject == "" || f.Audience == "" || c.Style != K2) {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "a federated client is k2-style and names issuer, subject and audience"})
 		return
 	}
 	switch c.Style {

@@ -183,3 +183,20 @@ func TestFaultsOverControlAPI(t *testing.T) {
 		t.Fatalf("stats %+v", s.Stats())
 	}
 }
+
+// The control API adds a federated client (no secret), which refuses a
+// request that carries no assertion.
+func TestControlFederatedClient(t *testing.T) {
+	s := New()
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	body := `{"client_id":"entra-app","style":"k2","federated":{"issuer":"http://127.0.0.1:1","subject":"arn:aws:iam::123456789012:role/r","audience":"api://AzureADTokenExchange"}}`
+	resp, err := http.Post(srv.URL+"/_sandbox/clients", "application/json", strings.NewReader(body))
+	if err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("add federated client: %v %v", err, resp.Status)
+	}
+	resp, err = http.PostForm(srv.URL+K2TokenPath, url.Values{"grant_type": {"client_credentials"}, "client_id": {"entra-app"}})
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no assertion: %v %v", err, resp.Status)
+	}
+}

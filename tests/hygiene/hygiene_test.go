@@ -121,7 +121,8 @@ func TestCanariesNeverLeak(t *testing.T) {
 	jwtPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
 	certPEM, keyPEM := selfSigned(t)
 	for name, d := range map[string]*provider.Definition{
-		"jwt":  {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthPrivateKeyJWT, PrivateKey: jwtPEM, RevokeURL: srv.URL + "/r"},
+		"jwt": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthPrivateKeyJWT, PrivateKey: jwtPEM, RevokeURL: srv.URL + "/r",
+			SigningCertificate: certOf(t, jwtKey), AssertionX5T: true}, // x5t#S256 and x5t headers too
 		"mtls": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthTLS, ClientCertificate: certPEM, ClientKey: keyPEM},
 		// client_secret_jwt: the HMAC key is a secret that never travels.
 		"hs": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthClientSecretJWT, ClientSecret: canaryHMAC, RevokeURL: srv.URL + "/r"},
@@ -305,6 +306,17 @@ func (a invokeAPI) Invoke(ctx context.Context, in *awslambda.InvokeInput, _ ...f
 func pemBody(p string) string {
 	lines := strings.Split(strings.TrimSpace(p), "\n")
 	return lines[1][:40]
+}
+
+// certOf is a self-signed PEM certificate for k.
+func certOf(t *testing.T, k *ecdsa.PrivateKey) string {
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "canary-signer"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
 // selfSigned is a client certificate and its key, PEM.
