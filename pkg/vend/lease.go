@@ -358,7 +358,7 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 		// provider failed, so no failure is recorded and no cooldown opened
 		// (it would refuse callers for nothing); the lease is released.
 		v.release(sctx, leased)
-		return Token{}, &UnavailableError{Provider: def.Name, Reason: "the refresher run's deadline passed during the renewal", RetryAfter: time.Second, Err: err}
+		return Token{}, &UnavailableError{Provider: def.Name, Reason: "the refresher run's deadline passed during the renewal", RetryAfter: time.Second, Err: fmt.Errorf("%w: %w", errRunCut, err)}
 	}
 	if err != nil {
 		if now.Before(leased.LeaseUntil()) {
@@ -646,6 +646,12 @@ func (v *Vendor) failure(j *job, err error) error {
 // else straight from the provider, rate-limited per instance so a table
 // outage never becomes a flood of token requests.
 func (v *Vendor) withoutStore(ctx context.Context, j *job, cause error) (Token, error) {
+	if ctx.Err() != nil {
+		// The caller's own deadline (or cancellation) failed the store
+		// call: that says nothing about DynamoDB, so the breaker stays shut
+		// for everyone else on this instance.
+		return Token{}, &UnavailableError{Provider: j.def.Name, Reason: "the caller's deadline passed", RetryAfter: time.Second, Err: fmt.Errorf("%w: %w", errRunCut, cause)}
+	}
 	if errors.Is(cause, store.ErrRejected) {
 		// DynamoDB is up and refused this one record: not an outage, so no
 		// breaker (it would refuse every provider on the instance) and no

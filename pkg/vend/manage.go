@@ -343,6 +343,9 @@ func (v *Vendor) renew(ctx context.Context, it *store.Item, now time.Time, o Ref
 	case errors.Is(err, errRetired):
 		count(&res.Retired)
 		v.obs.Event(def.Name, "retired")
+	case errors.Is(err, errRunCut) || ctx.Err() != nil:
+		count(&res.Deferred) // the run's time was up: cleanly abandoned, the next run takes it
+		return renewUnavailable
 	default:
 		v.log.WarnContext(ctx, "refresh failed", "provider", def.Name, "scope", it.Scope, "error", err)
 		count(&res.Failed)

@@ -170,3 +170,63 @@ func TestRefresherReturnsBeforeItsDeadline(t *testing.T) {
 		}
 	}
 }
+
+// ctxStore fails as the SDK does once the caller's context is done.
+type ctxStore struct {
+	vend.Store
+	mu     sync.Mutex
+	writes int
+	slow   bool // reads wait for the caller's context to end
+}
+
+func (c *ctxStore) Get(ctx context.Context, pk string, consistent bool) (*store.Item, error) {
+	c.mu.Lock()
+	slow := c.slow
+	c.mu.Unlock()
+	if slow {
+		<-ctx.Done()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return c.Store.Get(ctx, pk, consistent)
+}
+
+func (c *ctxStore) Put(ctx context.Context, it *store.Item, expect int64) error {
+	c.mu.Lock()
+	c.writes++
+	c.mu.Unlock()
+	return c.Store.Put(ctx, it, expect)
+}
+
+// A store call failed by the caller's own deadline is not a store outage:
+// it must not open the instance's breaker (the next refresher run found
+// every key "store unavailable" for 5 s, bench §11).
+func TestCallersDeadlineDoesNotOpenTheStoreBreaker(t *testing.T) {
+	up := vendtest.NewUpstream(t)
+	cs := &ctxStore{Store: store.NewMemory(nil)}
+	v := vend.New(vendtest.NewProviders(up.Defs), vendtest.Client(nil), cs, vend.Options{L1MaxAge: -1, DisableRefreshAhead: true})
+	if _, err := v.Token(context.Background(), vend.Request{Provider: "demo-k2", MinTTL: -1}); err != nil {
+		t.Fatal(err)
+	}
+	// A refresher run whose deadline arrives while its reads are in flight.
+	cs.mu.Lock()
+	cs.slow = true
+	cs.mu.Unlock()
+	rctx, cancel := context.WithTimeout(context.Background(), 800*time.Millisecond)
+	defer cancel()
+	if res, err := v.RefreshDue(rctx, vend.RefreshOptions{Force: true}); err != nil || res.Deferred != 1 || res.Failed != 0 {
+		t.Fatalf("a renewal cut by the run's deadline is deferred, not failed: %+v %v", res, err)
+	}
+	cs.mu.Lock()
+	cs.slow, cs.writes = false, 0
+	cs.mu.Unlock()
+	if _, err := v.Token(context.Background(), vend.Request{Provider: "demo-mobi", MinTTL: -1}); err != nil {
+		t.Fatal(err)
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.writes == 0 {
+		t.Fatal("the next call was vended around the store: the breaker opened for a caller's deadline")
+	}
+}

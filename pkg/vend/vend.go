@@ -388,6 +388,9 @@ func (e *UnavailableError) Unwrap() error { return e.Err }
 var (
 	errRegistrationChanged = errors.New("provider registration changed during the fetch")
 	errSkipped             = errors.New("renewal not needed or already under way")
+	// errRunCut: the caller's (the refresher run's) own deadline ended the
+	// work, not the provider or the store.
+	errRunCut = errors.New("cut short by the caller's deadline")
 )
 
 func randomID() string {

@@ -3,6 +3,8 @@ package lambdart
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"github.com/token-vendor/token-vendor/pkg/vend"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -405,4 +407,60 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 	if widgets < 10 {
 		t.Fatalf("dashboard has %d metrics", widgets)
 	}
+}
+
+// TestRefresherBootstrapRenewsEveryKeyOnce: the real refresher bootstrap,
+// with the template's environment, DynamoDB Local and moto KMS, renews
+// every key of many providers once at the provider while each answers in
+// 500 ms, and returns before its deadline (reduced sizes; make bench §11
+// measures the rate at full size).
+func TestRefresherBootstrapRenewsEveryKeyOnce(t *testing.T) {
+	s := newStack(t, nil)
+	const providers, scopes = 20, 10
+	var names []string
+	for p := range providers {
+		name := fmt.Sprintf("merchant-%02d", p)
+		s.client(name, 3600)
+		names = append(names, name)
+	}
+	vends := []*Function{s.start("VendFunction", nil), s.start("VendFunction", nil)}
+	var wg sync.WaitGroup
+	for i, v := range vends {
+		wg.Go(func() {
+			for _, name := range names[i*providers/2 : (i+1)*providers/2] {
+				for sc := range scopes {
+					if inv := s.invoke(v, fmt.Sprintf(`{"provider":%q,"scope":"s%d"}`, name, sc)); inv.ErrorType != "" {
+						t.Errorf("%s: %s %s", name, inv.ErrorType, inv.Payload)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	before := map[string]int{}
+	for _, n := range names {
+		before[n] = s.sb.Requests(n + "-client")
+	}
+	s.sb.SetFault(sandbox.Fault{Delay: 500 * time.Millisecond})
+	ref := s.start("RefresherFunction", nil)
+	raw, _ := json.Marshal(map[string]any{"providers": names, "force": true})
+	const deadline = 60 * time.Second
+	inv, err := ref.Invoke(raw, deadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res vend.RefreshResult
+	if inv.ErrorType != "" || json.Unmarshal(inv.Payload, &res) != nil {
+		t.Fatalf("refresher: %s %s", inv.ErrorType, inv.Payload)
+	}
+	took := inv.End.Sub(inv.Start)
+	if res.Refreshed != providers*scopes || res.Failed != 0 || res.Deferred != 0 || took >= deadline {
+		t.Fatalf("run: %+v in %v", res, took)
+	}
+	for _, n := range names {
+		if got := s.sb.Requests(n+"-client") - before[n]; got != scopes {
+			t.Fatalf("%s: %d token requests in the run, want %d (each key once)", n, got, scopes)
+		}
+	}
+	t.Logf("%d keys of %d providers renewed in %v (500 ms each at the provider)", res.Refreshed, providers, took.Round(time.Millisecond))
 }
