@@ -108,18 +108,24 @@ func FuzzGlob(f *testing.F) {
 	})
 }
 
-// naive is the obviously-correct exponential glob, the reference for FuzzGlob.
+// naive is the obviously-correct glob, the reference for FuzzGlob: the
+// textbook dynamic programme (quadratic, where plain recursion is
+// exponential in the number of stars, which the fuzzer found).
 func naive(pat, s string) bool {
-	if pat == "" {
-		return s == ""
+	// m[i][j]: pat[i:] matches s[j:]
+	m := make([][]bool, len(pat)+1)
+	for i := range m {
+		m[i] = make([]bool, len(s)+1)
 	}
-	if pat[0] == '*' {
-		for i := 0; i <= len(s); i++ {
-			if naive(pat[1:], s[i:]) {
-				return true
+	m[len(pat)][len(s)] = true
+	for i := len(pat) - 1; i >= 0; i-- {
+		for j := len(s); j >= 0; j-- {
+			if pat[i] == '*' {
+				m[i][j] = m[i+1][j] || (j < len(s) && m[i][j+1])
+			} else {
+				m[i][j] = j < len(s) && s[j] == pat[i] && m[i+1][j+1]
 			}
 		}
-		return false
 	}
-	return s != "" && s[0] == pat[0] && naive(pat[1:], s[1:])
+	return m[0][0]
 }
