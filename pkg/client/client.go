@@ -100,14 +100,12 @@ func New(f Fetcher) *Client { return &Client{f: f, now: time.Now, got: map[strin
 // Token returns a cached token until its refresh time (expires_at minus
 // max(60 s, a fifth of its life)), then asks the vendor once for all callers.
 func (c *Client) Token(ctx context.Context, provider, scope string) (*oauth2.Token, error) {
-	key := provider + "\x00" + scope
-	c.mu.Lock()
-	e, ok := c.got[key]
-	c.mu.Unlock()
-	if ok && c.now().Before(e.refreshAt) {
-		return e.tok, nil
-	}
-	return c.fetch(ctx, key, Request{Provider: provider, Scope: scope})
+	return c.TokenFor(ctx, Request{Provider: provider, Scope: scope})
+}
+
+// cacheKey names a request's cached token: provider, scope and target.
+func cacheKey(r Request) string {
+	return r.Provider + "\x00" + r.Scope + "\x00" + r.Resource + "\x00" + r.Audience
 }
 
 func (c *Client) fetch(ctx context.Context, key string, req Request) (*oauth2.Token, error) {
@@ -135,7 +133,7 @@ func (c *Client) fetch(ctx context.Context, key string, req Request) (*oauth2.To
 
 // TokenFor is Token for a request with a target (resource, audience).
 func (c *Client) TokenFor(ctx context.Context, r Request) (*oauth2.Token, error) {
-	key := r.Provider + "\x00" + r.Scope + "\x00" + r.Resource + "\x00" + r.Audience
+	key := cacheKey(r)
 	c.mu.Lock()
 	e, ok := c.got[key]
 	c.mu.Unlock()
@@ -149,7 +147,7 @@ func (c *Client) TokenFor(ctx context.Context, r Request) (*oauth2.Token, error)
 // vendor's replacement (a newer cached token, or one fetched for it).
 func (c *Client) Rejected(ctx context.Context, provider, scope, token string) (*oauth2.Token, error) {
 	sum := sha256.Sum256([]byte(token))
-	key := provider + "\x00" + scope
+	key := cacheKey(Request{Provider: provider, Scope: scope})
 	c.mu.Lock()
 	if e, ok := c.got[key]; ok && e.tok.AccessToken == token {
 		delete(c.got, key)

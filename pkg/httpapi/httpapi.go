@@ -94,13 +94,13 @@ func New(v Vendor, provs Providers, log *slog.Logger, now func() time.Time) *Han
 func (h *Handler) WithJWKS(keys PublicKeys) *Handler {
 	h.mux.HandleFunc("GET /v1/providers/{provider}/jwks.json", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("provider")
-		if _, err := wire.Params(r); err != nil {
-			h.fail(w, r, name, err)
-			return
+		_, err := wire.Params(r)
+		if err == nil {
+			err = checkPath(r, name)
 		}
-		def, err := h.provs.Get(r.Context(), name)
-		if err == nil && (!provider.ValidName(name) || strings.Contains(r.URL.EscapedPath(), "%")) {
-			err = provider.ErrInvalidName
+		var def *provider.Definition
+		if err == nil {
+			def, err = h.provs.Get(r.Context(), name)
 		}
 		if err != nil {
 			h.fail(w, r, name, err)
@@ -190,15 +190,21 @@ func vendRequest(r *http.Request, withMinTTL bool) (vend.Request, error) {
 		}
 		req.MinTTL = time.Duration(n) * time.Second
 	}
+	return req, checkPath(r, req.Provider)
+}
+
+// checkPath refuses a provider path segment that is percent-encoded or not
+// a provider name, before anything is read for it.
+func checkPath(r *http.Request, name string) error {
 	if strings.Contains(r.URL.EscapedPath(), "%") {
 		// IAM authorized the route as the caller wrote it; a decoded name
 		// would be another resource than the one the policy named.
-		return req, wire.Invalid("the path must not be percent-encoded: provider names never need it")
+		return wire.Invalid("the path must not be percent-encoded: provider names never need it")
 	}
-	if !provider.ValidName(req.Provider) {
-		return req, provider.ErrInvalidName
+	if !provider.ValidName(name) {
+		return provider.ErrInvalidName
 	}
-	return req, nil
+	return nil
 }
 
 func (h *Handler) token(w http.ResponseWriter, r *http.Request) {

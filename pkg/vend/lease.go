@@ -422,19 +422,19 @@ func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // fetchContext ends the upstream fetch when the lease lapses (leaseLeft
 // from now), and settleTimeout before ctx's deadline when there is room
 // for that.
-// cutByDeadline reports whether a fetch ended because its caller's deadline
-// (not the lease, not the provider) ran out.
-func cutByDeadline(ctx, fctx context.Context) bool {
-	dl, ok := ctx.Deadline()
-	return ok && fctx.Err() != nil && time.Until(dl) <= 2*settleTimeout
-}
-
 func fetchContext(ctx context.Context, leaseLeft time.Duration) (context.Context, context.CancelFunc) {
 	end := time.Now().Add(max(leaseLeft, 0))
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) > 2*settleTimeout && dl.Add(-settleTimeout).Before(end) {
 		end = dl.Add(-settleTimeout)
 	}
 	return context.WithDeadline(ctx, end)
+}
+
+// cutByDeadline reports whether a fetch ended because its caller's deadline
+// (not the lease, not the provider) ran out.
+func cutByDeadline(ctx, fctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && fctx.Err() != nil && time.Until(dl) <= 2*settleTimeout
 }
 
 // storedSince reads the record again after a failed fetch and returns a
