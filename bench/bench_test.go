@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/token-vendor/token-vendor/pkg/store/dynamostore"
+	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/tests/fleet"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 func TestQuickRun(t *testing.T) {
 	testenv.DynamoDB(t)
 	r := &report{quick: true}
-	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench, signingBench, identityBench, refresherBench} {
+	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench, signingBench, identityBench, refresherBench, fleetRunBench, fleetDayBench} {
 		if err := step(r); err != nil {
 			t.Fatal(err)
 		}
@@ -56,9 +56,26 @@ func TestQuickRun(t *testing.T) {
 			t.Fatalf("refresher run %+v", x)
 		}
 	}
+	// The bootstrap's scheduled runs: one invocation, and a fan-out with
+	// overlapping schedules; every key once, no invocation late.
+	if len(r.fleetRuns) != 2 || r.fleetRuns[1].Dispatched != 2*store.Shards {
+		t.Fatalf("fleet runs %+v", r.fleetRuns)
+	}
+	for _, f := range r.fleetRuns {
+		if f.Refreshed != f.Keys || f.Upstream != f.Keys || f.Late != 0 {
+			t.Fatalf("fleet run %+v", f)
+		}
+	}
+	// The simulated day: with fan-out no caller waits after the warm-up at
+	// these sizes; the runs renew every key ahead of its callers.
+	for _, d := range r.fleetDay {
+		if d.FanOut && d.Waits != 0 || d.Renewals == 0 || d.WarmupWaits != d.Keys {
+			t.Fatalf("simulated day %+v", d)
+		}
+	}
 	// The refresh index reads what is due, not the table.
 	for _, s := range r.scale {
-		if s.IndexItems != s.Due || s.IndexRCU+s.ConfirmRCU > 2*s.DueOwnRCU+dynamostore.Shards*0.5 || s.ScanItems < s.Keys {
+		if s.IndexItems != s.Due || s.IndexRCU+s.ConfirmRCU > 2*s.DueOwnRCU+store.Shards*0.5 || s.ScanItems < s.Keys {
 			t.Fatalf("scale %+v", s)
 		}
 	}

@@ -44,6 +44,8 @@ func main() {
 		{"assertion signing", signingBench},
 		{"caller identity", identityBench},
 		{"refresher throughput", refresherBench},
+		{"refresher bootstrap fleet runs", fleetRunBench},
+		{"simulated day at fleet scale", fleetDayBench},
 	}
 	for _, s := range steps {
 		fmt.Fprintf(os.Stderr, "bench: %s…\n", s.name)

@@ -33,6 +33,10 @@ type report struct {
 	signing    []latencyRow
 	identity   []latencyRow
 	refresher  []refresherRow
+	fleetRuns  []fleetRunRow
+	fleetDay   []fleetDayRow
+	// fleetDayTook is how long the simulated days took to compute.
+	fleetDayTook time.Duration
 }
 
 // AWS list prices used for the cost estimate (us-east-1).
@@ -230,6 +234,7 @@ func (r *report) write(path, plotPath string) error {
 	r.writeSigning(w)
 	r.writeIdentity(w)
 	r.writeRefresher(w)
+	r.writeFleet(w)
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err
 	}

@@ -221,7 +221,7 @@ func refreshScale(r *report) error {
 		c := &capacity{API: api}
 		st := dynamostore.New(c, table)
 		start = time.Now()
-		items, err := st.Due(ctx, before)
+		items, err := st.Due(ctx, before, nil)
 		if err != nil {
 			return err
 		}
@@ -391,7 +391,7 @@ func (r *report) monthCosts() []monthCost {
 		return nil
 	}
 	big := r.scale[len(r.scale)-1]
-	constant := dynamostore.Shards * 0.5 // the minimum a Query consumes, per shard
+	constant := store.Shards * 0.5 // the minimum a Query consumes, per shard
 	perDue := max(0, big.IndexRCU+big.ConfirmRCU-constant) / float64(big.Due)
 	scanPerKey := big.ScanRCU / float64(big.Keys)
 	var out []monthCost
@@ -399,12 +399,17 @@ func (r *report) monthCosts() []monthCost {
 		n, providers := shape[0], shape[1]
 		duePerRun := float64(n) * renewalsPerKey / runsPerMonth
 		c := monthCost{Keys: n, Providers: providers, RCUIndexRun: constant + duePerRun*perDue, RCUScanRun: float64(n)*scanPerKey + duePerRun*(big.ConfirmRCU/float64(big.Due))}
+		// The fan-out (on by default): each run is the scheduled invocation
+		// and one per shard, and each shard's lease costs a consistent read
+		// and two writes of a small item.
+		c.RCUIndexRun += store.Shards
 		c.ReadsIndex = c.RCUIndexRun * runsPerMonth / 1e6 * ddbPerMillionRRU
 		c.ReadsScan = c.RCUScanRun * runsPerMonth / 1e6 * ddbPerMillionRRU
-		c.Writes = float64(n) * (renewalsPerKey*renewalWRU + usageWritesKey*usageWRU) / 1e6 * ddbPerMillionWRU
+		c.Writes = (float64(n)*(renewalsPerKey*renewalWRU+usageWritesKey*usageWRU) + runsPerMonth*2*store.Shards) / 1e6 * ddbPerMillionWRU
 		// DefaultRefreshParallel renewals in flight, each waiting on the provider.
 		runSeconds := 0.05 + duePerRun*renewalUpstreamS/64
-		c.Lambda = runsPerMonth * (lambdaPerMillionReq/1e6 + runSeconds*memoryGB*lambdaPerGBs)
+		invocations := 1.0 + store.Shards
+		c.Lambda = runsPerMonth * (invocations*lambdaPerMillionReq/1e6 + (runSeconds+store.Shards*0.05)*memoryGB*lambdaPerGBs)
 		c.Secrets = float64(providers)*smPerSecretMonth + float64(secretReadsPerProvider*providers)/1e4*smPer10kCalls
 		c.TotalIndex = c.ReadsIndex + c.Writes + c.Lambda + c.Secrets
 		scanSeconds := runSeconds + float64(n)/float64(big.Keys)*big.ScanTime.Seconds()
@@ -429,7 +434,7 @@ func (r *report) writeScale(w func(string, ...any)) {
 		w("| %d | %d | %.1f | %d | %s | %.1f + %.1f | %d | %s | %.0f |", s.Keys, s.Due, s.ScanRCU, s.ScanItems, ms(s.ScanTime), s.IndexRCU, s.ConfirmRCU, s.IndexItems, ms(s.IndexTime), s.DueOwnRCU)
 	}
 	w("")
-	w("The index's read units per run stay within 2× the due keys' own size plus the per-shard minimum (%d shards × 0.5), whatever the table size; the Scan's grow with the table. Wall times are DynamoDB Local's (a Java process on this machine): its Scan is far slower than DynamoDB's, so read the Scan's wall time as a trend, and the index's as an upper bound.", dynamostore.Shards)
+	w("The index's read units per run stay within 2× the due keys' own size plus the per-shard minimum (%d shards × 0.5), whatever the table size; the Scan's grow with the table. Wall times are DynamoDB Local's (a Java process on this machine): its Scan is far slower than DynamoDB's, so read the Scan's wall time as a trend, and the index's as an upper bound.", store.Shards)
 	wk := r.week
 	if wk.Keys > 0 {
 		w("")
@@ -445,9 +450,10 @@ func (r *report) writeScale(w func(string, ...any)) {
 	w("")
 	w("### Monthly cost of the refresher's side")
 	w("")
-	w("Every key in use, 1 h tokens (%d renewals a key a month), refresher every minute (%d runs). Providers are secrets in Secrets Manager: $%.2f each a month, and the refresher re-reads each at most every 5 minutes (%d reads a month each; vend instances add their own, per instance, not counted here). The last two rows are the multi-tenant shape, one provider per merchant. Read units per run from the largest measured table (index: per-shard minimum + units per due key; Scan: units per key in the table); writes: %d WRU per renewal (lease take and token write of a ~1.5 KB item, the index entry moving) and one usage write an hour (%d WRU); refresher Lambda 256 MB arm64, 50 ms + %.0f ms per renewal with 64 in flight (assumed provider latency); AWS list prices (us-east-1): DynamoDB on-demand $%.3f per million RRU and $%.3f per million WRU, Secrets Manager $%.2f per 10 000 calls. The vends themselves are costed per million in section 6. At 1 000 000 keys a run has about %.0f keys due: one invocation renews them in a minute only if it sustains %.0f renewals/s (section 11 measures what one run sustains).",
+	w("Every key in use, 1 h tokens (%d renewals a key a month), refresher every minute (%d runs). Providers are secrets in Secrets Manager: $%.2f each a month, and the refresher re-reads each at most every 5 minutes (%d reads a month each; vend instances add their own, per instance, not counted here). The last two rows are the multi-tenant shape, one provider per merchant. Read units per run from the largest measured table (index: per-shard minimum + units per due key; Scan: units per key in the table); writes: %d WRU per renewal (lease take and token write of a ~1.5 KB item, the index entry moving) and one usage write an hour (%d WRU); refresher Lambda 256 MB arm64, 50 ms + %.0f ms per renewal with 64 in flight (assumed provider latency); AWS list prices (us-east-1): DynamoDB on-demand $%.3f per million RRU and $%.3f per million WRU, Secrets Manager $%.2f per 10 000 calls. The vends themselves are costed per million in section 6. The index rows include the refresher's fan-out (on by default): %d shard invocations per run besides the scheduled one, each 50 ms more, and each shard's lease (one consistent read, two writes) — about $%.2f a month whatever the fleet. At 1 000 000 keys a run has about %.0f keys due: one invocation renews them in a minute only if it sustains %.0f renewals/s, the 8 shard invocations of a fanned-out run %.0f/s each (section 11 measures what one invocation sustains).",
 		renewalsPerKey, runsPerMonth, smPerSecretMonth, secretReadsPerProvider, renewalWRU, usageWRU, renewalUpstreamS*1000, ddbPerMillionRRU, ddbPerMillionWRU, smPer10kCalls,
-		1e6*float64(renewalsPerKey)/runsPerMonth, 1e6*float64(renewalsPerKey)/runsPerMonth/60)
+		store.Shards, runsPerMonth*(store.Shards*(lambdaPerMillionReq/1e6+0.05*memoryGB*lambdaPerGBs)+store.Shards/1e6*ddbPerMillionRRU+2*store.Shards/1e6*ddbPerMillionWRU),
+		1e6*float64(renewalsPerKey)/runsPerMonth, 1e6*float64(renewalsPerKey)/runsPerMonth/60, 1e6*float64(renewalsPerKey)/runsPerMonth/60/store.Shards)
 	w("")
 	w("| keys | providers | read units per run (index / Scan) | DynamoDB reads (index) | DynamoDB reads (Scan) | DynamoDB writes | refresher Lambda | Secrets Manager | total with the index | total with the Scan |")
 	w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -8,6 +8,6 @@ import (
 
 func main() {
 	app.StartLambda(func(a *app.App) any {
-		return app.Flushing(a, lambdafn.Refresh(a.Vendor, a.Config.RefreshInterval, a.Log))
+		return app.Flushing(a, lambdafn.Refresh(a.Vendor, a.Config.RefreshInterval, a.Dispatcher, a.Log))
 	})
 }

@@ -19,6 +19,7 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/token-vendor/token-vendor/pkg/gate"
 	"github.com/token-vendor/token-vendor/pkg/httpapi"
 	"github.com/token-vendor/token-vendor/pkg/identity"
+	"github.com/token-vendor/token-vendor/pkg/lambdafn"
 	"github.com/token-vendor/token-vendor/pkg/obs"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/registry"
@@ -62,6 +64,13 @@ type Config struct {
 	// the background. Off in Lambda, which freezes the process as soon as the
 	// handler returns: there the scheduled refresher renews.
 	RefreshAhead bool
+	// RefreshFanOut (REFRESH_FANOUT, false): a scheduled refresher run
+	// starts one asynchronous invocation of its own function per
+	// refresh-index shard instead of renewing everything itself.
+	RefreshFanOut bool
+	// FunctionName and FunctionVersion are the Lambda function's own
+	// (AWS_LAMBDA_FUNCTION_NAME, AWS_LAMBDA_FUNCTION_VERSION).
+	FunctionName, FunctionVersion string
 
 	// VendorID (VENDOR_ID; in Lambda the function's name) is the name
 	// direct-invoke identity proofs must be signed for; empty verifies none.
@@ -108,12 +117,18 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if v := getenv("METRICS_NAMESPACE"); v != "" {
 		c.MetricsNamespace = v
 	}
-	if v := getenv("LIST_PROVIDER_SECRETS"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return c, fmt.Errorf("LIST_PROVIDER_SECRETS: want true or false")
+	c.FunctionName, c.FunctionVersion = getenv("AWS_LAMBDA_FUNCTION_NAME"), getenv("AWS_LAMBDA_FUNCTION_VERSION")
+	for _, b := range []struct {
+		name string
+		dst  *bool
+	}{{"LIST_PROVIDER_SECRETS", &c.ListProviderSecrets}, {"REFRESH_FANOUT", &c.RefreshFanOut}} {
+		if v := getenv(b.name); v != "" {
+			parsed, err := strconv.ParseBool(v)
+			if err != nil {
+				return c, fmt.Errorf("%s: want true or false", b.name)
+			}
+			*b.dst = parsed
 		}
-		c.ListProviderSecrets = b
 	}
 	secs := []struct {
 		name     string
@@ -169,12 +184,14 @@ type Clients struct {
 	KMS            *kms.Client
 	// STS gets web identity tokens for aws_web_identity providers.
 	STS webidentity.STS
+	// Lambda queues a fanned-out refresher run's shard invocations.
+	Lambda *awslambda.Client
 }
 
 // AWSClients builds clients from an AWS config. Endpoints follow the SDK's
 // own settings (AWS_ENDPOINT_URL_DYNAMODB, …).
 func AWSClients(cfg aws.Config) Clients {
-	return Clients{DynamoDB: dynamodb.NewFromConfig(cfg), SecretsManager: secretsmanager.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg)}
+	return Clients{DynamoDB: dynamodb.NewFromConfig(cfg), SecretsManager: secretsmanager.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), Lambda: awslambda.NewFromConfig(cfg)}
 }
 
 // Providers is a provider source that can also list.
@@ -200,6 +217,9 @@ type App struct {
 	Metrics   *obs.Metrics
 	// Keys signs private_key_jwt assertions and prints their JWK Sets.
 	Keys *assertion.Keys
+	// Dispatcher fans a scheduled refresher run out by shard; nil unless
+	// RefreshFanOut.
+	Dispatcher lambdafn.Dispatcher
 }
 
 // New wires the parts. It makes no network calls.
@@ -277,6 +297,12 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 	})
 	g := gate.New(v, provs, log, metrics)
 	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: httpapi.New(g, provs, log, nil).WithJWKS(keys), Log: log, Metrics: metrics, Keys: keys}
+	if cfg.RefreshFanOut {
+		if c.Lambda == nil || cfg.FunctionName == "" {
+			return nil, fmt.Errorf("REFRESH_FANOUT set but no Lambda client or AWS_LAMBDA_FUNCTION_NAME")
+		}
+		a.Dispatcher = lambdafn.ShardInvoker{API: c.Lambda, Function: cfg.FunctionName, Qualifier: cfg.FunctionVersion}
+	}
 	if cfg.VendorID != "" && cfg.STSEndpoint != "" {
 		a.Proofs = &identity.Verifier{Endpoint: cfg.STSEndpoint, VendorID: cfg.VendorID}
 	}

@@ -291,9 +291,8 @@ func (h *Handler) providers(w http.ResponseWriter, r *http.Request) {
 	after := ""
 	if c := q.Get("cursor"); c != "" {
 		b, err := base64.RawURLEncoding.DecodeString(c)
-		// A page ends on whatever record the scan looked at last: a token,
-		// or a provider's key-count or cooldown record.
-		if err != nil || !(strings.HasPrefix(string(b), "token#") || strings.HasPrefix(string(b), "keys#") || strings.HasPrefix(string(b), "cooldown#")) {
+		// A page ends on whatever record the scan looked at last.
+		if err != nil || !vend.IsRecordKey(string(b)) {
 			h.fail(w, r, "", wire.Invalid("cursor: not one this API returned"))
 			return
 		}

@@ -241,9 +241,10 @@ func TestProvidersListingPages(t *testing.T) {
 		}
 		want[scope] = true
 	}
-	// The records the scan passes over include keys# and cooldown# ones; a
+	// The records the scan passes over include keys#, cooldown# and shard# ones; a
 	// page that ends on one (limit 1 makes sure) still gives a usable cursor.
 	e.st.Put(context.Background(), &store.Item{PK: "cooldown#demo-k2", Provider: "demo-k2", Version: 1, ExpiresAt: time.Now().Add(time.Hour).Unix()}, 0)
+	e.st.Put(context.Background(), &store.Item{PK: "shard#3", Version: 1, LeaseOwner: "run"}, 0) // a refresher shard's lease
 	for _, limit := range []int{3, 1} {
 		seen, pages, cursor := map[string]bool{}, 0, ""
 		for {

@@ -14,11 +14,17 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-lambda-go/lambdacontext"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/lambda"
+	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
 
 	"github.com/token-vendor/token-vendor/pkg/identity"
+	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/pkg/vend"
 	"github.com/token-vendor/token-vendor/pkg/wire"
 )
@@ -166,37 +172,133 @@ type Refresher interface {
 	RefreshDue(ctx context.Context, o vend.RefreshOptions) (vend.RefreshResult, error)
 }
 
+// Dispatcher starts one shard's run as an invocation of its own, queued
+// on Lambda's asynchronous engine (ShardInvoker).
+type Dispatcher interface {
+	Dispatch(ctx context.Context, event []byte) error
+}
+
 // manualRefresh is the operator's event: {"providers":["kopokopo"],"force":true}.
 type manualRefresh struct {
 	Providers []string `json:"providers"`
 	Force     bool     `json:"force"`
 }
 
+// shardRun is the event a fanned-out scheduled run sends each shard.
+type shardRun struct {
+	Shard *int `json:"shard"`
+	// Run is the dispatching invocation's request id, for the logs.
+	Run string `json:"run"`
+}
+
 // Refresh handles the EventBridge schedule (renew what is due before the
-// next run, interval apart) and the manual event.
-func Refresh(r Refresher, interval time.Duration, log *slog.Logger) func(context.Context, json.RawMessage) (vend.RefreshResult, error) {
+// next run, interval apart), a shard's share of a fanned-out run, and the
+// manual event. With a dispatcher, a scheduled run reads nothing itself: it
+// starts one asynchronous invocation per refresh-index shard, and each
+// renews its shard under the shard's lease. A shard whose dispatch fails is
+// renewed by the scheduled run itself.
+func Refresh(r Refresher, interval time.Duration, d Dispatcher, log *slog.Logger) func(context.Context, json.RawMessage) (vend.RefreshResult, error) {
 	return func(ctx context.Context, raw json.RawMessage) (vend.RefreshResult, error) {
 		opts := vend.RefreshOptions{Horizon: interval}
 		var probe map[string]json.RawMessage
 		if err := json.Unmarshal(raw, &probe); err != nil {
 			return vend.RefreshResult{}, wire.Classify(wire.Invalid("event must be a JSON object"), "").LambdaError()
 		}
-		if _, scheduled := probe["detail-type"]; !scheduled {
+		var res vend.RefreshResult
+		_, scheduled := probe["detail-type"]
+		_, isShard := probe["shard"]
+		switch {
+		case scheduled && d != nil:
+			failed := dispatchShards(ctx, d, log)
+			res.Dispatched = store.Shards - len(failed)
+			if len(failed) == 0 {
+				log.InfoContext(ctx, "refresh run dispatched", "shards", res.Dispatched)
+				return res, nil
+			}
+			opts.Shards, opts.Exclusive = failed, true
+		case scheduled:
+			opts.Exclusive = true
+		case isShard:
+			var ev shardRun
+			if err := strictDecode(raw, &ev); err != nil {
+				return vend.RefreshResult{}, wire.Classify(err, "").LambdaError()
+			}
+			if ev.Shard == nil || *ev.Shard < 0 || *ev.Shard >= store.Shards {
+				return vend.RefreshResult{}, wire.Classify(wire.Invalid("shard: want a whole number from 0 to %d", store.Shards-1), "").LambdaError()
+			}
+			opts.Shards, opts.Exclusive = []int{*ev.Shard}, true
+			log = log.With("shard", *ev.Shard, "run", ev.Run)
+		default:
 			var m manualRefresh
 			if err := strictDecode(raw, &m); err != nil {
 				return vend.RefreshResult{}, wire.Classify(err, "").LambdaError()
 			}
 			opts.Providers, opts.Force = m.Providers, m.Force
 		}
-		res, err := r.RefreshDue(ctx, opts)
+		got, err := r.RefreshDue(ctx, opts)
+		got.Dispatched = res.Dispatched
 		if err != nil {
 			log.ErrorContext(ctx, "refresh run failed", "error", err)
-			return res, wire.Classify(err, "").LambdaError()
+			return got, wire.Classify(err, "").LambdaError()
 		}
-		log.InfoContext(ctx, "refresh run", "due", res.Due, "refreshed", res.Refreshed, "failed", res.Failed, "skipped", res.Skipped,
-			"deferred", res.Deferred, "retired", res.Retired, "lag_s", res.LagSeconds)
-		return res, nil
+		log.InfoContext(ctx, "refresh run", "due", got.Due, "refreshed", got.Refreshed, "failed", got.Failed, "skipped", got.Skipped,
+			"deferred", got.Deferred, "retired", got.Retired, "lag_s", got.LagSeconds, "shards_busy", got.ShardsBusy, "dispatched", got.Dispatched)
+		return got, nil
 	}
+}
+
+// dispatchShards starts every shard's run and returns the shards it could
+// not start.
+func dispatchShards(ctx context.Context, d Dispatcher, log *slog.Logger) []int {
+	run := ""
+	if lc, ok := lambdacontext.FromContext(ctx); ok {
+		run = lc.AwsRequestID
+	}
+	errs := make([]error, store.Shards)
+	var wg sync.WaitGroup
+	for sh := range store.Shards {
+		wg.Go(func() {
+			ev, _ := json.Marshal(shardRun{Shard: &sh, Run: run})
+			errs[sh] = d.Dispatch(ctx, ev)
+		})
+	}
+	wg.Wait()
+	var failed []int
+	for sh, err := range errs {
+		if err != nil {
+			log.WarnContext(ctx, "refresh: shard not dispatched; this run renews it", "shard", sh, "error", err)
+			failed = append(failed, sh)
+		}
+	}
+	return failed
+}
+
+// InvokeAPI is the Lambda client as ShardInvoker uses it.
+type InvokeAPI interface {
+	Invoke(ctx context.Context, in *lambda.InvokeInput, optFns ...func(*lambda.Options)) (*lambda.InvokeOutput, error)
+}
+
+// ShardInvoker dispatches shard runs as asynchronous invocations of the
+// function itself: Lambda queues them, runs them in parallel up to the
+// function's reserved concurrency, and retries a throttled one until the
+// function's maximum event age (docs/design.md §5, fan-out).
+type ShardInvoker struct {
+	API InvokeAPI
+	// Function and Qualifier name the function (AWS_LAMBDA_FUNCTION_NAME
+	// and, unless $LATEST, AWS_LAMBDA_FUNCTION_VERSION).
+	Function, Qualifier string
+}
+
+// Dispatch queues one event.
+func (s ShardInvoker) Dispatch(ctx context.Context, event []byte) error {
+	in := &lambda.InvokeInput{FunctionName: aws.String(s.Function), InvocationType: lambdatypes.InvocationTypeEvent, Payload: event}
+	if s.Qualifier != "" && s.Qualifier != "$LATEST" {
+		in.Qualifier = aws.String(s.Qualifier)
+	}
+	if _, err := s.API.Invoke(ctx, in); err != nil {
+		return fmt.Errorf("queue shard run on %s: %w", s.Function, err)
+	}
+	return nil
 }
 
 func strictDecode(raw json.RawMessage, v any) error {

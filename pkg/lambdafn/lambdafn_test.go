@@ -4,12 +4,18 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-lambda-go/lambdacontext"
 
 	"github.com/token-vendor/token-vendor/pkg/httpapi"
 	"github.com/token-vendor/token-vendor/pkg/lambdafn"
@@ -121,7 +127,7 @@ func TestAPIGatewayAdapter(t *testing.T) {
 func TestRefresherEvents(t *testing.T) {
 	p := newParts(t)
 	p.v.Token(context.Background(), vend.Request{Provider: "demo-k2", MinTTL: -1})
-	h := lambda.NewHandler(lambdafn.Refresh(p.v, 60_000_000_000, quiet))
+	h := lambda.NewHandler(lambdafn.Refresh(p.v, 60_000_000_000, nil, quiet))
 	out, err := h.Invoke(context.Background(), []byte(`{"detail-type":"Scheduled Event","source":"aws.events","detail":{}}`))
 	if err != nil || string(out) != `{"due":0,"refreshed":0,"failed":0,"skipped":0,"deferred":0,"retired":0,"lag_seconds":0}` {
 		t.Fatalf("scheduled, nothing due: %s %v", out, err)
@@ -135,6 +141,84 @@ func TestRefresherEvents(t *testing.T) {
 		if _, err := h.Invoke(context.Background(), []byte(bad)); typeName(err) != "InvalidRequest" {
 			t.Errorf("%s: %v", bad, err)
 		}
+	}
+}
+
+type recordingRefresher struct {
+	mu   sync.Mutex
+	runs []vend.RefreshOptions
+}
+
+func (r *recordingRefresher) RefreshDue(_ context.Context, o vend.RefreshOptions) (vend.RefreshResult, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.runs = append(r.runs, o)
+	return vend.RefreshResult{Due: len(o.Shards)}, nil
+}
+
+type recordingDispatcher struct {
+	mu     sync.Mutex
+	events []string
+	fail   map[int]bool
+}
+
+func (d *recordingDispatcher) Dispatch(_ context.Context, ev []byte) error {
+	var e struct{ Shard int }
+	json.Unmarshal(ev, &e)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.events = append(d.events, string(ev))
+	if d.fail[e.Shard] {
+		return errors.New("TooManyRequestsException")
+	}
+	return nil
+}
+
+// A fanned-out scheduled run reads nothing itself: it queues one event per
+// shard, each renewed under its shard's lease by its own invocation; a
+// shard it could not queue it renews itself.
+func TestRefresherFansOutByShard(t *testing.T) {
+	r, d := &recordingRefresher{}, &recordingDispatcher{}
+	h := lambda.NewHandler(lambdafn.Refresh(r, time.Minute, d, quiet))
+	ctx := lambdacontext.NewContext(context.Background(), &lambdacontext.LambdaContext{AwsRequestID: "req-1"})
+	out, err := h.Invoke(ctx, []byte(`{"detail-type":"Scheduled Event","source":"aws.events","detail":{}}`))
+	if err != nil || !strings.Contains(string(out), `"dispatched":8`) || len(r.runs) != 0 {
+		t.Fatalf("scheduled: %s %v, %d runs of its own", out, err, len(r.runs))
+	}
+	slices.Sort(d.events)
+	for sh, ev := range d.events {
+		if want := fmt.Sprintf(`{"shard":%d,"run":"req-1"}`, sh); ev != want {
+			t.Fatalf("event %d: %s, want %s", sh, ev, want)
+		}
+	}
+
+	r, d = &recordingRefresher{}, &recordingDispatcher{fail: map[int]bool{2: true, 5: true}}
+	h = lambda.NewHandler(lambdafn.Refresh(r, time.Minute, d, quiet))
+	out, err = h.Invoke(ctx, []byte(`{"detail-type":"Scheduled Event","source":"aws.events","detail":{}}`))
+	if err != nil || !strings.Contains(string(out), `"dispatched":6`) || len(r.runs) != 1 ||
+		!slices.Equal(r.runs[0].Shards, []int{2, 5}) || !r.runs[0].Exclusive || r.runs[0].Horizon != time.Minute {
+		t.Fatalf("two shards not queued: %s %v %+v", out, err, r.runs)
+	}
+
+	out, err = h.Invoke(ctx, []byte(`{"shard":3,"run":"req-1"}`))
+	if err != nil || len(r.runs) != 2 || !slices.Equal(r.runs[1].Shards, []int{3}) || !r.runs[1].Exclusive || r.runs[1].Force {
+		t.Fatalf("shard event: %s %v %+v", out, err, r.runs)
+	}
+	for _, bad := range []string{`{"shard":8}`, `{"shard":-1}`, `{"shard":"1"}`, `{"shard":null}`, `{"shard":1,"force":true}`} {
+		if _, err := h.Invoke(ctx, []byte(bad)); typeName(err) != "InvalidRequest" {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+	if len(r.runs) != 2 {
+		t.Fatalf("a refused shard event ran: %+v", r.runs[2:])
+	}
+
+	// Without a dispatcher the scheduled run renews every shard itself, and
+	// still under the shards' leases.
+	r = &recordingRefresher{}
+	h = lambda.NewHandler(lambdafn.Refresh(r, time.Minute, nil, quiet))
+	if _, err := h.Invoke(ctx, []byte(`{"detail-type":"Scheduled Event","source":"aws.events","detail":{}}`)); err != nil || len(r.runs) != 1 || r.runs[0].Shards != nil || !r.runs[0].Exclusive {
+		t.Fatalf("single run: %v %+v", err, r.runs)
 	}
 }
 

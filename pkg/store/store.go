@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -199,14 +200,37 @@ func (m *Memory) Scan(_ context.Context, f Filter) ([]*Item, error) {
 	return out, nil
 }
 
+// Shards is how many partitions the refresh index spreads keys over: the
+// unit a refresher run can be fanned out by (docs/design.md §4).
+const Shards = 8
+
+// ShardOf is the refresh-index shard of a key (FNV-1a of pk).
+func ShardOf(pk string) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(pk); i++ {
+		h = (h ^ uint32(pk[i])) * 16777619
+	}
+	return int(h % Shards)
+}
+
+// AllShards lists every shard, for a run that reads the whole index.
+func AllShards() []int {
+	out := make([]int, Shards)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
 // Due returns, as the refresh index holds them (Projected), the records in
-// the index whose refresh_at is before before, closest to expiry first.
-func (m *Memory) Due(_ context.Context, before time.Time) ([]*Item, error) {
+// the given shards of the index (nil: all) whose refresh_at is before
+// before, closest to expiry first.
+func (m *Memory) Due(_ context.Context, before time.Time, shards []int) ([]*Item, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []*Item
 	for _, it := range m.items {
-		if it.InRefreshIndex() && it.RefreshAt < before.Unix() {
+		if it.InRefreshIndex() && it.RefreshAt < before.Unix() && (shards == nil || slices.Contains(shards, ShardOf(it.PK))) {
 			out = append(out, it.Projected())
 		}
 	}

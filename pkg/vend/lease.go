@@ -410,13 +410,29 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 const settleTimeout = 2 * time.Second
 
 // settleContext outlives ctx's cancellation but not by much: what the
-// caller has left, at least settleTimeout (10 s when ctx has no deadline).
+// caller has left, at least settleTimeout (10 s when ctx has no deadline),
+// and never past a hard deadline set on ctx (withHardDeadline).
 func settleContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	d := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		d = max(settleTimeout, time.Until(dl))
 	}
-	return context.WithTimeout(context.WithoutCancel(ctx), d)
+	end := time.Now().Add(d)
+	if hard, ok := ctx.Value(hardDeadlineKey{}).(time.Time); ok && hard.Before(end) {
+		end = hard
+	}
+	return context.WithDeadline(context.WithoutCancel(ctx), end)
+}
+
+type hardDeadlineKey struct{}
+
+// withHardDeadline marks ctx with a time no write may outlive, not even
+// one settling a fetch: a refresher run's own deadline, after which Lambda
+// has stopped the invocation and its result is lost. A settle write cut
+// there leaves the lease to lapse; it never half-writes (every write is
+// one conditional PutItem).
+func withHardDeadline(ctx context.Context, t time.Time) context.Context {
+	return context.WithValue(ctx, hardDeadlineKey{}, t)
 }
 
 // fetchContext ends the upstream fetch when the lease lapses (leaseLeft

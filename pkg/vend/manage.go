@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -98,6 +99,13 @@ type RefreshOptions struct {
 	// Parallel bounds concurrent renewals in the run (DefaultRefreshParallel).
 	// Renewals are I/O: a goroutine waiting on a provider costs almost nothing.
 	Parallel int
+	// Shards limits the run to these refresh-index shards (nil: all): one
+	// invocation of a fanned-out run renews one shard.
+	Shards []int
+	// Exclusive makes the run take each shard's lease first and leave the
+	// shards another run holds: scheduled runs that overlap never renew one
+	// shard at once.
+	Exclusive bool
 	// Reserve, when set, is how long before the context's deadline the run
 	// stops taking keys. Unset, the run measures: it stops when less than
 	// its slowest renewal so far is left.
@@ -118,6 +126,11 @@ const DefaultProviderFetches = 4
 // renewals, so it returns (and its leases are released) in time.
 const settleMargin = 500 * time.Millisecond
 
+// hardMargin is how long before its deadline a run abandons the writes
+// still settling its renewals (their leases lapse instead), so that it
+// returns in time even when the store is slow.
+const hardMargin = 150 * time.Millisecond
+
 // RefreshResult is what a run did.
 type RefreshResult struct {
 	// Due is how many keys were due when the run started.
@@ -134,6 +147,11 @@ type RefreshResult struct {
 	// LagSeconds is how far past its refresh_at the oldest due key was when
 	// the run started (0 when none was late): the refresher's backlog.
 	LagSeconds int64 `json:"lag_seconds"`
+	// ShardsBusy is how many of the run's shards another run held: their
+	// keys are that run's to renew.
+	ShardsBusy int `json:"shards_busy,omitempty"`
+	// Dispatched is how many shard invocations a fan-out run started.
+	Dispatched int `json:"dispatched,omitempty"`
 }
 
 // RefreshDue renews every key due before the next run (or, with Force, every
@@ -153,13 +171,36 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 	// The index lists what is due, and nothing else: a run reads O(keys
 	// due), not O(table). It may lag the table; each key is confirmed by a
 	// consistent read under the lease before anything is written.
-	items, err := v.store.Due(ctx, before)
+	var res RefreshResult
+	if dl, ok := ctx.Deadline(); ok {
+		ctx = withHardDeadline(ctx, dl.Add(-hardMargin))
+	}
+	shards := o.Shards
+	if o.Exclusive {
+		if shards == nil {
+			shards = store.AllShards()
+		}
+		held, busy, release, err := v.takeShards(ctx, shards)
+		if err != nil {
+			return RefreshResult{}, fmt.Errorf("take refresh shards: %w", err)
+		}
+		defer func() {
+			// Within the run's deadline; a lease not given back lapses at it.
+			sctx, cancel := settleContext(ctx)
+			defer cancel()
+			release(sctx)
+		}()
+		res.ShardsBusy, shards = busy, held
+		if len(held) == 0 {
+			return res, nil
+		}
+	}
+	items, err := v.store.Due(ctx, before, shards)
 	if err != nil {
 		return RefreshResult{}, fmt.Errorf("list due tokens: %w", err)
 	}
 	par := cmp.Or(o.Parallel, v.opts.RefreshParallel, DefaultRefreshParallel)
 	var due []*store.Item
-	var res RefreshResult
 	for _, it := range items {
 		before := now.Add(o.Horizon + jitter(it.PK, v.opts.RefreshJitter))
 		if (len(o.Providers) > 0 && !slices.Contains(o.Providers, it.Provider)) || (!o.Force && it.RefreshAt >= before.Unix()) {
@@ -222,9 +263,16 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 		}
 		queues[it.Provider] = append(queues[it.Provider], it)
 	}
+	// A run over some of the shards (one invocation of a fanned-out run)
+	// takes that share of each provider's cap and rate: keys spread evenly
+	// over shards, so the runs together stay near the provider's figures.
+	share := 1.0
+	if shards != nil {
+		share = float64(len(shards)) / store.Shards
+	}
 	for _, prov := range order {
 		keys := queues[prov]
-		l := v.newLane(ctx, prov, par)
+		l := v.newLane(ctx, prov, par, share)
 		var next atomic.Int64
 		for range min(l.workers, len(keys)) {
 			wg.Go(func() {
@@ -266,7 +314,7 @@ type lane struct {
 	down    atomic.Bool
 }
 
-func (v *Vendor) newLane(ctx context.Context, name string, par int) *lane {
+func (v *Vendor) newLane(ctx context.Context, name string, par int, share float64) *lane {
 	n := DefaultProviderFetches
 	var limit *rate.Limiter
 	if def, err := v.providers.Get(ctx, name); err == nil {
@@ -274,9 +322,10 @@ func (v *Vendor) newLane(ctx context.Context, name string, par int) *lane {
 			n = def.MaxConcurrentFetches
 		}
 		if def.FetchRate > 0 {
-			limit = rate.NewLimiter(rate.Limit(def.FetchRate), 1)
+			limit = rate.NewLimiter(rate.Limit(def.FetchRate*share), 1)
 		}
 	}
+	n = int(math.Ceil(float64(n) * share))
 	return &lane{workers: max(1, min(n, par/2)), limit: limit}
 }
 

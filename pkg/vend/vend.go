@@ -48,7 +48,7 @@ type Store interface {
 	ScanPage(ctx context.Context, f store.Filter, after string, limit int) ([]*store.Item, string, error)
 	// Due lists, from the refresh index (eventually consistent, projected:
 	// no token), the records holding a token due before before.
-	Due(ctx context.Context, before time.Time) ([]*store.Item, error)
+	Due(ctx context.Context, before time.Time, shards []int) ([]*store.Item, error)
 }
 
 // Sealer encrypts tokens at rest (envelope.Sealer).

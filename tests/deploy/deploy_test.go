@@ -495,6 +495,54 @@ func TestRefresherRunsAreNotRetriedAndHaveCapacity(t *testing.T) {
 	if v := get(fn, "Properties", "Environment", "Variables", "REFRESH_CONCURRENCY"); v == nil {
 		t.Error("REFRESH_CONCURRENCY is not set for the refresher")
 	}
+	// Lambda's own retries of an asynchronous invocation (the schedule's,
+	// and every shard run's) would replay a run: none.
+	if v := get(fn, "Properties", "EventInvokeConfig", "MaximumRetryAttempts"); v == nil || v.Value != "0" {
+		t.Error("Lambda may retry a failed or timed-out run: want EventInvokeConfig.MaximumRetryAttempts 0")
+	}
+	if v := get(fn, "Properties", "EventInvokeConfig", "MaximumEventAgeInSeconds"); v == nil || v.Value != "RefreshIntervalSeconds" {
+		t.Error("a queued shard run must not outlive the interval: want MaximumEventAgeInSeconds !Ref RefreshIntervalSeconds")
+	}
+}
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+// The fan-out: the refresher may invoke itself and nothing else, only when
+// RefreshFanOut is on, and it has the concurrency for every shard at once.
+func TestRefresherFanOutGrantsOnlySelfInvoke(t *testing.T) {
+	root, _ := loadTemplate(t)
+	fn := resources(t, root, "AWS::Serverless::Function")["RefresherFunction"]
+	if v := get(fn, "Properties", "Environment", "Variables", "REFRESH_FANOUT"); v == nil || v.Value != "RefreshFanOut" {
+		t.Error("REFRESH_FANOUT is not the RefreshFanOut parameter")
+	}
+	if d := get(root, "Parameters", "RefresherReservedConcurrency", "Default"); d == nil || atoi(d.Value) < store.Shards+1 {
+		t.Errorf("reserved concurrency default %v: a fanned-out run needs %d (every shard and the dispatcher)", d, store.Shards+1)
+	}
+	var grants int
+	res := get(root, "Resources")
+	for i := 0; i+1 < len(res.Content); i += 2 {
+		name, r := res.Content[i].Value, res.Content[i+1]
+		var stmts []*yaml.Node
+		statements(r, &stmts)
+		for _, st := range stmts {
+			for _, a := range scalars(get(st, "Action")) {
+				if !strings.HasPrefix(a, "lambda:Invoke") {
+					continue
+				}
+				if name == "RefresherFanOutPolicy" {
+					grants++
+					if a != "lambda:InvokeFunction" || get(st, "Resource").Tag != "!GetAtt" || get(st, "Resource").Value != "RefresherFunction.Arn" {
+						t.Errorf("the fan-out grant is %s on %v; want lambda:InvokeFunction on RefresherFunction.Arn only", a, get(st, "Resource").Value)
+					}
+				}
+			}
+		}
+	}
+	pol := resources(t, root, "AWS::IAM::Policy")["RefresherFanOutPolicy"]
+	if grants != 1 || pol == nil || get(pol, "Condition").Value != "HasFanOut" || len(scalars(get(pol, "Properties", "Roles"))) != 1 ||
+		scalars(get(pol, "Properties", "Roles"))[0] != "RefresherFunctionRole" {
+		t.Error("want one RefresherFanOutPolicy, under HasFanOut, on RefresherFunctionRole alone")
+	}
 }
 
 // sts:GetWebIdentityToken is granted only when WebIdentityAudiences names

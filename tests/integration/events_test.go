@@ -108,7 +108,7 @@ func TestEventsReplayThroughHandlers(t *testing.T) {
 	a := d.instance(t)
 	api := app.Flushing(a, lambdafn.APIGateway(a.Handler))
 	inv := app.Flushing(a, lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil))
-	ref := app.Flushing(a, lambdafn.Refresh(a.Vendor, a.Config.RefreshInterval, a.Log))
+	ref := app.Flushing(a, lambdafn.Refresh(a.Vendor, a.Config.RefreshInterval, a.Dispatcher, a.Log))
 
 	fns := map[string]func(context.Context, json.RawMessage) (any, error){}
 	wrap := func(h any) func(context.Context, json.RawMessage) (any, error) {
@@ -196,7 +196,7 @@ func TestInvokeAndHTTPShareTheCachedToken(t *testing.T) {
 	// scheduled run skips it), so the operator's forced run stands in for
 	// the schedule here; vendtest's RefresherRenewsDueKeys covers the
 	// schedule on a fake clock.
-	out, err = invoke(t, lambdafn.Refresh(refresher.Vendor, refresher.Config.RefreshInterval, refresher.Log), readEvent(t, "refresh-manual.json"))
+	out, err = invoke(t, lambdafn.Refresh(refresher.Vendor, refresher.Config.RefreshInterval, nil, refresher.Log), readEvent(t, "refresh-manual.json"))
 	if err != nil || !strings.Contains(string(out), `"refreshed":1`) {
 		t.Fatalf("refresher: %s %v", out, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -33,18 +34,11 @@ type API interface {
 // due and nothing else. Shards spread the index's writes over partitions.
 const (
 	IndexName = "due"
-	Shards    = 8
 	shardAttr = "due_shard"
 )
 
-// Shard is the index partition of a key.
-func Shard(pk string) string {
-	h := uint32(2166136261) // FNV-1a
-	for i := 0; i < len(pk); i++ {
-		h = (h ^ uint32(pk[i])) * 16777619
-	}
-	return fmt.Sprint(h % Shards)
-}
+// Shard is the index partition of a key, as the index attribute holds it.
+func Shard(pk string) string { return strconv.Itoa(store.ShardOf(pk)) }
 
 // Store is a DynamoDB-backed token cache.
 type Store struct {
@@ -183,23 +177,30 @@ func (s *Store) ScanPage(ctx context.Context, f store.Filter, after string, limi
 	return out, next, nil
 }
 
-// Due queries every shard of the refresh index for records whose
-// refresh_at is before before. The index is eventually consistent: callers
-// confirm each record with a consistent read (the lease protocol does).
-func (s *Store) Due(ctx context.Context, before time.Time) ([]*store.Item, error) {
+// Due queries the given shards of the refresh index (nil: all), one Query
+// each, in parallel, for records whose refresh_at is before before. The
+// index is eventually consistent: callers confirm each record with a
+// consistent read (the lease protocol does).
+func (s *Store) Due(ctx context.Context, before time.Time, shards []int) ([]*store.Item, error) {
+	if shards == nil {
+		shards = store.AllShards()
+	}
 	var (
 		mu   sync.Mutex
 		out  []*store.Item
-		errs = make([]error, Shards)
+		errs = make([]error, len(shards))
 		wg   sync.WaitGroup
 	)
-	for sh := 0; sh < Shards; sh++ {
+	for i, sh := range shards {
+		if sh < 0 || sh >= store.Shards {
+			return nil, fmt.Errorf("refresh index shard %d: want 0 to %d", sh, store.Shards-1)
+		}
 		wg.Go(func() {
-			key := expression.Key(shardAttr).Equal(expression.Value(fmt.Sprint(sh))).
+			key := expression.Key(shardAttr).Equal(expression.Value(strconv.Itoa(sh))).
 				And(expression.Key("refresh_at").LessThan(expression.Value(before.Unix())))
 			ex, err := expression.NewBuilder().WithKeyCondition(key).Build()
 			if err != nil {
-				errs[sh] = err
+				errs[i] = err
 				return
 			}
 			p := dynamodb.NewQueryPaginator(s.api, &dynamodb.QueryInput{
@@ -209,7 +210,7 @@ func (s *Store) Due(ctx context.Context, before time.Time) ([]*store.Item, error
 			for p.HasMorePages() {
 				page, err := p.NextPage(ctx)
 				if err != nil {
-					errs[sh] = err
+					errs[i] = err
 					return
 				}
 				for _, av := range page.Items {

@@ -72,7 +72,7 @@ func TestDueSkipsUndecodableRecords(t *testing.T) {
 	if _, err := client.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(table), Item: av}); err != nil {
 		t.Fatal(err)
 	}
-	due, err := st.Due(ctx, now)
+	due, err := st.Due(ctx, now, nil)
 	if err != nil {
 		t.Fatalf("one bad record failed the query: %v", err)
 	}

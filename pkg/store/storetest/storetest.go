@@ -18,7 +18,7 @@ import (
 type Store interface {
 	Get(ctx context.Context, pk string, consistent bool) (*store.Item, error)
 	Put(ctx context.Context, it *store.Item, expect int64) error
-	Due(ctx context.Context, before time.Time) ([]*store.Item, error)
+	Due(ctx context.Context, before time.Time, shards []int) ([]*store.Item, error)
 	ScanPage(ctx context.Context, f store.Filter, after string, limit int) ([]*store.Item, string, error)
 }
 
@@ -204,7 +204,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 				t.Fatal(err)
 			}
 		}
-		got, err := s.Due(ctx, now)
+		got, err := s.Due(ctx, now, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -226,15 +226,48 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		if err := s.Put(ctx, &next, 1); err != nil {
 			t.Fatal(err)
 		}
-		if got, _ := s.Due(ctx, now); len(got) != 1 {
+		if got, _ := s.Due(ctx, now, nil); len(got) != 1 {
 			t.Fatalf("retired record still in the index: %d due", len(got))
 		}
 		next.Version, next.RetiredAt = 3, 0
 		if err := s.Put(ctx, &next, 2); err != nil {
 			t.Fatal(err)
 		}
-		if got, _ := s.Due(ctx, now.Add(3*time.Hour)); len(got) != 3 {
+		if got, _ := s.Due(ctx, now.Add(3*time.Hour), nil); len(got) != 3 {
 			t.Fatalf("un-retired record not back in the index: %d due", len(got))
+		}
+	})
+	t.Run("DueByShardPartitionsTheIndex", func(t *testing.T) {
+		s := newStore(t)
+		now := time.Now()
+		const keys = 64
+		for i := range keys {
+			it := &store.Item{PK: fmt.Sprintf("token#p#f#s%02d", i), Provider: "p", Scope: fmt.Sprintf("s%02d", i), Version: 1,
+				Token: store.Secret{Plain: "t"}, RefreshAt: now.Add(-time.Minute).Unix(), ExpiresAt: now.Add(time.Hour).Unix()}
+			if err := s.Put(ctx, it, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seen := map[string]int{}
+		for sh := range store.Shards {
+			got, err := s.Due(ctx, now, []int{sh})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, it := range got {
+				if store.ShardOf(it.PK) != sh {
+					t.Fatalf("shard %d returned %s of shard %d", sh, it.PK, store.ShardOf(it.PK))
+				}
+				seen[it.PK]++
+			}
+		}
+		if len(seen) != keys {
+			t.Fatalf("the shards together hold %d keys, want %d", len(seen), keys)
+		}
+		for pk, n := range seen {
+			if n != 1 {
+				t.Fatalf("%s in %d shards", pk, n)
+			}
 		}
 	})
 	t.Run("ScanPagesAreBoundedAndComplete", func(t *testing.T) {

@@ -221,7 +221,9 @@ type laggingIndex struct {
 	snapshot []*store.Item
 }
 
-func (l *laggingIndex) Due(context.Context, time.Time) ([]*store.Item, error) { return l.snapshot, nil }
+func (l *laggingIndex) Due(context.Context, time.Time, []int) ([]*store.Item, error) {
+	return l.snapshot, nil
+}
 
 func testRefresherConfirmsLaggingIndex(t *testing.T, newStore NewStore) {
 	f := newFixture(t, newStore)
@@ -233,7 +235,7 @@ func testRefresherConfirmsLaggingIndex(t *testing.T, newStore NewStore) {
 		}
 	}
 	f.clock.Advance(50 * time.Minute) // both due within the next run's horizon
-	snap, err := f.store.Due(bg, f.clock.Now().Add(2*time.Minute))
+	snap, err := f.store.Due(bg, f.clock.Now().Add(2*time.Minute), nil)
 	if err != nil || len(snap) != 2 {
 		t.Fatalf("index: %d due, %v", len(snap), err)
 	}
