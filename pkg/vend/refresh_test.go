@@ -95,7 +95,7 @@ func (f *inflight) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // max_concurrent_fetches, while the run as a whole keeps many in flight.
 func TestRefresherPerProviderCapAtTheProvider(t *testing.T) {
 	ctx := context.Background()
-	f, defs := countingSandbox(t, 40 * time.Millisecond)
+	f, defs := countingSandbox(t, 40*time.Millisecond)
 	capped := *defs["demo-k2"] // client_secret_post: the client id is in the body
 	capped.MaxConcurrentFetches = 3
 	if err := capped.Validate(); err != nil {
@@ -234,7 +234,7 @@ func TestCallersDeadlineDoesNotOpenTheStoreBreaker(t *testing.T) {
 func TestOverlappingShardRunsRenewEachKeyOnce(t *testing.T) {
 	ctx := context.Background()
 	clock := vendtest.NewClock()
-	f, defs := countingSandbox(t, 30 * time.Millisecond)
+	f, defs := countingSandbox(t, 30*time.Millisecond)
 	st := store.NewMemory(clock.Now)
 	v := vend.New(vendtest.NewProviders(defs), &upstream.Client{AttemptTimeout: 5 * time.Second, MaxAttempts: 1, Now: clock.Now}, st,
 		vend.Options{Now: clock.Now, DisableRefreshAhead: true, L1MaxAge: -1})
@@ -314,7 +314,7 @@ func TestOverlappingShardRunsRenewEachKeyOnce(t *testing.T) {
 // flight), the other renews nothing and says the shards were busy.
 func TestSecondRunFindsShardsBusy(t *testing.T) {
 	ctx := context.Background()
-	f, defs := countingSandbox(t, 300 * time.Millisecond)
+	f, defs := countingSandbox(t, 300*time.Millisecond)
 	v := vend.New(vendtest.NewProviders(defs), vendtest.Client(nil), store.NewMemory(nil), vend.Options{DisableRefreshAhead: true, L1MaxAge: -1})
 	cacheKeys(t, v, "demo-k2", 8)
 	first := make(chan vend.RefreshResult)
@@ -348,7 +348,7 @@ func TestSecondRunFindsShardsBusy(t *testing.T) {
 // max_concurrent_fetches, not eight times it.
 func TestShardRunsShareTheProviderCap(t *testing.T) {
 	ctx := context.Background()
-	f, defs := countingSandbox(t, 40 * time.Millisecond)
+	f, defs := countingSandbox(t, 40*time.Millisecond)
 	capped := *defs["demo-k2"]
 	capped.MaxConcurrentFetches = 8
 	if err := capped.Validate(); err != nil {
