@@ -14,6 +14,8 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/token-vendor/token-vendor/pkg/store"
 )
 
 type report struct {
@@ -154,6 +156,21 @@ func (r *report) write(path, plotPath string) error {
 	}
 	if len(r.latency) >= 5 {
 		w("- An L1 hit takes %s at p50 with %.0f allocations, on par with x/oauth2's in-process cached path (%s) — while one token serves the whole fleet.", us(r.latency[0].P50), r.latency[0].Allocs, us(r.latency[4].P50))
+	}
+	for _, f := range r.fleetRuns {
+		if f.FanOut {
+			continue
+		}
+		w("- One invocation of the real refresher bootstrap renewed **%d keys of %d providers in %s** (%.0f/s, each once at the provider, answering in %s), so one run a minute keeps about %.0f keys with 1-hour tokens fresh; fanned out over the 8 index shards, each with its own invocation in Lambda, about %.0f (projection, §11).",
+			f.Refreshed, f.Providers, f.Slowest.Round(100*time.Millisecond), f.RenewalsPerSecond(), f.Latency, f.RenewalsPerSecond()*60*48, store.Shards*f.RenewalsPerSecond()*60*48)
+	}
+	for _, d := range r.fleetDay {
+		if d.Keys >= 1_000_000 && d.FanOut {
+			w("- A simulated day at %d keys in use (fake clock, that rate): **%d** callers waited on a provider after the warm-up with fan-out.", d.Keys, d.Waits)
+		}
+		if d.Keys >= 1_000_000 && !d.FanOut {
+			w("- Without fan-out, at %d keys: %d of %d caller requests waited (%.1f %%).", d.Keys, d.Waits, d.Uses, 100*float64(d.Waits)/float64(max(d.Uses, 1)))
+		}
 	}
 	w("")
 	w("![upstream requests vs fleet size](%s)", plotPath)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/token-vendor/token-vendor/pkg/envelope"
 	"github.com/token-vendor/token-vendor/pkg/sandbox"
+	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/pkg/store/dynamostore"
 	"github.com/token-vendor/token-vendor/pkg/upstream"
 	"github.com/token-vendor/token-vendor/pkg/vend"
@@ -350,17 +352,42 @@ func hungAndHealthy(q bool) (row, error) {
 	ctx, cancel := context.WithTimeout(bg, 3*time.Second) // the function timeout
 	defer cancel()
 	start := time.Now()
-	res, err := v.RefreshDue(ctx, vend.RefreshOptions{Force: true}) // the production defaults
+	// The production defaults, under the shards' leases as a scheduled run.
+	res, err := v.RefreshDue(ctx, vend.RefreshOptions{Force: true, Exclusive: true})
 	if err != nil {
 		return row{}, err
 	}
 	took := time.Since(start)
+	deadline, _ := ctx.Deadline()
 	hung := w.upstream("demo-k2") + w.upstream("hung-2") - before
-	r := row{Fault: fmt.Sprintf("one refresher run: %d keys each of two hung providers, %d of a healthy one (3 s function timeout)", keys, keys), Runs: 1,
+	// Nothing stranded or half-written: no lease (a key's or a shard's)
+	// outlives the run's deadline, and every hung key keeps its token.
+	var items []*store.Item
+	for after := ""; ; {
+		page, next, err := w.store.ScanPage(bg, store.Filter{}, after, 1000)
+		if err != nil {
+			return row{}, err
+		}
+		items = append(items, page...)
+		if after = next; next == "" {
+			break
+		}
+	}
+	stranded, lost := 0, 0
+	for _, it := range items {
+		if it.LeaseOwner != "" && it.LeaseUntil().After(deadline) {
+			stranded++
+		}
+		if strings.HasPrefix(it.PK, "token#") && (it.Token.IsZero() || !time.Now().Before(it.Expiry())) {
+			lost++
+		}
+	}
+	r := row{Fault: fmt.Sprintf("one scheduled refresher run: %d keys each of two hung providers, %d of a healthy one (3 s function timeout)", keys, keys), Runs: 1,
 		Calls: 3 * keys, Upstream: w.upstream("demo-mobi") - keys + hung,
-		Recovery: fmt.Sprintf("run ended in %s: %d renewed, %d failed, %d deferred to the next run", took.Round(time.Millisecond), res.Refreshed, res.Failed, res.Deferred),
-		Expect:   "every healthy key renewed; each hung provider asked at most its 4 concurrent fetches; its keys failed or deferred; the run returns before its deadline"}
-	r.Pass = res.Refreshed == keys && hung <= 2*vend.DefaultProviderFetches && res.Failed+res.Deferred+res.Skipped == 2*keys && took < 3*time.Second
+		Recovery: fmt.Sprintf("run ended in %s: %d renewed, %d failed, %d deferred to the next run; %d leases held past the deadline, %d tokens lost", took.Round(time.Millisecond), res.Refreshed, res.Failed, res.Deferred, stranded, lost),
+		Expect:   "every healthy key renewed; each hung provider asked at most its 4 concurrent fetches; its keys failed or deferred; the run returns before its deadline; no key or shard lease outlives it; every cached token kept"}
+	r.Pass = res.Refreshed == keys && hung <= 2*vend.DefaultProviderFetches && res.Failed+res.Deferred+res.Skipped == 2*keys && took < 3*time.Second &&
+		stranded == 0 && lost == 0
 	return r, nil
 }
 

@@ -40,6 +40,7 @@ import (
 	smtypes "github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
 
 	"github.com/token-vendor/token-vendor/pkg/client"
+	"github.com/token-vendor/token-vendor/pkg/store"
 )
 
 // The AWS calls the smoke test makes, each declared as small as its use.
@@ -160,7 +161,7 @@ func run(ctx context.Context, d deps, s settings) []check {
 		add("both entry points share the cached token", err, "same token (sha256 "+digest(direct.AccessToken)+")")
 	}
 
-	add("refresher run", refresh(ctx, d.lambda, physical["RefresherFunction"]), "")
+	add("refresher run", refresh(ctx, d.lambda, physical["RefresherFunction"], stackParam(st.Stacks[0], "RefreshFanOut") != "false"), "")
 
 	for _, g := range logGroups {
 		ls, err := d.logs.DescribeLogStreams(ctx, &cloudwatchlogs.DescribeLogStreamsInput{LogGroupName: aws.String(g), Limit: aws.Int32(1)})
@@ -282,7 +283,10 @@ func digest(s string) string {
 // scheduled is the event EventBridge sends the refresher.
 const scheduled = `{"version":"0","id":"smoke","detail-type":"Scheduled Event","source":"aws.events","time":"1970-01-01T00:00:00Z","region":"us-east-1","resources":[],"detail":{}}`
 
-func refresh(ctx context.Context, api client.InvokeAPI, fn string) error {
+// refresh runs the refresher as its schedule does. With fan-out, the run
+// must have queued every shard's invocation: fewer means the refresher
+// may not invoke itself (RefresherFanOutPolicy) and renews them alone.
+func refresh(ctx context.Context, api client.InvokeAPI, fn string, fanOut bool) error {
 	if fn == "" {
 		return errors.New("stack has no RefresherFunction")
 	}
@@ -294,13 +298,17 @@ func refresh(ctx context.Context, api client.InvokeAPI, fn string) error {
 		return fmt.Errorf("function error: %s", out.Payload)
 	}
 	var r struct {
-		Failed *int `json:"failed"`
+		Failed     *int `json:"failed"`
+		Dispatched int  `json:"dispatched"`
 	}
 	if err := json.Unmarshal(out.Payload, &r); err != nil || r.Failed == nil {
 		return fmt.Errorf("unexpected result %s", out.Payload)
 	}
 	if *r.Failed > 0 {
 		return fmt.Errorf("%d renewals failed: %s", *r.Failed, out.Payload)
+	}
+	if fanOut && r.Dispatched != store.Shards {
+		return fmt.Errorf("fan-out is on but %d of %d shard runs were queued (the refresher may not invoke itself?): %s", r.Dispatched, store.Shards, out.Payload)
 	}
 	return nil
 }

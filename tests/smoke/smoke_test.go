@@ -43,14 +43,15 @@ type fakeAWS struct {
 	ruleState     ebtypes.RuleState
 	secretNames   []string
 	invoked       []string
+	fanOut        string // the stack's RefreshFanOut
 }
 
 func healthy() *fakeAWS {
 	return &fakeAWS{status: cfntypes.StackStatusUpdateComplete, apiToken: secretToken,
-		refresherOut: `{"due":3,"refreshed":2,"failed":0,"skipped":1,"deferred":0,"retired":0,"lag_seconds":0}`,
+		refresherOut: `{"due":0,"refreshed":0,"failed":0,"skipped":0,"deferred":0,"retired":0,"lag_seconds":0,"dispatched":8}`,
 		dimSets:      [][]string{{"Provider", "Source"}, {"Source"}, {}},
 		ttl:          ddbtypes.TimeToLiveStatusEnabled, index: ddbtypes.IndexStatusActive, alarmsFound: 2,
-		ruleState: ebtypes.RuleStateEnabled, secretNames: []string{"token-vendor/providers/k2"}}
+		ruleState: ebtypes.RuleStateEnabled, secretNames: []string{"token-vendor/providers/k2"}, fanOut: "true"}
 }
 
 func (f *fakeAWS) DescribeStacks(_ context.Context, in *cloudformation.DescribeStacksInput, _ ...func(*cloudformation.Options)) (*cloudformation.DescribeStacksOutput, error) {
@@ -58,7 +59,8 @@ func (f *fakeAWS) DescribeStacks(_ context.Context, in *cloudformation.DescribeS
 		{OutputKey: aws.String("ApiUrl"), OutputValue: aws.String("https://abc.execute-api.eu-west-1.amazonaws.com")},
 		{OutputKey: aws.String("VendFunctionArn"), OutputValue: aws.String("arn:aws:lambda:eu-west-1:1:function:tv-VendFunction")},
 		{OutputKey: aws.String("TableName"), OutputValue: aws.String("tv-TokenTable")},
-	}, Parameters: []cfntypes.Parameter{{ParameterKey: aws.String("ProviderSecretPrefix"), ParameterValue: aws.String("token-vendor/providers/")}}}}}, nil
+	}, Parameters: []cfntypes.Parameter{{ParameterKey: aws.String("ProviderSecretPrefix"), ParameterValue: aws.String("token-vendor/providers/")},
+		{ParameterKey: aws.String("RefreshFanOut"), ParameterValue: aws.String(f.fanOut)}}}}}, nil
 }
 
 func (f *fakeAWS) DescribeStackResources(context.Context, *cloudformation.DescribeStackResourcesInput, ...func(*cloudformation.Options)) (*cloudformation.DescribeStackResourcesOutput, error) {
@@ -195,7 +197,10 @@ func TestBrokenStacksFail(t *testing.T) {
 		"cache not shared":            {func(f *fakeAWS) { f.apiToken = "another-token" }, "both entry points"},
 		"refresher failed keys":       {func(f *fakeAWS) { f.refresherOut = `{"refreshed":0,"failed":3}` }, "refresher run"},
 		"refresher errored":           {func(f *fakeAWS) { f.refresherOut = `{"errorType":"Runtime.ExitError"}` }, "refresher run"},
-		"function logs elsewhere":     {func(f *fakeAWS) { f.emptyLogGroup = "/aws/lambda/tv-RefresherFunction" }, "log group /aws/lambda/tv-RefresherFunction"},
+		"fan-out not queued": {func(f *fakeAWS) {
+			f.refresherOut = `{"due":3,"refreshed":3,"failed":0,"skipped":0,"deferred":0,"retired":0,"lag_seconds":0}`
+		}, "refresher run"},
+		"function logs elsewhere": {func(f *fakeAWS) { f.emptyLogGroup = "/aws/lambda/tv-RefresherFunction" }, "log group /aws/lambda/tv-RefresherFunction"},
 		// The defect issue 11 names: metrics only per provider, so the alarms' metric never exists.
 		"metric only per provider": {func(f *fakeAWS) { f.dimSets = [][]string{{"Provider", "Source"}} }, "fleet-wide metric"},
 	}
@@ -242,5 +247,16 @@ func TestMetricWaitHonoursContext(t *testing.T) {
 	cancel()
 	if err := awaitMetric(ctx, d, "Vends", time.Hour); !errors.Is(err, context.Canceled) {
 		t.Fatalf("want the wait cut short by the context, got %v", err)
+	}
+}
+
+// With RefreshFanOut=false the scheduled run renews every shard itself and
+// queues nothing: that is healthy.
+func TestSmokeWithoutFanOut(t *testing.T) {
+	f := healthy()
+	f.fanOut = "false"
+	f.refresherOut = `{"due":3,"refreshed":3,"failed":0,"skipped":0,"deferred":0,"retired":0,"lag_seconds":0}`
+	if ok, out := smoke(t, f); !ok {
+		t.Fatalf("a stack without fan-out failed the smoke check:\n%s", out)
 	}
 }
