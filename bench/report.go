@@ -164,12 +164,15 @@ func (r *report) write(path, plotPath string) error {
 		w("- One invocation of the real refresher bootstrap renewed **%d keys of %d providers in %s** (%.0f/s, each once at the provider, answering in %s), so one run a minute keeps about %.0f keys with 1-hour tokens fresh; fanned out over the 8 index shards, each with its own invocation in Lambda, about %.0f (projection, §11).",
 			f.Refreshed, f.Providers, f.Slowest.Round(100*time.Millisecond), f.RenewalsPerSecond(), f.Latency, f.RenewalsPerSecond()*60*48, store.Shards*f.RenewalsPerSecond()*60*48)
 	}
-	for _, d := range r.fleetDay {
-		if d.Keys >= 1_000_000 && d.FanOut {
-			w("- A simulated day at %d keys in use (fake clock, that rate): **%d** callers waited on a provider after the warm-up with fan-out.", d.Keys, d.Waits)
-		}
-		if d.Keys >= 1_000_000 && !d.FanOut {
-			w("- Without fan-out, at %d keys: %d of %d caller requests waited (%.1f %%).", d.Keys, d.Waits, d.Uses, 100*float64(d.Waits)/float64(max(d.Uses, 1)))
+	for _, fan := range []bool{true, false} {
+		for _, d := range r.fleetDay {
+			switch {
+			case d.Keys < 1_000_000 || d.FanOut != fan:
+			case fan:
+				w("- A simulated day at %d keys in use (fake clock, that rate): **%d** callers waited on a provider after the warm-up with fan-out.", d.Keys, d.Waits)
+			default:
+				w("- Without fan-out, at %d keys: %d of %d caller requests waited (%.1f %%).", d.Keys, d.Waits, d.Uses, 100*float64(d.Waits)/float64(max(d.Uses, 1)))
+			}
 		}
 	}
 	w("")

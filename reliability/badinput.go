@@ -41,11 +41,14 @@ func errType(err error) string {
 	return wire.ErrorType(err)
 }
 
-func short(s string) string {
+func short(s string) string { return cell(s, 70) }
+
+// cell makes s one Markdown table cell of at most n bytes.
+func cell(s string, n int) string {
 	s = strings.ReplaceAll(s, "|", `\|`)
 	s = strings.ReplaceAll(s, "\n", `\n`)
-	if len(s) > 70 {
-		return s[:67] + "…"
+	if len(s) > n {
+		return s[:n-3] + "…"
 	}
 	return s
 }
@@ -247,6 +250,19 @@ var fuzzTargets = [][2]string{
 
 // fuzz runs each target for d; a crasher is written by go test into the
 // package's testdata/fuzz, where it stays as a regression test.
+// fuzzFailure is what says why a fuzz run failed: the lines after the
+// progress lines (a failing test, a crasher's file, the fuzzer's own
+// error), not the progress.
+func fuzzFailure(out string) string {
+	var keep []string
+	for line := range strings.Lines(out) {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "fuzz: elapsed:") {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, " / ")
+}
+
 func fuzz(d time.Duration) []fuzzRow {
 	root, _ := testenv.RepoRoot()
 	var rows []fuzzRow
@@ -261,7 +277,7 @@ func fuzz(d time.Duration) []fuzzRow {
 			}
 		}
 		if err != nil {
-			res = "FAILED: " + short(string(out))
+			res = "FAILED: " + cell(fuzzFailure(string(out)), 600)
 		}
 		rows = append(rows, fuzzRow{Target: t[1], Pkg: t[0], Time: d, Result: res, Pass: err == nil})
 	}
