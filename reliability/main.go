@@ -44,6 +44,7 @@ func (s *suite) run(fuzzTime time.Duration, log io.Writer) error {
 		{"wire: release", wireWrite("lease release after a refused fetch", faultproxy.Release, &sandbox.Fault{ClientID: "demo-k2-client", Status: 400})},
 		{"frozen mid-fetch", frozen(false)}, {"frozen mid-write", frozen(true)}, {"revoke under lease", revokeDuringLease},
 		{"503 + Retry-After", retryAfterStorm(503)}, {"hanging provider", hanging}, {"hung and healthy", hungAndHealthy},
+		{"deadline mid-renewal", deadlineMidRenewal},
 		{"30 s tokens", shortLived(30)}, {"60 s tokens", shortLived(60)}, {"KMS throttled", kmsThrottled},
 		{"forced-refresh flood", forcedRefreshFlood}, {"refusal flood", refusalFlood}, {"STS unavailable", stsUnavailable},
 	}

@@ -360,27 +360,9 @@ func hungAndHealthy(q bool) (row, error) {
 	took := time.Since(start)
 	deadline, _ := ctx.Deadline()
 	hung := w.upstream("demo-k2") + w.upstream("hung-2") - before
-	// Nothing stranded or half-written: no lease (a key's or a shard's)
-	// outlives the run's deadline, and every hung key keeps its token.
-	var items []*store.Item
-	for after := ""; ; {
-		page, next, err := w.store.ScanPage(bg, store.Filter{}, after, 1000)
-		if err != nil {
-			return row{}, err
-		}
-		items = append(items, page...)
-		if after = next; next == "" {
-			break
-		}
-	}
-	stranded, lost := 0, 0
-	for _, it := range items {
-		if it.LeaseOwner != "" && it.LeaseUntil().After(deadline) {
-			stranded++
-		}
-		if strings.HasPrefix(it.PK, "token#") && (it.Token.IsZero() || !time.Now().Before(it.Expiry())) {
-			lost++
-		}
+	stranded, lost, _, err := w.afterRun(deadline)
+	if err != nil {
+		return row{}, err
 	}
 	r := row{Fault: fmt.Sprintf("one scheduled refresher run: %d keys each of two hung providers, %d of a healthy one (3 s function timeout)", keys, keys), Runs: 1,
 		Calls: 3 * keys, Upstream: w.upstream("demo-mobi") - keys + hung,
@@ -388,6 +370,77 @@ func hungAndHealthy(q bool) (row, error) {
 		Expect:   "every healthy key renewed; each hung provider asked at most its 4 concurrent fetches; its keys failed or deferred; the run returns before its deadline; no key or shard lease outlives it; every cached token kept"}
 	r.Pass = res.Refreshed == keys && hung <= 2*vend.DefaultProviderFetches && res.Failed+res.Deferred+res.Skipped == 2*keys && took < 3*time.Second &&
 		stranded == 0 && lost == 0
+	return r, nil
+}
+
+// afterRun looks at the table after a refresher run: leases (a key's or a
+// shard's) that outlive the run's deadline, cached tokens lost (none may
+// be: a cut renewal writes nothing half), and keys with a failure recorded.
+func (w *world) afterRun(deadline time.Time) (stranded, lost, failed int, err error) {
+	for after := ""; ; {
+		page, next, err := w.store.ScanPage(bg, store.Filter{}, after, 1000)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		for _, it := range page {
+			if it.LeaseOwner != "" && it.LeaseUntil().After(deadline) {
+				stranded++
+			}
+			if strings.HasPrefix(it.PK, "token#") && (it.Token.IsZero() || !time.Now().Before(it.Expiry())) {
+				lost++
+			}
+			if strings.HasPrefix(it.PK, "token#") && it.LastError != "" {
+				failed++
+			}
+		}
+		if after = next; next == "" {
+			return stranded, lost, failed, nil
+		}
+	}
+}
+
+// deadlineMidRenewal: a scheduled run whose deadline arrives while every
+// renewal waits on a provider slower than the whole run.
+func deadlineMidRenewal(q bool) (row, error) {
+	keys := 24
+	if q {
+		keys = 8
+	}
+	w, err := newWorld(false)
+	if err != nil {
+		return row{}, err
+	}
+	defer w.close()
+	v := w.instanceUp(vend.Options{DisableRefreshAhead: true, L1MaxAge: -1}, nil, &upstream.Client{AttemptTimeout: 10 * time.Second, MaxAttempts: 1, MaxRetryAfter: -1})
+	for k := range keys {
+		if _, err := v.Token(bg, vend.Request{Provider: "demo-mobi", Scope: fmt.Sprint("s", k), MinTTL: -1}); err != nil {
+			return row{}, err
+		}
+	}
+	before := w.upstream("demo-mobi")
+	w.sb.SetFault(sandbox.Fault{ClientID: w.defs["demo-mobi"].ClientID, Delay: time.Minute})
+	const timeout = 3 * time.Second
+	ctx, cancel := context.WithTimeout(bg, timeout) // the function timeout
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	start := time.Now()
+	res, err := v.RefreshDue(ctx, vend.RefreshOptions{Force: true, Exclusive: true})
+	took := time.Since(start)
+	if err != nil {
+		return row{}, err
+	}
+	stranded, lost, failed, err := w.afterRun(deadline)
+	if err != nil {
+		return row{}, err
+	}
+	cd, _ := w.store.Get(bg, "cooldown#demo-mobi", true)
+	cooldown := cd != nil && time.Now().Before(time.UnixMilli(cd.CooldownUntil))
+	r := row{Fault: fmt.Sprintf("a scheduled refresher run's deadline (3 s) arrives while all %d renewals wait on a provider answering after 1 min", keys), Runs: 1,
+		Upstream: w.upstream("demo-mobi") - before,
+		Recovery: fmt.Sprintf("result returned after %s: %d deferred, %d failed; %d leases held past the deadline, %d tokens lost, %d failures recorded, cooldown opened: %v",
+			took.Round(time.Millisecond), res.Deferred, res.Failed, stranded, lost, failed, cooldown),
+		Expect: "the result returned before the deadline; every renewal deferred (cleanly abandoned), none failed; no key or shard lease outlives the run; every cached token kept; no failure recorded and no cooldown (the provider did not fail)"}
+	r.Pass = took < timeout && res.Deferred == keys && res.Failed == 0 && stranded == 0 && lost == 0 && failed == 0 && !cooldown
 	return r, nil
 }
 
