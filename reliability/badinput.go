@@ -243,13 +243,12 @@ var fuzzTargets = [][2]string{
 	{"./pkg/upstream", "FuzzParseTokenResponse"},
 	{"./pkg/httpapi", "FuzzHandler"},
 	{"./pkg/lambdafn", "FuzzInvoke"},
+	{"./pkg/lambdafn", "FuzzRefreshEvent"},
 	{"./pkg/identity", "FuzzProof"},
 	{"./pkg/principal", "FuzzMatch"},
 	{"./pkg/principal", "FuzzGlob"},
 }
 
-// fuzz runs each target for d; a crasher is written by go test into the
-// package's testdata/fuzz, where it stays as a regression test.
 // fuzzFailure is what says why a fuzz run failed: the lines after the
 // progress lines (a failing test, a crasher's file, the fuzzer's own
 // error), not the progress.
@@ -263,6 +262,8 @@ func fuzzFailure(out string) string {
 	return strings.Join(keep, " / ")
 }
 
+// fuzz runs each target for d; a crasher is written by go test into the
+// package's testdata/fuzz, where it stays as a regression test.
 func fuzz(d time.Duration) []fuzzRow {
 	root, _ := testenv.RepoRoot()
 	var rows []fuzzRow

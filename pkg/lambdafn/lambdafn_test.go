@@ -241,3 +241,36 @@ func FuzzInvoke(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRefreshEvent: whatever reaches the refresher (the schedule's event,
+// a shard's, an operator's, or garbage) is run or refused as InvalidRequest;
+// nothing panics, and a refused event runs nothing.
+func FuzzRefreshEvent(f *testing.F) {
+	f.Add([]byte(`{"detail-type":"Scheduled Event","source":"aws.events","detail":{}}`))
+	f.Add([]byte(`{"shard":3,"run":"req-1"}`))
+	f.Add([]byte(`{"providers":["demo-k2"],"force":true}`))
+	f.Add([]byte(`{"shard":1e3}`))
+	f.Fuzz(func(t *testing.T, ev []byte) {
+		if !json.Valid(ev) {
+			return // Lambda's Invoke API refuses payloads that are not JSON
+		}
+		r, d := &recordingRefresher{}, &recordingDispatcher{}
+		h := lambda.NewHandler(lambdafn.Refresh(r, time.Minute, d, quiet))
+		if _, err := h.Invoke(context.Background(), ev); err != nil {
+			if typeName(err) != "InvalidRequest" {
+				t.Fatalf("%q -> %T %v", ev, err, err)
+			}
+			if len(r.runs) != 0 || len(d.events) != 0 {
+				t.Fatalf("%q refused, yet ran %+v and queued %v", ev, r.runs, d.events)
+			}
+			return
+		}
+		for _, o := range r.runs {
+			for _, sh := range o.Shards {
+				if sh < 0 || sh >= store.Shards {
+					t.Fatalf("%q ran shard %d", ev, sh)
+				}
+			}
+		}
+	})
+}
