@@ -4,6 +4,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -19,7 +20,6 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
-	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
@@ -28,7 +28,6 @@ import (
 	"github.com/token-vendor/token-vendor/pkg/gate"
 	"github.com/token-vendor/token-vendor/pkg/httpapi"
 	"github.com/token-vendor/token-vendor/pkg/identity"
-	"github.com/token-vendor/token-vendor/pkg/lambdafn"
 	"github.com/token-vendor/token-vendor/pkg/obs"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/registry"
@@ -104,10 +103,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	c.SecretPrefix = getenv("PROVIDER_SECRET_PREFIX")
 	c.ProvidersFile = getenv("PROVIDERS_FILE")
 	c.KMSKeyID = getenv("TOKEN_KMS_KEY_ID")
-	c.VendorID = getenv("VENDOR_ID")
-	if c.VendorID == "" {
-		c.VendorID = getenv("AWS_LAMBDA_FUNCTION_NAME")
-	}
+	c.FunctionName, c.FunctionVersion = getenv("AWS_LAMBDA_FUNCTION_NAME"), getenv("AWS_LAMBDA_FUNCTION_VERSION")
+	c.VendorID = cmp.Or(getenv("VENDOR_ID"), c.FunctionName)
 	if region := getenv("AWS_REGION"); region != "" || getenv("AWS_ENDPOINT_URL_STS") != "" {
 		c.STSEndpoint = identity.EndpointFromEnv(getenv, region)
 	}
@@ -117,7 +114,6 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if v := getenv("METRICS_NAMESPACE"); v != "" {
 		c.MetricsNamespace = v
 	}
-	c.FunctionName, c.FunctionVersion = getenv("AWS_LAMBDA_FUNCTION_NAME"), getenv("AWS_LAMBDA_FUNCTION_VERSION")
 	for _, b := range []struct {
 		name string
 		dst  *bool
@@ -174,6 +170,9 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if c.L1MaxAge == 0 {
 		c.L1MaxAge = -1 // 0 means "no L1"
 	}
+	if c.RefreshFanOut && c.FunctionName == "" {
+		return c, fmt.Errorf("REFRESH_FANOUT: the refresher invokes itself, and AWS_LAMBDA_FUNCTION_NAME is not set")
+	}
 	return c, nil
 }
 
@@ -184,14 +183,12 @@ type Clients struct {
 	KMS            *kms.Client
 	// STS gets web identity tokens for aws_web_identity providers.
 	STS webidentity.STS
-	// Lambda queues a fanned-out refresher run's shard invocations.
-	Lambda *awslambda.Client
 }
 
 // AWSClients builds clients from an AWS config. Endpoints follow the SDK's
 // own settings (AWS_ENDPOINT_URL_DYNAMODB, …).
 func AWSClients(cfg aws.Config) Clients {
-	return Clients{DynamoDB: dynamodb.NewFromConfig(cfg), SecretsManager: secretsmanager.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg), Lambda: awslambda.NewFromConfig(cfg)}
+	return Clients{DynamoDB: dynamodb.NewFromConfig(cfg), SecretsManager: secretsmanager.NewFromConfig(cfg), KMS: kms.NewFromConfig(cfg), STS: sts.NewFromConfig(cfg)}
 }
 
 // Providers is a provider source that can also list.
@@ -217,9 +214,9 @@ type App struct {
 	Metrics   *obs.Metrics
 	// Keys signs private_key_jwt assertions and prints their JWK Sets.
 	Keys *assertion.Keys
-	// Dispatcher fans a scheduled refresher run out by shard; nil unless
-	// RefreshFanOut.
-	Dispatcher lambdafn.Dispatcher
+	// AWS is the configuration StartLambda loaded, for a client only one
+	// function needs (the refresher's Lambda client for its fan-out).
+	AWS aws.Config
 }
 
 // New wires the parts. It makes no network calls.
@@ -297,12 +294,6 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 	})
 	g := gate.New(v, provs, log, metrics)
 	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: httpapi.New(g, provs, log, nil).WithJWKS(keys), Log: log, Metrics: metrics, Keys: keys}
-	if cfg.RefreshFanOut {
-		if c.Lambda == nil || cfg.FunctionName == "" {
-			return nil, fmt.Errorf("REFRESH_FANOUT set but no Lambda client or AWS_LAMBDA_FUNCTION_NAME")
-		}
-		a.Dispatcher = lambdafn.ShardInvoker{API: c.Lambda, Function: cfg.FunctionName, Qualifier: cfg.FunctionVersion}
-	}
 	if cfg.VendorID != "" && cfg.STSEndpoint != "" {
 		a.Proofs = &identity.Verifier{Endpoint: cfg.STSEndpoint, VendorID: cfg.VendorID}
 	}
@@ -346,6 +337,7 @@ func StartLambda(handler func(*App) any) {
 		log.Error("cannot start", "error", err)
 		os.Exit(1)
 	}
+	a.AWS = awsCfg
 	lambda.Start(handler(a))
 }
 

@@ -19,9 +19,6 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambdacontext"
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/lambda"
-	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
 
 	"github.com/token-vendor/token-vendor/pkg/identity"
 	"github.com/token-vendor/token-vendor/pkg/store"
@@ -173,7 +170,7 @@ type Refresher interface {
 }
 
 // Dispatcher starts one shard's run as an invocation of its own, queued
-// on Lambda's asynchronous engine (ShardInvoker).
+// on Lambda's asynchronous engine (fanout.Invoker).
 type Dispatcher interface {
 	Dispatch(ctx context.Context, event []byte) error
 }
@@ -204,16 +201,16 @@ func Refresh(r Refresher, interval time.Duration, d Dispatcher, log *slog.Logger
 		if err := json.Unmarshal(raw, &probe); err != nil {
 			return vend.RefreshResult{}, wire.Classify(wire.Invalid("event must be a JSON object"), "").LambdaError()
 		}
-		var res vend.RefreshResult
+		dispatched := 0
 		_, scheduled := probe["detail-type"]
 		_, isShard := probe["shard"]
 		switch {
 		case scheduled && d != nil:
 			failed := dispatchShards(ctx, d, log)
-			res.Dispatched = store.Shards - len(failed)
+			dispatched = store.Shards - len(failed)
 			if len(failed) == 0 {
-				log.InfoContext(ctx, "refresh run dispatched", "shards", res.Dispatched)
-				return res, nil
+				log.InfoContext(ctx, "refresh run dispatched", "shards", dispatched)
+				return vend.RefreshResult{Dispatched: dispatched}, nil
 			}
 			opts.Shards, opts.Exclusive = failed, true
 		case scheduled:
@@ -236,7 +233,7 @@ func Refresh(r Refresher, interval time.Duration, d Dispatcher, log *slog.Logger
 			opts.Providers, opts.Force = m.Providers, m.Force
 		}
 		got, err := r.RefreshDue(ctx, opts)
-		got.Dispatched = res.Dispatched
+		got.Dispatched = dispatched
 		if err != nil {
 			log.ErrorContext(ctx, "refresh run failed", "error", err)
 			return got, wire.Classify(err, "").LambdaError()
@@ -271,34 +268,6 @@ func dispatchShards(ctx context.Context, d Dispatcher, log *slog.Logger) []int {
 		}
 	}
 	return failed
-}
-
-// InvokeAPI is the Lambda client as ShardInvoker uses it.
-type InvokeAPI interface {
-	Invoke(ctx context.Context, in *lambda.InvokeInput, optFns ...func(*lambda.Options)) (*lambda.InvokeOutput, error)
-}
-
-// ShardInvoker dispatches shard runs as asynchronous invocations of the
-// function itself: Lambda queues them, runs them in parallel up to the
-// function's reserved concurrency, and retries a throttled one until the
-// function's maximum event age (docs/design.md §5, fan-out).
-type ShardInvoker struct {
-	API InvokeAPI
-	// Function and Qualifier name the function (AWS_LAMBDA_FUNCTION_NAME
-	// and, unless $LATEST, AWS_LAMBDA_FUNCTION_VERSION).
-	Function, Qualifier string
-}
-
-// Dispatch queues one event.
-func (s ShardInvoker) Dispatch(ctx context.Context, event []byte) error {
-	in := &lambda.InvokeInput{FunctionName: aws.String(s.Function), InvocationType: lambdatypes.InvocationTypeEvent, Payload: event}
-	if s.Qualifier != "" && s.Qualifier != "$LATEST" {
-		in.Qualifier = aws.String(s.Qualifier)
-	}
-	if _, err := s.API.Invoke(ctx, in); err != nil {
-		return fmt.Errorf("queue shard run on %s: %w", s.Function, err)
-	}
-	return nil
 }
 
 func strictDecode(raw json.RawMessage, v any) error {

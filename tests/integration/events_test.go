@@ -108,7 +108,7 @@ func TestEventsReplayThroughHandlers(t *testing.T) {
 	a := d.instance(t)
 	api := app.Flushing(a, lambdafn.APIGateway(a.Handler))
 	inv := app.Flushing(a, lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil))
-	ref := app.Flushing(a, lambdafn.Refresh(a.Vendor, a.Config.RefreshInterval, a.Dispatcher, a.Log))
+	ref := app.Flushing(a, lambdafn.Refresh(a.Vendor, a.Config.RefreshInterval, nil, a.Log))
 
 	fns := map[string]func(context.Context, json.RawMessage) (any, error){}
 	wrap := func(h any) func(context.Context, json.RawMessage) (any, error) {
