@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/tests/lambdart"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
@@ -161,23 +162,6 @@ func fleetDayBench(r *report) error {
 	return nil
 }
 
-// fleetRunRow is tests/lambdart's FleetRun as it records it.
-type fleetRunRow struct {
-	Providers, Scopes int
-	Latency, Deadline time.Duration
-	Concurrency       int
-	FanOut            bool
-	Instances         int
-	Schedules         int
-
-	Keys, Refreshed, ShardsBusy, Dispatched, Invocations int
-	Upstream                                             int
-	Took, Slowest                                        time.Duration
-	Late                                                 int
-}
-
-func (f fleetRunRow) RenewalsPerSecond() float64 { return float64(f.Refreshed) / f.Took.Seconds() }
-
 // fleetRunBench runs the scheduled runs of the real refresher bootstrap
 // (tests/lambdart: the Runtime API harness, the template's environment,
 // DynamoDB Local and moto KMS, Lambda's asynchronous engine stood in for)
@@ -203,7 +187,7 @@ func fleetRunBench(r *report) error {
 		return err
 	}
 	for line := range strings.Lines(string(b)) {
-		var f fleetRunRow
+		var f lambdart.FleetRun
 		if err := json.Unmarshal([]byte(line), &f); err != nil {
 			return err
 		}

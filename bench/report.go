@@ -16,6 +16,7 @@ import (
 	"gonum.org/v1/plot/vg"
 
 	"github.com/token-vendor/token-vendor/pkg/store"
+	"github.com/token-vendor/token-vendor/tests/lambdart"
 )
 
 type report struct {
@@ -35,7 +36,7 @@ type report struct {
 	signing    []latencyRow
 	identity   []latencyRow
 	refresher  []refresherRow
-	fleetRuns  []fleetRunRow
+	fleetRuns  []lambdart.FleetRun
 	fleetDay   []fleetDayRow
 	// fleetDayTook is how long the simulated days took to compute.
 	fleetDayTook time.Duration

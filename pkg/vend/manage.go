@@ -168,9 +168,6 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 	if o.Force {
 		before = now.AddDate(100, 0, 0) // every key in the index
 	}
-	// The index lists what is due, and nothing else: a run reads O(keys
-	// due), not O(table). It may lag the table; each key is confirmed by a
-	// consistent read under the lease before anything is written.
 	var res RefreshResult
 	if dl, ok := ctx.Deadline(); ok {
 		ctx = withHardDeadline(ctx, dl.Add(-hardMargin))
@@ -195,6 +192,9 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 			return res, nil
 		}
 	}
+	// The index lists what is due, and nothing else: a run reads O(keys
+	// due), not O(table). It may lag the table; each key is confirmed by a
+	// consistent read under the lease before anything is written.
 	items, err := v.store.Due(ctx, before, shards)
 	if err != nil {
 		return RefreshResult{}, fmt.Errorf("list due tokens: %w", err)

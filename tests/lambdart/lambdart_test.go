@@ -414,27 +414,6 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 	}
 }
 
-// FleetRun is a scheduled refresher run of the real bootstrap over a fleet
-// of due keys: its shape, and what was measured.
-type FleetRun struct {
-	Providers, Scopes int
-	Latency           time.Duration // the provider's, per token request
-	Deadline          time.Duration // each invocation's
-	Concurrency       int           // REFRESH_CONCURRENCY
-	FanOut            bool          // REFRESH_FANOUT
-	Instances         int           // execution environments (reserved concurrency)
-	Schedules         int           // scheduled events queued at once (overlapping runs)
-
-	Keys, Refreshed, ShardsBusy, Dispatched, Invocations int
-	Upstream                                             int           // token requests the provider saw during the runs
-	Took                                                 time.Duration // first event queued to last invocation done
-	Slowest                                              time.Duration // the longest invocation
-	Late                                                 int           // invocations that ended at or after their deadline
-}
-
-// RenewalsPerSecond is the fleet's rate over the whole run.
-func (r FleetRun) RenewalsPerSecond() float64 { return float64(r.Refreshed) / r.Took.Seconds() }
-
 // scheduledFleetRun puts every key of the fleet in the table as the vend
 // path leaves it, 50 minutes into a 1-hour token and past its refresh_at
 // (due), then queues the scheduled event on the asynchronous engine as

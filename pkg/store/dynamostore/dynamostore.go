@@ -185,6 +185,11 @@ func (s *Store) Due(ctx context.Context, before time.Time, shards []int) ([]*sto
 	if shards == nil {
 		shards = store.AllShards()
 	}
+	for _, sh := range shards {
+		if sh < 0 || sh >= store.Shards {
+			return nil, fmt.Errorf("refresh index shard %d: want 0 to %d", sh, store.Shards-1)
+		}
+	}
 	var (
 		mu   sync.Mutex
 		out  []*store.Item
@@ -192,9 +197,6 @@ func (s *Store) Due(ctx context.Context, before time.Time, shards []int) ([]*sto
 		wg   sync.WaitGroup
 	)
 	for i, sh := range shards {
-		if sh < 0 || sh >= store.Shards {
-			return nil, fmt.Errorf("refresh index shard %d: want 0 to %d", sh, store.Shards-1)
-		}
 		wg.Go(func() {
 			key := expression.Key(shardAttr).Equal(expression.Value(strconv.Itoa(sh))).
 				And(expression.Key("refresh_at").LessThan(expression.Value(before.Unix())))
