@@ -32,9 +32,9 @@ func fleetColdStart(r *report) error {
 		sizes = []int{1, 2}
 	}
 	const callers = 50
-	ddb := os.Getenv(testenv.EnvDynamoDB)
-	if ddb == "" {
-		return fmt.Errorf("DynamoDB Local not running: %s", testenv.SkipHint)
+	ddb, err := testenv.DynamoDBEndpoint()
+	if err != nil {
+		return err
 	}
 	for _, n := range sizes {
 		row := fleetRow{Procs: n, Callers: callers, Upstream: map[string]int{}, Errors: map[string]int{}}

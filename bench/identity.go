@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http/httptest"
-	"os"
 	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
@@ -30,9 +29,9 @@ import (
 
 func identityBench(r *report) error {
 	ctx := context.Background()
-	moto := os.Getenv(testenv.EnvMoto)
-	if moto == "" {
-		return fmt.Errorf("moto not running: %s", testenv.SkipHint)
+	moto, err := testenv.MotoEndpoint()
+	if err != nil {
+		return err
 	}
 	iamc := iam.NewFromConfig(testenv.Config(), func(o *iam.Options) { o.BaseEndpoint = aws.String(moto) })
 	user := "bench-" + testenv.RandomSuffix()

@@ -10,7 +10,6 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
-	"os"
 	"sync"
 	"time"
 
@@ -37,9 +36,9 @@ type refresherRow struct {
 }
 
 func refresherBench(r *report) error {
-	ep := os.Getenv(testenv.EnvDynamoDB)
-	if ep == "" {
-		return fmt.Errorf("DynamoDB Local not running: %s", testenv.SkipHint)
+	ep, err := testenv.DynamoDBEndpoint()
+	if err != nil {
+		return err
 	}
 	providers, scopes := 200, 10
 	budget := 20 * time.Second

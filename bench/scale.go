@@ -83,9 +83,9 @@ func (c *capacity) GetItem(ctx context.Context, in *dynamodb.GetItemInput, o ...
 // sealedSize is the size of a production token at rest: a 1 KB JWT sealed
 // with a KMS data key through moto, as the envelope does it.
 func sealedSize(ctx context.Context) (int, error) {
-	moto := os.Getenv(testenv.EnvMoto)
-	if moto == "" {
-		return 0, fmt.Errorf("moto not running: %s", testenv.SkipHint)
+	moto, err := testenv.MotoEndpoint()
+	if err != nil {
+		return 0, err
 	}
 	api := kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(moto) })
 	key, err := api.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: kmstypes.KeySpecSymmetricDefault, KeyUsage: kmstypes.KeyUsageTypeEncryptDecrypt})

@@ -13,8 +13,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
-	"os"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -30,9 +28,9 @@ import (
 
 func signingBench(r *report) error {
 	ctx := context.Background()
-	moto := os.Getenv(testenv.EnvMoto)
-	if moto == "" {
-		return fmt.Errorf("moto not running: %s", testenv.SkipHint)
+	moto, err := testenv.MotoEndpoint()
+	if err != nil {
+		return err
 	}
 	api := kms.NewFromConfig(testenv.Config(), func(o *kms.Options) { o.BaseEndpoint = aws.String(moto) })
 	keys := assertion.New(api)

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/http/httptest"
-	"os"
 	"sync"
 	"time"
 
@@ -31,9 +29,9 @@ type world struct {
 }
 
 func newWorld(fake bool) (*world, error) {
-	ddb := os.Getenv(testenv.EnvDynamoDB)
-	if ddb == "" {
-		return nil, fmt.Errorf("DynamoDB Local not running: %s", testenv.SkipHint)
+	ddb, err := testenv.DynamoDBEndpoint()
+	if err != nil {
+		return nil, err
 	}
 	w := &world{sb: sandbox.New(), ddb: ddb, table: "rel-" + testenv.RandomSuffix()}
 	w.srv = httptest.NewServer(w.sb.Handler())

@@ -488,9 +488,9 @@ func shortLived(lifetime int) func(bool) (row, error) {
 // front of moto) while instances with cold data-key caches read a cached
 // token: callers get a token or 503, and the provider sees no stampede.
 func kmsThrottled(q bool) (row, error) {
-	moto := os.Getenv(testenv.EnvMoto)
-	if moto == "" {
-		return row{}, fmt.Errorf("moto not running: %s", testenv.SkipHint)
+	moto, err := testenv.MotoEndpoint()
+	if err != nil {
+		return row{}, err
 	}
 	w, err := newWorld(false)
 	if err != nil {

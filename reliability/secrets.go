@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,9 +30,9 @@ type secretsWorld struct {
 }
 
 func newSecretsWorld() (*secretsWorld, error) {
-	moto := os.Getenv(testenv.EnvMoto)
-	if moto == "" {
-		return nil, fmt.Errorf("moto not running: %s", testenv.SkipHint)
+	moto, err := testenv.MotoEndpoint()
+	if err != nil {
+		return nil, err
 	}
 	w, err := newWorld(false)
 	if err != nil {

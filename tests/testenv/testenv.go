@@ -202,12 +202,26 @@ func DynamoDBClient(endpoint string) *dynamodb.Client {
 	})
 }
 
+// DynamoDBEndpoint is the shared DynamoDB Local endpoint, for programs
+// (bench, reliability) that are not tests.
+func DynamoDBEndpoint() (string, error) { return endpoint(EnvDynamoDB, "DynamoDB Local") }
+
+// MotoEndpoint is the shared moto endpoint, for programs that are not tests.
+func MotoEndpoint() (string, error) { return endpoint(EnvMoto, "moto") }
+
+func endpoint(env, name string) (string, error) {
+	if ep := os.Getenv(env); ep != "" {
+		return ep, nil
+	}
+	return "", fmt.Errorf("%s is not running: %s", name, SkipHint)
+}
+
 // DynamoDB returns the shared DynamoDB Local endpoint, or skips the test.
 func DynamoDB(t testing.TB) string {
 	t.Helper()
-	ep := os.Getenv(EnvDynamoDB)
-	if ep == "" {
-		SkipOrFail(t, "DynamoDB Local is not running: "+SkipHint)
+	ep, err := DynamoDBEndpoint()
+	if err != nil {
+		SkipOrFail(t, err.Error())
 	}
 	return ep
 }
@@ -215,9 +229,9 @@ func DynamoDB(t testing.TB) string {
 // Moto returns the shared moto endpoint, or skips the test.
 func Moto(t testing.TB) string {
 	t.Helper()
-	ep := os.Getenv(EnvMoto)
-	if ep == "" {
-		SkipOrFail(t, "moto is not running: "+SkipHint)
+	ep, err := MotoEndpoint()
+	if err != nil {
+		SkipOrFail(t, err.Error())
 	}
 	return ep
 }
