@@ -29,6 +29,7 @@ type suite struct {
 	faults  []row
 	bad     []badRow
 	fuzz    []fuzzRow
+	attacks []attackRow
 }
 
 func (s *suite) run(fuzzTime time.Duration, log io.Writer) error {
@@ -67,6 +68,9 @@ func (s *suite) run(fuzzTime time.Duration, log io.Writer) error {
 			s.faults = append(s.faults, rs...)
 		}
 	}
+	if err := s.runAttacks(log); err != nil {
+		return err
+	}
 	fmt.Fprintln(log, "reliability: bad input…")
 	bad, err := badInputs()
 	if err != nil {
@@ -97,6 +101,11 @@ func (s *suite) failures() []string {
 			out = append(out, "fuzz: "+f.Target)
 		}
 	}
+	for _, a := range s.attacks {
+		if !a.Pass {
+			out = append(out, "attack: "+a.Attack)
+		}
+	}
 	return out
 }
 
@@ -115,6 +124,7 @@ func (s *suite) write(path string) error {
 	}
 	w("")
 	w("Secret hygiene is checked by `tests/hygiene` (canary secrets and tokens through every entry point, success and failure: never in logs, metrics, error bodies, Lambda errors, listings or panics), part of `make test`.")
+	s.writeAttacks(w)
 	w("")
 	w("## Bad input")
 	w("")
