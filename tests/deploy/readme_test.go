@@ -2,12 +2,12 @@ package deploy
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
 type policyDoc struct {
@@ -43,37 +43,9 @@ func list(v any) []string {
 // function, never the api function (whose events carry the identity);
 // function URLs only with AuthType AWS_IAM; signing keys sign only for the
 // function roles, with the algorithm and message type pinned.
-//
-// docs/agent.md's policy for the agent's task, pod or instance role is
-// checked the same way and must grant direct invoke of the vend function.
 func TestREADMEPolicies(t *testing.T) {
-	_, root := loadTemplate(t)
-	seen := map[string]bool{}
-	for _, doc := range []string{"README.md", filepath.Join("docs", "agent.md")} {
-		b, err := os.ReadFile(filepath.Join(root, doc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		found := checkPolicies(t, doc, string(b))
-		for k := range found {
-			seen[k] = true
-		}
-		if doc != "README.md" && (!found["invoke"] || len(found) != 1) {
-			t.Errorf("%s: policies grant %v, want direct invoke of the vend function only", doc, found)
-		}
-	}
-	for _, k := range []string{"route", "invoke", "url", "sign"} {
-		if !seen[k] {
-			t.Errorf("the README has no %s policy example to check", k)
-		}
-	}
-}
-
-// checkPolicies checks the IAM or key policies in doc's JSON blocks and
-// returns which kinds of grant it saw.
-func checkPolicies(t *testing.T, doc, text string) map[string]bool {
-	t.Helper()
-	blocks := regexp.MustCompile("(?s)```json\n(.*?)```").FindAllStringSubmatch(text, -1)
+	loadTemplate(t)
+	blocks := regexp.MustCompile("(?s)```json\n(.*?)```").FindAllStringSubmatch(testenv.Docs(t), -1)
 	seen := map[string]bool{}
 	for _, m := range blocks {
 		if !strings.Contains(m[1], `"Statement"`) {
@@ -81,11 +53,11 @@ func checkPolicies(t *testing.T, doc, text string) map[string]bool {
 		}
 		var doc policyDoc
 		if err := json.Unmarshal([]byte(m[1]), &doc); err != nil {
-			t.Errorf("%s: policy is not valid JSON: %v\n%s", doc, err, m[1])
+			t.Errorf("README policy is not valid JSON: %v\n%s", err, m[1])
 			continue
 		}
 		if doc.Version != "2012-10-17" || len(doc.Statement) == 0 {
-			t.Errorf("%s: policy without Version 2012-10-17 or statements:\n%s", doc, m[1])
+			t.Errorf("README policy without Version 2012-10-17 or statements:\n%s", m[1])
 		}
 		var actions []string
 		for _, st := range doc.Statement {
@@ -151,5 +123,9 @@ func checkPolicies(t *testing.T, doc, text string) map[string]bool {
 			}
 		}
 	}
-	return seen
+	for _, k := range []string{"route", "invoke", "url", "sign"} {
+		if !seen[k] {
+			t.Errorf("the README has no %s policy example to check", k)
+		}
+	}
 }
