@@ -19,24 +19,53 @@ import (
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
-// docBlocks returns docs/agent.md's fenced blocks of lang holding marker.
+// docBlocks returns the docs' fenced blocks of lang holding marker (the
+// agent's examples live in docs/agent.md; testenv finds them wherever).
 func docBlocks(t *testing.T, lang, marker string) []string {
 	t.Helper()
+	out := testenv.DocBlocks(t, lang, marker)
+	if len(out) == 0 {
+		t.Fatalf("the docs have no %s block with %q", lang, marker)
+	}
+	return out
+}
+
+// TestDocsAgentPolicy: the role policy docs/agent.md gives the task, pod or
+// instance grants lambda:InvokeFunction on the vend function and nothing
+// else (tests/deploy's TestREADMEPolicies checks every policy in the docs
+// too).
+func TestDocsAgentPolicy(t *testing.T) {
 	root, _ := testenv.RepoRoot()
 	b, err := os.ReadFile(filepath.Join(root, "docs", "agent.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
-	for _, m := range regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
-		if strings.Contains(m[1], marker) {
-			out = append(out, m[1])
+	var policies int
+	for _, m := range regexp.MustCompile("(?s)```json\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
+		if !strings.Contains(m[1], `"Statement"`) {
+			continue
+		}
+		policies++
+		var doc struct {
+			Version   string
+			Statement []map[string]any
+		}
+		if err := json.Unmarshal([]byte(m[1]), &doc); err != nil {
+			t.Fatal(err)
+		}
+		if doc.Version != "2012-10-17" || len(doc.Statement) != 1 {
+			t.Fatalf("policy %+v: want one statement", doc)
+		}
+		st := doc.Statement[0]
+		res, _ := st["Resource"].(string)
+		if st["Effect"] != "Allow" || st["Action"] != "lambda:InvokeFunction" || len(st) != 3 ||
+			!strings.HasPrefix(res, "arn:aws:lambda:") || !strings.Contains(res, ":function:") || !strings.Contains(res, "VendFunction") || strings.Contains(res, "*") {
+			t.Fatalf("statement %v: want Allow lambda:InvokeFunction on the vend function's ARN only", st)
 		}
 	}
-	if len(out) == 0 {
-		t.Fatalf("docs/agent.md has no %s block with %q", lang, marker)
+	if policies != 1 {
+		t.Fatalf("%d policies in docs/agent.md, want the role's one", policies)
 	}
-	return out
 }
 
 // TestDocsConsumersWorkAsWritten runs docs/agent.md's Python and Node
