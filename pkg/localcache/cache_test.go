@@ -72,7 +72,11 @@ func (v *vend) Fetch(ctx context.Context, r Request) (*Token, error) {
 		ExpiresIn: int64(exp.Sub(now) / time.Second), ExpiresAt: exp.UTC().Format(time.RFC3339), IssuedAt: issued.UTC().Format(time.RFC3339), Scope: r.Scope}, nil
 }
 
-func (v *vend) sent() []Request { v.mu.Lock(); defer v.mu.Unlock(); return append([]Request(nil), v.reqs...) }
+func (v *vend) sent() []Request {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]Request(nil), v.reqs...)
+}
 
 func newCache(v *vend, o Options) *Cache {
 	o.Now = v.clock
