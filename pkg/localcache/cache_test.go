@@ -324,3 +324,39 @@ func TestRejectedAndKeySpelling(t *testing.T) {
 		t.Fatal("the replacement is not cached")
 	}
 }
+
+// A renewal is not a use: with tokens outliving the renewal interval and
+// no idle drop in the way, a key asked for once is renewed once in a day
+// of Renew calls every 10 minutes, while a key asked for every hour keeps
+// a token renewed ahead (its callers never wait for a fetch).
+func TestRenewalIsNotAUse(t *testing.T) {
+	v := newVend(2 * time.Hour)
+	c := newCache(v, Options{IdleAfter: 48 * time.Hour})
+	ctx := context.Background()
+	for _, p := range []string{"once", "hourly"} {
+		if _, err := c.Get(ctx, Request{Provider: p, MinTTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hits := 0
+	for i := range 24 * 6 {
+		if i%6 == 0 {
+			before := c.Stats().Hits
+			if _, err := c.Get(ctx, Request{Provider: "hourly", MinTTL: time.Minute}); err != nil {
+				t.Fatal(err)
+			}
+			hits += int(c.Stats().Hits - before)
+		}
+		c.Renew(ctx)
+		v.advance(10 * time.Minute)
+	}
+	v.mu.Lock()
+	once, hourly := v.per["once"], v.per["hourly"]
+	v.mu.Unlock()
+	if once != 2 {
+		t.Errorf("a key asked for once was fetched %d times in a day (want the fetch and one renewal)", once)
+	}
+	if hits != 24 || hourly < 12 {
+		t.Errorf("the hourly key: %d of 24 asks served from the cache, %d fetches", hits, hourly)
+	}
+}
