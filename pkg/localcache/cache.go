@@ -14,6 +14,20 @@
 //     and the vendor's idle retirement sees the consumer's real use;
 //   - at most MaxEntries keys are held, the least recently used evicted
 //     beyond that (counted in Stats, logged without any token).
+//
+// Renew runs only when called: the extension calls it as each invocation
+// starts (Lambda freezes the process between invocations), a long-running
+// consumer on a timer:
+//
+//	c := localcache.New(client.NewLambdaInvokerFromConfig(cfg, vendFunction), localcache.Options{})
+//	go func() {
+//		for range time.Tick(30 * time.Second) {
+//			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+//			c.Renew(ctx)
+//			cancel()
+//		}
+//	}()
+//	tok, err := c.Get(ctx, localcache.Request{Provider: "kopokopo", MinTTL: time.Minute})
 package localcache
 
 import (
