@@ -467,9 +467,12 @@ func TestAgentRefusesBadConfiguration(t *testing.T) {
 		{"short token", append(base, "TOKEN_VENDOR_AGENT_TOKEN=abc"), nil, "at least 16"},
 		{"health elsewhere", base, []string{"health", "--addr", "192.0.2.1:2790"}, "not a loopback address"},
 	} {
-		cmd := exec.Command(bin, c.args...)
+		// An agent that took the configuration would serve until killed.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		cmd := exec.CommandContext(ctx, bin, c.args...)
 		cmd.Env = c.env
 		out, err := cmd.CombinedOutput()
+		cancel()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), c.want) || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
 			t.Errorf("%s: %v, %q; want exit 2 naming %q", c.name, err, out, c.want)
