@@ -3,6 +3,7 @@ package provider
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -123,4 +124,34 @@ func FuzzKeyInjective(f *testing.F) {
 			t.Fatalf("key of %d bytes", len(k1.PK))
 		}
 	})
+}
+
+// TestWebIdentityRevokeURLOnTokenHost: the aws_web_identity JWT is a bearer
+// credential; a revoke_url on another origin than token_url would receive
+// it, so such a definition is refused at load, naming revoke_url. Before
+// the fix it loaded, and revocation sent the JWT there.
+func TestWebIdentityRevokeURLOnTokenHost(t *testing.T) {
+	for _, c := range []struct {
+		revoke string
+		ok     bool
+	}{
+		{"https://login.example/tenant/revoke", true},
+		{"https://LOGIN.example:443/tenant/revoke", true},
+		{"https://other.example/revoke", false},
+		{"https://login.example:8443/revoke", false},
+		{"https://login.example.evil.example/revoke", false},
+	} {
+		d := &Definition{Name: "wi", TokenURL: "https://login.example/tenant/token", ClientID: "c", AuthMethod: AuthAWSWebIdentity, RevokeURL: c.revoke}
+		err := d.Validate()
+		var fe *FieldError
+		if c.ok != (err == nil) || (!c.ok && (!errors.As(err, &fe) || fe.Field != "revoke_url")) {
+			t.Errorf("revoke_url %s: %v", c.revoke, err)
+		}
+	}
+	// Other methods keep their revoke_url anywhere (an assertion there is
+	// made for the revocation endpoint's own audience).
+	d := &Definition{Name: "pk", TokenURL: "https://login.example/token", ClientID: "c", ClientSecret: "s", RevokeURL: "https://other.example/revoke"}
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
 }
