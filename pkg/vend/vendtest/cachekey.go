@@ -17,6 +17,8 @@ var cacheKeyScenarios = map[string]func(*testing.T, NewStore){
 	"OneKeyOneSpelling":          testOneKeyOneSpelling,
 	"TargetsCountTowardMaxKeys":  testTargetsCountTowardMaxKeys,
 	"DefaultTargetAlwaysAllowed": testDefaultTargetAlwaysAllowed,
+	"L1OneSpelling":              testL1OneSpelling,
+	"OldSpellingNotRenewed":      testOldSpellingNotRenewed,
 }
 
 // testOneKeyOneSpelling: a scope token may contain '#' and '=', so a caller
@@ -126,5 +128,61 @@ func testDefaultTargetAlwaysAllowed(t *testing.T, newStore NewStore) {
 	}
 	if _, err := v.Token(bg, vend.Request{Provider: "demo-k2", Audience: "other", MinTTL: -1}); !errors.Is(err, provider.ErrTargetNotAllowed) {
 		t.Fatalf("a value beyond the defaults without allowed_audiences: %v", err)
+	}
+}
+
+// testL1OneSpelling: L1 is keyed by the request as written, before it is
+// parsed; a scope spelling another request's target with the separator
+// of that key must be refused as malformed, not answered from L1. Before
+// the fix, scope "read\x00https://api.example/b\x00" got the token of
+// scope read with resource https://api.example/b from L1.
+func testL1OneSpelling(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	def := *f.up.Defs["demo-k2"]
+	def.AllowedResources = []string{"https://api.example/b"}
+	if err := def.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	f.provs.Set(&def)
+	v := f.vendor(vend.Options{DisableRefreshAhead: true, L1MaxAge: time.Minute})
+	if _, err := v.Token(bg, vend.Request{Provider: "demo-k2", Scope: "read", Resource: "https://api.example/b", MinTTL: -1}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := v.Token(bg, req("demo-k2", "read\x00https://api.example/b\x00"))
+	if !errors.Is(err, vend.ErrInvalidRequest) {
+		t.Fatalf("a scope with NUL bytes: got %q, %v; want invalid_request", tok.AccessToken, err)
+	}
+}
+
+// testOldSpellingNotRenewed: records of the earlier key spelling
+// (scope#r=resource) are neither served nor renewed after the upgrade: the
+// refresher skips them (they expire by TTL) and a caller's request is
+// fetched once under its new key.
+func testOldSpellingNotRenewed(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	def := f.up.Defs["demo-k2"]
+	v := f.vendor(vend.Options{DisableRefreshAhead: true})
+	if _, err := v.Token(bg, req("demo-k2", "read#r=https://api.example/b")); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := f.store.Get(bg, def.KeyFor([]string{"read#r=https://api.example/b"}).PK, true)
+	if err != nil || cur == nil {
+		t.Fatalf("the new record: %v", err)
+	}
+	old := *cur
+	old.PK = "token#demo-k2#" + def.Fingerprint() + "#read#r=https://api.example/b"
+	old.Scope, old.Resource = "read", "https://api.example/b"
+	old.Version, old.WriteID = 1, "old-spelling"
+	if err := f.store.Put(bg, &old, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(55 * time.Minute)
+	before := f.requests("demo-k2")
+	res, err := f.vendor(vend.Options{}).RefreshDue(bg, vend.RefreshOptions{Horizon: time.Minute})
+	if err != nil || res.Refreshed != 1 || res.Skipped != 1 || f.requests("demo-k2")-before != 1 {
+		t.Fatalf("only the new record is renewed: %+v %v (%d requests)", res, err, f.requests("demo-k2")-before)
+	}
+	if got := f.up.Server.Targets("demo-k2-client"); len(got) != 0 {
+		t.Fatalf("the old record was renewed for its target: %q", got)
 	}
 }
