@@ -1,6 +1,7 @@
 package vendtest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -8,17 +9,19 @@ import (
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/provider"
+	"github.com/token-vendor/token-vendor/pkg/sandbox"
 	"github.com/token-vendor/token-vendor/pkg/vend"
 )
 
 // cacheKeyScenarios: promises where cache keys, targets and max_keys meet
 // (issue 28; docs/design.md §12.5).
 var cacheKeyScenarios = map[string]func(*testing.T, NewStore){
-	"OneKeyOneSpelling":          testOneKeyOneSpelling,
-	"TargetsCountTowardMaxKeys":  testTargetsCountTowardMaxKeys,
-	"DefaultTargetAlwaysAllowed": testDefaultTargetAlwaysAllowed,
-	"L1OneSpelling":              testL1OneSpelling,
-	"OldSpellingNotRenewed":      testOldSpellingNotRenewed,
+	"OneKeyOneSpelling":           testOneKeyOneSpelling,
+	"TargetsCountTowardMaxKeys":   testTargetsCountTowardMaxKeys,
+	"DefaultTargetAlwaysAllowed":  testDefaultTargetAlwaysAllowed,
+	"L1OneSpelling":               testL1OneSpelling,
+	"OldSpellingNotRenewed":       testOldSpellingNotRenewed,
+	"CancellationOpensNoCooldown": testCancellationOpensNoCooldown,
 }
 
 // testOneKeyOneSpelling: a scope token may contain '#' and '=', so a caller
@@ -184,5 +187,29 @@ func testOldSpellingNotRenewed(t *testing.T, newStore NewStore) {
 	}
 	if got := f.up.Server.Targets("demo-k2-client"); len(got) != 0 {
 		t.Fatalf("the old record was renewed for its target: %q", got)
+	}
+}
+
+// testCancellationOpensNoCooldown: a renewal canceled by its own caller
+// (the run's context canceled, not its deadline) says nothing about the
+// provider: it opens no fleet-wide cooldown refusing everyone else. Before
+// the fix the canceled fetch was recorded as a transient failure and
+// cooldown#{provider} opened.
+func testCancellationOpensNoCooldown(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	if _, err := f.vendor(vend.Options{DisableRefreshAhead: true}).Token(bg, req("demo-k2", "")); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(55 * time.Minute) // due
+	f.up.Server.SetFault(sandbox.Fault{ClientID: "demo-k2-client", Delay: 10 * time.Second})
+	ctx, cancel := context.WithCancel(bg)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+	}()
+	f.vendor(vend.Options{}).RefreshDue(ctx, vend.RefreshOptions{Horizon: time.Minute})
+	f.up.Server.ClearFaults()
+	if cd, _ := f.store.Get(bg, "cooldown#demo-k2", true); cd != nil && f.clock.Now().Before(time.UnixMilli(cd.CooldownUntil)) {
+		t.Fatalf("a canceled renewal opened a cooldown until %v", time.UnixMilli(cd.CooldownUntil))
 	}
 }
