@@ -103,9 +103,10 @@ type Definition struct {
 	// IdleAfterSeconds overrides IDLE_AFTER: a key not vended for this long
 	// is no longer renewed (0: the deployment's default).
 	IdleAfterSeconds int64 `json:"idle_after_seconds,omitempty"`
-	// MaxKeys caps the distinct scope sets cached for a provider without
-	// allowed_scopes (0: DefaultMaxKeys; ignored with allowed_scopes, which
-	// bound the keys already).
+	// MaxKeys caps the distinct keys (scope set and target) cached for a
+	// provider without allowed_scopes, or with allowed_resources or
+	// allowed_audiences (0: DefaultMaxKeys; ignored with allowed_scopes and
+	// no allowed target, which bound the keys already).
 	MaxKeys int `json:"max_keys,omitempty"`
 	// aws_web_identity: the JWT's audience (default Entra's
 	// api://AzureADTokenExchange), algorithm (RS256 or ES384) and life in
