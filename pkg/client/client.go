@@ -23,6 +23,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -57,6 +58,12 @@ const defaultMinTTL = 60 * time.Second
 // concurrent use.
 type Client struct {
 	cache *localcache.Cache
+	// last is the *oauth2.Token last handed out per key, so every caller
+	// of one cached token gets the same value, as oauth2 users expect; it
+	// is cleared when it outgrows the cache's bound.
+	mu      sync.Mutex
+	last    map[string]*oauth2.Token
+	maxLast int
 }
 
 // New returns a client over f.
@@ -65,7 +72,11 @@ func New(f Fetcher) *Client { return NewWithOptions(f, localcache.Options{}) }
 // NewWithOptions returns a client over f whose cache is tuned by o (size
 // bound, idle drop, clock, fetch timeout).
 func NewWithOptions(f Fetcher, o localcache.Options) *Client {
-	return &Client{cache: localcache.New(f, o)}
+	maxLast := o.MaxEntries
+	if maxLast <= 0 {
+		maxLast = localcache.DefaultMaxEntries
+	}
+	return &Client{cache: localcache.New(f, o), last: map[string]*oauth2.Token{}, maxLast: maxLast}
 }
 
 // Stats are the client's cache counters (hits, fetches, evictions).
@@ -89,7 +100,7 @@ func (c *Client) TokenFor(ctx context.Context, r Request) (*oauth2.Token, error)
 	if err != nil {
 		return nil, err
 	}
-	return oauthToken(t)
+	return c.oauthToken(r, t)
 }
 
 // Rejected reports token as refused by a resource server and returns the
@@ -104,15 +115,26 @@ func (c *Client) RejectedFor(ctx context.Context, r Request, token string) (*oau
 	if err != nil {
 		return nil, err
 	}
-	return oauthToken(t)
+	return c.oauthToken(r, t)
 }
 
-func oauthToken(t localcache.Token) (*oauth2.Token, error) {
+func (c *Client) oauthToken(r Request, t localcache.Token) (*oauth2.Token, error) {
+	k := localcache.Key(r)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if o := c.last[k]; o != nil && o.AccessToken == t.AccessToken {
+		return o, nil
+	}
 	exp, err := time.Parse(time.RFC3339, t.ExpiresAt)
 	if err != nil {
 		return nil, errors.New("token vendor: malformed token response")
 	}
-	return &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.TokenType, Expiry: exp}, nil
+	o := &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.TokenType, Expiry: exp}
+	if len(c.last) >= c.maxLast {
+		clear(c.last)
+	}
+	c.last[k] = o
+	return o, nil
 }
 
 // TokenSource adapts the client to golang.org/x/oauth2.

@@ -140,7 +140,7 @@ func TestLambdaInvokerAgainstTheHandler(t *testing.T) {
 		t.Fatalf("%v %v", tok, err)
 	}
 	again, _ := c.Token(context.Background(), "demo-mobi", "")
-	if s := c.Stats(); again.AccessToken != tok.AccessToken || !again.Expiry.Equal(tok.Expiry) || s.Fetches != 1 || s.Hits != 1 {
+	if s := c.Stats(); again != tok || s.Fetches != 1 || s.Hits != 1 {
 		t.Fatalf("not cached in-process: %+v", s)
 	}
 	fresh, err := c.Rejected(context.Background(), "demo-mobi", "", tok.AccessToken)
