@@ -257,26 +257,35 @@ type answer struct {
 
 func (p *proc) get(t *testing.T, path string, header map[string]string) answer {
 	t.Helper()
+	a, err := p.try(path, header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// try is get for goroutines other than the test's.
+func (p *proc) try(path string, header map[string]string) (answer, error) {
 	req, _ := http.NewRequest(http.MethodGet, "http://"+p.Addr+path, nil)
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
 	resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
 	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
+		return answer{}, fmt.Errorf("GET %s: %w", path, err)
 	}
 	defer resp.Body.Close()
 	a := answer{Status: resp.StatusCode}
 	b, _ := io.ReadAll(resp.Body)
 	if err := json.Unmarshal(b, &a); err != nil {
-		t.Fatalf("GET %s: %d %q is not JSON", path, resp.StatusCode, b)
+		return a, fmt.Errorf("GET %s: %d %q is not JSON", path, resp.StatusCode, b)
 	}
 	if a.AccessToken != "" {
 		p.mu.Lock()
 		p.served = append(p.served, a.AccessToken)
 		p.mu.Unlock()
 	}
-	return a
+	return a, nil
 }
 
 func (p *proc) auth() map[string]string { return map[string]string{agent.Header: p.Token} }
@@ -355,14 +364,15 @@ func TestAgentConcurrentCallersShareOneFetch(t *testing.T) {
 	w.invoke.SetDelay(300 * time.Millisecond)
 	const callers = 32
 	got := make([]answer, callers)
+	errs := make([]error, callers)
 	var wg sync.WaitGroup
 	for i := range got {
-		wg.Go(func() { got[i] = p.get(t, "/v1/tokens/demo-k2?scope=read", p.auth()) })
+		wg.Go(func() { got[i], errs[i] = p.try("/v1/tokens/demo-k2?scope=read", p.auth()) })
 	}
 	wg.Wait()
 	for i, a := range got {
-		if a.Status != 200 || a.AccessToken != got[0].AccessToken {
-			t.Fatalf("caller %d: %+v", i, a)
+		if errs[i] != nil || a.Status != 200 || a.AccessToken != got[0].AccessToken {
+			t.Fatalf("caller %d: %+v %v", i, a, errs[i])
 		}
 	}
 	if n := len(w.invoke.Calls()); n != 1 {
@@ -411,8 +421,15 @@ func TestAgentShutsDownGracefully(t *testing.T) {
 	w := newWorld(t)
 	p := w.startAgent(t, w.allowed, false)
 	w.invoke.SetDelay(1500 * time.Millisecond)
-	inflight := make(chan answer, 1)
-	go func() { inflight <- p.get(t, "/v1/tokens/demo-k2", p.auth()) }()
+	type result struct {
+		a   answer
+		err error
+	}
+	inflight := make(chan result, 1)
+	go func() {
+		a, err := p.try("/v1/tokens/demo-k2", p.auth())
+		inflight <- result{a, err}
+	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for len(w.invoke.Calls()) == 0 {
 		if time.Now().After(deadline) {
@@ -429,9 +446,9 @@ func TestAgentShutsDownGracefully(t *testing.T) {
 		t.Fatal("a new connection was taken after SIGTERM")
 	}
 	select {
-	case a := <-inflight:
-		if a.Status != 200 || a.AccessToken == "" {
-			t.Fatalf("the request in flight: %+v", a)
+	case r := <-inflight:
+		if r.err != nil || r.a.Status != 200 || r.a.AccessToken == "" {
+			t.Fatalf("the request in flight: %+v %v", r.a, r.err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the request in flight was not answered")
