@@ -141,7 +141,7 @@ func image(arch string, exe, certs []byte, epoch time.Time) (v1.Image, error) {
 		{dir("var", 0), nil},
 		{dir("var/run", 0), nil},
 		// The token volume's mount point, writable by the agent: volumes
-		// mounted there start with the image's ownership.
+		// mounted there start with the image's ownership (see Volumes).
 		{dir(TokenDir[1:], uid), nil},
 		{file(Binary[1:], 0o755), exe},
 	}
@@ -179,6 +179,10 @@ func image(arch string, exe, certs []byte, epoch time.Time) (v1.Image, error) {
 		Entrypoint: []string{Binary},
 		WorkingDir: "/",
 		StopSignal: "SIGTERM",
+		// ECS copies a VOLUME path's content and ownership into a bind
+		// mount at the same containerPath; without it the task volume is
+		// root's (0755) and the agent, not root, could not write its token.
+		Volumes: map[string]struct{}{TokenDir: {}},
 		Env:        []string{"SSL_CERT_FILE=" + CABundle},
 		Labels: map[string]string{
 			"org.opencontainers.image.title":       "token-vendor agent",

@@ -76,6 +76,10 @@ func TestAgentImage(t *testing.T) {
 		if cf.OS != "linux" || cf.Architecture != arch || cf.Config.User != "65532:65532" || !slices.Equal(cf.Config.Entrypoint, []string{"/tokenvendor-agent"}) {
 			t.Fatalf("%s config: os %s arch %s user %q entrypoint %q", arch, cf.OS, cf.Architecture, cf.Config.User, cf.Config.Entrypoint)
 		}
+		// ECS populates a bind mount from the image only at a VOLUME path.
+		if _, ok := cf.Config.Volumes["/var/run/token-vendor"]; !ok || len(cf.Config.Volumes) != 1 {
+			t.Fatalf("%s config: volumes %v, want the token directory", arch, cf.Config.Volumes)
+		}
 		files := layerFiles(t, img)
 		exe, ok := files["tokenvendor-agent"]
 		if !ok || exe.hdr.Mode&0o111 == 0 {
