@@ -183,7 +183,7 @@ func image(arch string, exe, certs []byte, epoch time.Time) (v1.Image, error) {
 		// mount at the same containerPath; without it the task volume is
 		// root's (0755) and the agent, not root, could not write its token.
 		Volumes: map[string]struct{}{TokenDir: {}},
-		Env:        []string{"SSL_CERT_FILE=" + CABundle},
+		Env:     []string{"SSL_CERT_FILE=" + CABundle},
 		Labels: map[string]string{
 			"org.opencontainers.image.title":       "token-vendor agent",
 			"org.opencontainers.image.description": "OAuth tokens from token-vendor for the services beside it, on 127.0.0.1:2790 (docs/agent.md)",
