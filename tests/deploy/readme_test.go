@@ -3,11 +3,12 @@ package deploy
 import (
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
 type statement struct {
@@ -46,26 +47,19 @@ func list(v any) []string {
 // function URLs only with AuthType AWS_IAM; signing keys sign only for the
 // function roles, with the algorithm and message type pinned.
 //
-// The same for docs/production-topology.md: a function URL grant carries
+// In every docs page (README.md, docs/*.md): a function URL grant carries
 // lambda:InvokeFunction too (required since October 2025), and that only
 // with lambda:InvokedViaFunctionUrl true, so the grantee cannot invoke the
 // api function with an event of its own; the guards (SCP, boundary) deny
 // lambda:InvokeFunction on the api function unless invoked via the URL.
 func TestREADMEPolicies(t *testing.T) {
-	_, root := loadTemplate(t)
-	for _, doc := range []struct {
-		file string
-		want []string
-	}{
-		{"README.md", []string{"route", "invoke", "url", "url-invoke", "sign"}},
-		{"docs/production-topology.md", []string{"invoke", "url", "url-invoke", "layer", "guard"}},
-	} {
-		t.Run(doc.file, func(t *testing.T) { checkPolicies(t, filepath.Join(root, doc.file), doc.want) })
-	}
+	loadTemplate(t)
+	// README.md and docs/*.md, wherever the examples live.
+	checkPolicies(t, testenv.DocBlocks(t, "json", `"Statement"`), []string{"route", "invoke", "url", "url-invoke", "sign", "layer", "guard"})
 }
 
 // policyBlocks returns the JSON policy documents (blocks with a Statement)
-// of a Markdown file.
+// of one Markdown file.
 func policyBlocks(t *testing.T, file string) []string {
 	t.Helper()
 	b, err := os.ReadFile(file)
@@ -81,9 +75,9 @@ func policyBlocks(t *testing.T, file string) []string {
 	return out
 }
 
-func checkPolicies(t *testing.T, file string, want []string) {
+func checkPolicies(t *testing.T, blocks []string, want []string) {
 	seen := map[string]bool{}
-	for _, block := range policyBlocks(t, file) {
+	for _, block := range blocks {
 		m := []string{"", block}
 		if !strings.Contains(m[1], `"Statement"`) {
 			continue
@@ -215,7 +209,7 @@ func checkPolicies(t *testing.T, file string, want []string) {
 	}
 	for _, k := range want {
 		if !seen[k] {
-			t.Errorf("%s has no %s policy example to check", filepath.Base(file), k)
+			t.Errorf("the docs have no %s policy example to check", k)
 		}
 	}
 }
