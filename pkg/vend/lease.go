@@ -160,7 +160,7 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 			v.obs.Event(j.def.Name, "lease_wait")
 			continue
 		}
-		if it == nil || it.Token.IsZero() || j.unsealed || !now.Before(it.Expiry()) {
+		if it == nil || it.Token.IsZero() || !now.Before(it.Expiry()) {
 			// A token is about to be stored for a key that may not be a
 			// member: absent, a tombstone, expired but not yet removed by TTL,
 			// or a first fetch that failed. Members pass at the cost of a read.
