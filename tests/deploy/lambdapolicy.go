@@ -390,7 +390,7 @@ func (ev *evaluator) ref(name string) (any, error) {
 	}
 	r, ok := ev.res[name].(map[string]any)
 	if !ok {
-		return nil, fmt.Errorf("Ref to unknown %s", name)
+		return nil, fmt.Errorf("a Ref to unknown %s", name)
 	}
 	switch r["Type"] {
 	case "AWS::ApiGatewayV2::Api":
