@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -46,10 +47,16 @@ func BenchmarkIdentityVend(b *testing.B) {
 	src := registry.NewStatic(defs)
 	core := vend.New(src, vendtest.Client(nil), store.NewMemory(nil), vend.Options{DisableRefreshAhead: true})
 	g := gate.New(core, src, slog.New(slog.NewJSONHandler(discard{}, nil)), nil)
-	h := lambda.NewHandler(lambdafn.Invoke(g, &identity.Verifier{Endpoint: sts.URL, VendorID: "bench"}, slog.New(slog.DiscardHandler), nil))
+	h := lambda.NewHandler(lambdafn.Invoke(g, &identity.Verifier{Endpoint: sts.URL, VendorID: benchVendor}, slog.New(slog.DiscardHandler), nil))
 	ctx := context.Background()
 	creds := aws.Credentials{AccessKeyID: "AKIDBENCH", SecretAccessKey: "bench"}
-	proof, err := identity.Sign(ctx, creds, "us-east-1", sts.URL, "bench", time.Now())
+	proof, err := identity.Sign(ctx, creds, "us-east-1", sts.URL, benchVendor, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	// A Lambda consumer's proof carries its role's session token (about 1 KB).
+	creds.SessionToken = strings.Repeat("IQoJb3JpZ2luX2VjE", 60)
+	sessionProof, err := identity.Sign(ctx, creds, "us-east-1", sts.URL, benchVendor, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -59,6 +66,7 @@ func BenchmarkIdentityVend(b *testing.B) {
 	}{
 		{"unrestricted", map[string]any{"provider": "demo-k2"}},
 		{"cached-proof", map[string]any{"provider": "payments", "identity": proof}},
+		{"cached-proof-with-session-token", map[string]any{"provider": "payments", "identity": sessionProof}},
 	} {
 		raw, _ := json.Marshal(c.ev)
 		if _, err := h.Invoke(ctx, raw); err != nil {

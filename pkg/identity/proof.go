@@ -9,6 +9,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"net/http"
 	"net/url"
@@ -116,17 +117,22 @@ type Verifier struct {
 	endpoint *url.URL
 	sf       singleflight.Group
 	mu       sync.RWMutex
-	cache    map[[32]byte]cached
+	cache    map[uint64]cached // by proofHash
 }
 
+// cached is a proof STS verified: the exact proof (it is compared whole on
+// a hit, so a hash collision is a miss, never another caller's identity),
+// the vendor id it was checked for, who it proved, and until when.
 type cached struct {
-	c      Caller
+	proof  Proof
 	vendor string
+	c      Caller
 	until  time.Time
 }
 
-// maxCached bounds the verified-proof cache (entries live ≤ MaxProofAge).
-const maxCached = 10000
+// maxCached bounds the verified-proof cache (entries live ≤ MaxProofAge and
+// hold their proof, a few KB).
+const maxCached = 4096
 
 // maxProofBytes bounds a proof's decoded parts.
 const maxProofBytes = 16 << 10
@@ -148,7 +154,7 @@ func (v *Verifier) init() {
 		if v.Now == nil {
 			v.Now = time.Now
 		}
-		v.cache = map[[32]byte]cached{}
+		v.cache = map[uint64]cached{}
 	})
 }
 
@@ -188,25 +194,32 @@ func unqualified(arn string) string {
 	return arn
 }
 
-// keyPool holds buffers for proof keys: the hot path (a proof seen before)
-// costs one SHA-256 of the proof as sent and a map read, no allocation.
-var keyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+// proofSeed keys proofHash; random per process, so no caller can aim for a
+// collision (which would only cost a miss anyway).
+var proofSeed = maphash.MakeSeed()
 
-// proofKey identifies a proof by its exact bytes: a hit means these very
-// bytes passed every check and STS before.
-func proofKey(p *Proof) [32]byte {
-	bp := keyPool.Get().(*[]byte)
-	b := (*bp)[:0]
+// proofHash is the cache slot of a proof as sent: the hot path (a proof
+// seen before) costs this hash, a map read and a comparison, no parsing and
+// no allocation.
+func proofHash(p *Proof) uint64 {
+	var h maphash.Hash
+	h.SetSeed(proofSeed)
 	for _, s := range [...]string{p.Method, p.URL, p.Body, p.Headers} {
-		b = append(b, s...)
-		b = append(b, 0)
+		h.WriteString(s)
+		h.WriteByte(0)
 	}
-	k := sha256.Sum256(b)
-	if cap(b) <= 64<<10 {
-		*bp = b
-		keyPool.Put(bp)
+	return h.Sum64()
+}
+
+// proofKey names one proof exactly, for joining concurrent verifications
+// of it (only on a miss).
+func proofKey(p *Proof, vendor string) string {
+	h := sha256.New()
+	for _, s := range [...]string{p.Method, p.URL, p.Body, p.Headers, vendor} {
+		io.WriteString(h, s)
+		h.Write([]byte{0})
 	}
-	return k
+	return string(h.Sum(nil))
 }
 
 // Verify returns the caller p proves, or an unverified caller saying why not.
@@ -221,19 +234,20 @@ func (v *Verifier) Verify(ctx context.Context, p *Proof) Caller {
 	if v.endpoint == nil || v.endpoint.Host == "" || vendor == "" {
 		return refuse(NoIdentity, "this vendor is not configured to verify identity proofs")
 	}
-	key := proofKey(p)
+	slot := proofHash(p)
 	now := v.Now()
 	v.mu.RLock()
-	hit, ok := v.cache[key]
+	hit, ok := v.cache[slot]
 	v.mu.RUnlock()
-	if ok && hit.vendor == vendor && now.Before(hit.until) {
+	if ok && hit.proof == *p && hit.vendor == vendor && now.Before(hit.until) {
 		return hit.c
 	}
 	pp, bad := v.check(p, vendor, now)
 	if bad != nil {
 		return *bad
 	}
-	ch := v.sf.DoChan(string(key[:])+vendor, func() (any, error) {
+	proof := *p
+	ch := v.sf.DoChan(proofKey(p, vendor), func() (any, error) {
 		// Detached from one caller's cancellation: others may share the answer.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
@@ -247,7 +261,7 @@ func (v *Verifier) Verify(ctx context.Context, p *Proof) Caller {
 					}
 				}
 			}
-			v.cache[key] = cached{c: c, vendor: vendor, until: pp.signed.Add(MaxProofAge)}
+			v.cache[slot] = cached{proof: proof, vendor: vendor, c: c, until: pp.signed.Add(MaxProofAge)}
 			v.mu.Unlock()
 		}
 		return c, nil

@@ -232,3 +232,32 @@ func TestVendorIDIsTheInvokedFunctionsARN(t *testing.T) {
 func staticCreds(c aws.Credentials) aws.CredentialsProvider {
 	return aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) { return c, nil })
 }
+
+// TestCacheServesOnlyTheSameProof: the verified-proof cache answers only
+// for the very bytes STS verified, for the vendor id they were checked
+// against; any other proof is checked again in full.
+func TestCacheServesOnlyTheSameProof(t *testing.T) {
+	sts := newRecordingSTS(t)
+	now := time.Now()
+	v := &Verifier{Endpoint: sts.URL, Now: func() time.Time { return now }}
+	const self = "arn:aws:lambda:us-east-1:111111111111:function:tv-Vend"
+	ctx := lambdacontext.NewContext(context.Background(), &lambdacontext.LambdaContext{InvokedFunctionArn: self})
+	p, _ := Sign(context.Background(), testCreds, "us-east-1", sts.URL, self, now)
+	for range 3 {
+		if c := v.Verify(ctx, p); !c.Verified() {
+			t.Fatalf("%+v", c)
+		}
+	}
+	if sts.calls.Load() != 1 {
+		t.Fatalf("%d STS calls for one proof", sts.calls.Load())
+	}
+	// The same signed request with other bytes: checked and sent again.
+	if c := v.Verify(ctx, editProof(t, p, func(h map[string]any) { h["X-Note"] = "x" })); !c.Verified() || sts.calls.Load() != 2 {
+		t.Fatalf("an altered proof served from the cache: %+v, %d STS calls", c, sts.calls.Load())
+	}
+	// The same proof in another function's invocation is for another vendor.
+	other := lambdacontext.NewContext(context.Background(), &lambdacontext.LambdaContext{InvokedFunctionArn: "arn:aws:lambda:us-east-1:222222222222:function:tv-Vend"})
+	if c := v.Verify(other, p); c.Problem != ProofOtherVendor {
+		t.Fatalf("a cached proof served to another vendor id: %+v", c)
+	}
+}
