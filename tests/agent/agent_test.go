@@ -44,8 +44,11 @@ import (
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
-// vendFunction is the vend function's name; the vendor id is derived from it.
-const vendFunction = "tv-agent-VendFunction-AbC123"
+// vendFunction is the vend function's name; the vendor id is its ARN.
+const (
+	vendFunction = "tv-agent-VendFunction-AbC123"
+	vendARN      = "arn:aws:lambda:us-east-1:123456789012:function:" + vendFunction
+)
 
 var (
 	buildOnce sync.Once
@@ -150,7 +153,7 @@ func newWorld(t *testing.T, clients ...sandbox.Client) *world {
 	core := vend.New(defs, vendtest.Client(nil), st, vend.Options{DisableRefreshAhead: true})
 	audit := &testenv.SyncBuffer{}
 	h := lambda.NewHandler(lambdafn.Invoke(gate.New(core, defs, slog.New(slog.NewJSONHandler(audit, nil)), nil),
-		&identity.Verifier{Endpoint: m.Endpoint, VendorID: vendFunction}, slog.New(slog.DiscardHandler), nil))
+		&identity.Verifier{Endpoint: m.Endpoint, VendorID: vendARN}, slog.New(slog.DiscardHandler), nil))
 	inv := lambdart.StartInvokeAPI(h)
 	t.Cleanup(inv.Close)
 	return &world{moto: m, up: up, invoke: inv, payArn: pay.ClientID, allowed: allowed, other: other, audit: audit}
@@ -193,7 +196,7 @@ func (w *world) startAgent(t *testing.T, c aws.Credentials, tokenFromFile bool, 
 		"AWS_CONFIG_FILE=" + filepath.Join(dir, "none"), "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(dir, "none"), "AWS_EC2_METADATA_DISABLED=true",
 		"AWS_REGION=us-east-1", "AWS_ENDPOINT_URL_STS=" + w.moto.Endpoint, "AWS_ENDPOINT_URL_LAMBDA=" + w.invoke.URL,
 		"AWS_CONTAINER_CREDENTIALS_FULL_URI=" + creds.URL,
-		"TOKEN_VENDOR_FUNCTION=arn:aws:lambda:us-east-1:123456789012:function:" + vendFunction,
+		"TOKEN_VENDOR_FUNCTION=" + vendARN,
 		"TOKEN_VENDOR_AGENT_TOKEN_FILE=" + p.TokenFile, "TOKEN_VENDOR_AGENT_ADDR=" + p.Addr}
 	if tokenFromFile {
 		// EKS Pod Identity: the authorization token in a projected file.
