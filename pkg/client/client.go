@@ -42,6 +42,9 @@ type Token struct {
 	ExpiresAt   string `json:"expires_at"`
 	IssuedAt    string `json:"issued_at,omitempty"`
 	Scope       string `json:"scope"`
+	// DPoPProof is the proof the vendor signed for the request named by
+	// Request.DPoPMethod and DPoPURL (token_type DPoP).
+	DPoPProof string `json:"dpop_proof,omitempty"`
 }
 
 // Lifetime is the token's whole life, from issued_at (vendors before it
@@ -63,6 +66,9 @@ type Request struct {
 	RejectedSHA256     string
 	// MinTTL asks for a token with at least this long left (0: the vendor's default).
 	MinTTL time.Duration
+	// DPoPMethod and DPoPURL ask for a DPoP proof for that request, and
+	// DPoPNonce is the resource server's DPoP-Nonce if it demanded one.
+	DPoPMethod, DPoPURL, DPoPNonce string
 }
 
 // Fetcher asks the vendor for a token: an HTTPFetcher or a LambdaInvoker.
@@ -246,6 +252,7 @@ func (h *HTTPFetcher) Fetch(ctx context.Context, r Request) (*Token, error) {
 	if r.Audience != "" {
 		q.Set("audience", r.Audience)
 	}
+	setProofParams(r, q.Set)
 	target := h.BaseURL + "/v1/tokens/" + url.PathEscape(r.Provider)
 	method, body := http.MethodGet, []byte(nil)
 	if r.RejectedSHA256 != "" {
@@ -357,6 +364,7 @@ func (l *LambdaInvoker) Fetch(ctx context.Context, r Request) (*Token, error) {
 	if r.MinTTL > 0 {
 		ev["min_ttl"] = int64(r.MinTTL / time.Second)
 	}
+	setProofParams(r, func(k, v string) { ev[k] = v })
 	if l.Proofs != nil {
 		p, err := l.Proofs.Proof(ctx)
 		if err != nil {

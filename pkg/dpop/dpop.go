@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -83,16 +82,10 @@ func (p *Prover) Sign(ctx context.Context, def *provider.Definition, r Request) 
 	if !def.UsesDPoP() {
 		return Proof{}, ErrNoKey
 	}
-	htu, err := HTU(r.Target)
-	if err != nil {
+	if err := Check(r); err != nil {
 		return Proof{}, err
 	}
-	if !validMethod(r.Method) {
-		return Proof{}, fmt.Errorf("dpop: %q is not an HTTP method", truncate(r.Method, 20))
-	}
-	if r.Nonce != "" && !ValidNonce(r.Nonce) {
-		return Proof{}, errors.New("dpop: nonce is not an RFC 9449 nonce (printable ASCII without quotes or backslashes, at most 512 bytes)")
-	}
+	htu, _ := HTU(r.Target)
 	s, err := p.keys.KeySigner(ctx, def, def.DPoPKMSKeyID, def.DPoPPrivateKey, def.DPoPSigningAlg, "PS256")
 	if err != nil {
 		return Proof{}, err
@@ -197,6 +190,22 @@ func (p *Prover) TokenProof(ctx context.Context, def *provider.Definition) (proo
 	return pr.JWT, pr.JKT, nil
 }
 
+// Check refuses a request no proof can be made for: a method that is not
+// an HTTP method token, a target that is not an absolute http(s) URL, a
+// malformed nonce. Its errors name the field and never quote the value.
+func Check(r Request) error {
+	if _, err := HTU(r.Target); err != nil {
+		return err
+	}
+	if !validMethod(r.Method) {
+		return errors.New("dpop: the method must be an HTTP method in capitals (GET, POST, …)")
+	}
+	if r.Nonce != "" && !ValidNonce(r.Nonce) {
+		return errors.New("dpop: the nonce is not an RFC 9449 nonce (printable ASCII without quotes or backslashes, at most 512 bytes)")
+	}
+	return nil
+}
+
 // ATH is an access token's hash as a proof carries it (RFC 9449 §4.2):
 // base64url(SHA-256(token)).
 func ATH(accessToken string) string {
@@ -243,11 +252,4 @@ func ValidNonce(n string) bool {
 		}
 	}
 	return true
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return strings.ToValidUTF8(s[:n], "") + "…"
 }

@@ -299,13 +299,17 @@ func (c *Cache) Handler() http.Handler {
 
 func (c *Cache) get(w http.ResponseWriter, r *http.Request) {
 	provider := r.PathValue("provider")
-	q, err := wire.Params(r, "scope", "resource", "audience", "min_ttl")
+	q, err := wire.Params(r, "scope", "resource", "audience", "min_ttl", "dpop_htm", "dpop_htu", "dpop_nonce")
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_request", err.Error(), provider, 0)
 		return
 	}
 	if !providerRE.MatchString(provider) {
 		writeError(w, http.StatusNotFound, "unknown_provider", fmt.Sprintf("no provider named %q", provider), "", 0)
+		return
+	}
+	if q.Has("dpop_htm") || q.Has("dpop_htu") || q.Has("dpop_nonce") {
+		c.proof(w, r, provider, q)
 		return
 	}
 	minTTL := defaultMinTTL
