@@ -29,8 +29,8 @@ import (
 	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/pkg/upstream"
 	"github.com/token-vendor/token-vendor/pkg/vend"
-	"github.com/token-vendor/token-vendor/tests/testenv"
 	rs "github.com/token-vendor/token-vendor/tests/dpop"
+	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
 // boundJKT reads a JWT access token's cnf.jkt after checking its signature
