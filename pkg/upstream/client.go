@@ -250,7 +250,7 @@ func (c *Client) Fetch(ctx context.Context, def *provider.Definition, key provid
 			if err != nil {
 				return err
 			}
-			jkt, err := c.dpopProof(ctx, def, req)
+			proof, jkt, err := c.dpopProof(ctx, def, req)
 			if err != nil {
 				return err
 			}
@@ -267,7 +267,9 @@ func (c *Client) Fetch(ctx context.Context, def *provider.Definition, key provid
 					continue
 				}
 			}
-			tok, err = ParseTokenResponse(def.Name, status, header, body, sent, scope, rules, def.ClientSecret, asn)
+			// The proof is redacted like the assertion: a server that echoes
+			// the request must not put it in our logs and errors.
+			tok, err = ParseTokenResponse(def.Name, status, header, body, sent, scope, rules, def.ClientSecret, asn, proof)
 			if err == nil && tok.TokenType == TokenTypeDPoP {
 				tok.JKT = jkt
 			}
@@ -285,20 +287,20 @@ func (c *Client) Fetch(ctx context.Context, def *provider.Definition, key provid
 }
 
 // dpopProof sets req's DPoP header for a provider with a DPoP key and
-// returns the key's thumbprint ("" without DPoP).
-func (c *Client) dpopProof(ctx context.Context, def *provider.Definition, req *http.Request) (string, error) {
+// returns the proof and the key's thumbprint ("" without DPoP).
+func (c *Client) dpopProof(ctx context.Context, def *provider.Definition, req *http.Request) (proof, jkt string, err error) {
 	if !def.UsesDPoP() {
-		return "", nil
+		return "", "", nil
 	}
 	if c.DPoP == nil {
-		return "", &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "dpop_key_invalid", Description: "DPoP is not configured in this vendor"}
+		return "", "", &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "dpop_key_invalid", Description: "DPoP is not configured in this vendor"}
 	}
-	proof, jkt, err := c.DPoP.TokenProof(ctx, def)
+	proof, jkt, err = c.DPoP.TokenProof(ctx, def)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	req.Header.Set("DPoP", proof)
-	return jkt, nil
+	return proof, jkt, nil
 }
 
 // wantsNonce reports a refusal asking for a DPoP nonce: error
