@@ -6,11 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"math/big"
 	"strings"
 	"testing"
+	"time"
 )
 
 func keyPEM(t *testing.T, k any) string {
@@ -165,5 +168,23 @@ func TestFAPI2ProfileRules(t *testing.T) {
 		if _, err := parseMap(t, good(mod)); err != nil {
 			t.Errorf("%s refused: %v", name, err)
 		}
+	}
+}
+
+// mTLS client authentication meets the profile's sender constraint
+// without a DPoP key (its tokens are certificate-bound, RFC 8705 §3).
+func TestFAPI2AcceptsCertificateBoundTokens(t *testing.T) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "client"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	m := map[string]any{"token_url": "https://idp.example/token", "client_id": "c", "auth_method": "tls_client_auth",
+		"client_certificate": cert, "client_key": keyPEM(t, k), "profile": "fapi2"}
+	if _, err := parseMap(t, m); err != nil {
+		t.Fatalf("mTLS under fapi2 refused: %v", err)
 	}
 }
