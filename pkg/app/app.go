@@ -297,7 +297,7 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		Logger:              log,
 		Observer:            metrics,
 	})
-	g := gate.New(v, provs, log, metrics).WithProver(prover)
+	g := gate.New(v, provs, log, metrics).WithProver(dpop.NewPool(prover))
 	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: httpapi.New(g, provs, log, nil).WithJWKS(keys), Log: log, Metrics: metrics, Keys: keys, DPoP: prover}
 	if cfg.VendorID != "" && cfg.STSEndpoint != "" {
 		a.Proofs = &identity.Verifier{Endpoint: cfg.STSEndpoint, VendorID: cfg.VendorID}
