@@ -2,6 +2,8 @@ package gate
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -66,7 +68,23 @@ func (g *Gate) TokenProof(ctx context.Context, req vend.Request, r dpop.Request)
 			return vend.Token{}, fmt.Errorf("sign a DPoP proof: %w", err)
 		}
 		if t.JKT != "" && p.JKT != t.JKT {
-			return vend.Token{}, errKeyMoved
+			// The token is bound to a key that no longer signs (a KMS
+			// alias re-pointed): for us it is a rejected token. Replace it
+			// (at most once per key per 30 s, §3 item 6) and sign again.
+			sum := sha256.Sum256([]byte(t.AccessToken))
+			if t, err = g.core.Rejected(ctx, req, hex.EncodeToString(sum[:])); err != nil {
+				return vend.Token{}, err
+			}
+			if t.TokenType != upstream.TokenTypeDPoP {
+				return t, nil
+			}
+			r.AccessToken = t.AccessToken
+			if p, err = g.prover.Sign(ctx, def, r); err != nil {
+				return vend.Token{}, fmt.Errorf("sign a DPoP proof: %w", err)
+			}
+			if p.JKT != t.JKT {
+				return vend.Token{}, errKeyMoved
+			}
 		}
 		proof = p.JWT
 		return t, nil

@@ -24,8 +24,19 @@ import (
 type fakeCore struct {
 	Core
 	calls     int
+	rejected  int
+	newJKT    string
 	typ, jkt  string
 	tokenText string
+}
+
+// Rejected replaces the token with one bound to newJKT ("" keeps jkt).
+func (f *fakeCore) Rejected(ctx context.Context, req vend.Request, _ string) (vend.Token, error) {
+	f.rejected++
+	if f.newJKT != "" {
+		f.jkt = f.newJKT
+	}
+	return f.Token(ctx, req)
 }
 
 func (f *fakeCore) Token(_ context.Context, req vend.Request) (vend.Token, error) {
@@ -117,9 +128,16 @@ func TestTokenProofDecidesSignsAndAudits(t *testing.T) {
 	if tok, p, err := g.TokenProof(allowed, vend.Request{Provider: "opened"}, good); err != nil || p != "" || tok.TokenType != "Bearer" || prover.calls != 1 || strings.Contains(audit.String(), "dpop_proof") {
 		t.Fatalf("bearer: %q %v", p, err)
 	}
-	// A token bound to another key than the one that signs now.
-	core.typ, prover.jkt = "DPoP", "jkt-2"
-	if _, p, err := g.TokenProof(allowed, vend.Request{Provider: "opened"}, good); !errors.Is(err, errKeyMoved) || p != "" {
-		t.Fatalf("key moved: %q %v", p, err)
+	// A token bound to another key than the one that signs now (a KMS
+	// alias re-pointed): replaced once through the rejected-token path,
+	// then proven with the new key.
+	core.typ, prover.jkt, core.newJKT = "DPoP", "jkt-2", "jkt-2"
+	if tok, p, err := g.TokenProof(allowed, vend.Request{Provider: "opened"}, good); err != nil || p == "" || tok.JKT != "jkt-2" || core.rejected != 1 {
+		t.Fatalf("key moved: %q %v (rejected %d)", p, err, core.rejected)
+	}
+	// Still another key after the replacement: refused, no proof.
+	prover.jkt, core.newJKT = "jkt-3", ""
+	if _, p, err := g.TokenProof(allowed, vend.Request{Provider: "opened"}, good); !errors.Is(err, errKeyMoved) || p != "" || core.rejected != 2 {
+		t.Fatalf("key moved twice: %q %v", p, err)
 	}
 }
