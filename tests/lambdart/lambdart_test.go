@@ -326,6 +326,7 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 	}
 	res := Get(root, "Resources")
 	alarms := 0
+	lambdaAlarms := map[string]bool{}
 	for i := 0; i+1 < len(res.Content); i += 2 {
 		r := res.Content[i+1]
 		if Get(r, "Type").Value != "AWS::CloudWatch::Alarm" {
@@ -338,10 +339,13 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 		yaml.Unmarshal([]byte(Get(p, "Threshold").Value), &threshold)
 		if ns == "AWS/Lambda" {
 			fn := Get(p, "Dimensions").Content[0]
-			if Get(fn, "Value").Value != "RefresherFunction" || metric != "Errors" {
+			if Get(fn, "Value").Value != "RefresherFunction" || (metric != "Errors" && metric != "AsyncEventsDropped") {
 				t.Errorf("%s: unexpected AWS/Lambda alarm", name)
 			}
-			continue // Lambda counts the error the runtime reported above
+			// Lambda counts the error the runtime reported above, and the
+			// shard events its asynchronous engine drops (design §6).
+			lambdaAlarms[metric] = true
+			continue
 		}
 		stat := Get(p, "Statistic").Value
 		if stat != "Sum" && stat != "Maximum" {
@@ -366,6 +370,9 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 	if alarms < 5 {
 		t.Fatalf("found %d alarms", alarms)
 	}
+	if !lambdaAlarms["Errors"] || !lambdaAlarms["AsyncEventsDropped"] {
+		t.Errorf("the refresher's AWS/Lambda alarms watch %v; want Errors and AsyncEventsDropped (a dropped shard event leaves a shard unrenewed)", lambdaAlarms)
+	}
 	// Dashboard widgets.
 	body := Get(res, "Dashboard", "Properties", "DashboardBody")
 	if body == nil || body.Tag != "!Sub" || len(body.Content) != 2 {
@@ -376,6 +383,7 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 		Widgets []struct {
 			Properties struct {
 				Title   string
+				Stat    string
 				Metrics [][]any
 			}
 		}
@@ -395,6 +403,12 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 			}
 			ns, _ := m[0].(string)
 			name, _ := m[1].(string)
+			// A fanned-out run publishes its backlog once per shard
+			// invocation: only their Sum is the fleet's backlog (the
+			// Maximum of 8 shard values under-reports up to 8 times).
+			if (name == "RefreshDue" || name == "RefreshDeferred") && w.Properties.Stat != "Sum" {
+				t.Errorf("widget %q shows %s as %q; the backlog is the Sum over the shard runs", w.Properties.Title, name, w.Properties.Stat)
+			}
 			if ns == "AWS/Lambda" {
 				for _, p := range parts {
 					fn := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(p, "FunctionName="), "${"), "}")
