@@ -604,3 +604,76 @@ func record(t *testing.T, r FleetRun) {
 		t.Fatal(err)
 	}
 }
+
+// TestFanOutKeepsAProvidersCapAndRate: the real refresher bootstrap with
+// fan-out, two scheduled runs queued at once (sixteen shard invocations),
+// twice, against a provider with max_concurrent_fetches 1 and fetch_rate
+// 0.05/s (one request per 20 s: less than one per run). Measured at the
+// provider: never two token requests at once, never two within 20 s; the
+// keys it could not have yet are deferred, not failed.
+func TestFanOutKeepsAProvidersCapAndRate(t *testing.T) {
+	s := newStack(t, nil)
+	st := dynamostore.New(testenv.DynamoDBClient(s.aws["AWS_ENDPOINT_URL_DYNAMODB"]), s.refs["TokenTable"])
+	const name = "capped"
+	s.sb.AddClient(sandbox.Client{ID: name + "-client", Secret: name + "-secret", Style: sandbox.K2, ExpiresIn: 3600})
+	def := &provider.Definition{Name: name, TokenURL: s.url + sandbox.K2TokenPath, ClientID: name + "-client",
+		ClientSecret: name + "-secret", AuthMethod: provider.AuthPost, MaxConcurrentFetches: 1, FetchRate: 0.05}
+	if err := def.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s.provider(name, def)
+	now := time.Now()
+	for sc := range 12 {
+		key := def.KeyFor([]string{fmt.Sprint("s", sc)})
+		if err := st.Put(context.Background(), &store.Item{PK: key.PK, Provider: name, Scope: key.Scope(), Fingerprint: def.Fingerprint(),
+			Token: store.Secret{Plain: "old-token"}, TokenType: "Bearer", IssuedAt: now.Add(-50 * time.Minute).Unix(),
+			ExpiresAt: now.Add(10 * time.Minute).Unix(), RefreshAt: now.Add(-time.Duration(sc+1) * time.Second).Unix(),
+			LastUsedAt: now.Unix(), Version: now.UnixMicro()}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.sb.SetFault(sandbox.Fault{ClientID: name + "-client", Delay: 200 * time.Millisecond})
+	env := map[string]string{"REFRESH_FANOUT": "true"}
+	var pool []*Function
+	for range 3 {
+		pool = append(pool, s.start("RefresherFunction", env))
+	}
+	const deadline = 10 * time.Second
+	s.engine.Serve("RefresherFunction", deadline, pool...)
+	root, _ := testenv.RepoRoot()
+	schedule, err := os.ReadFile(filepath.Join(root, "events", "schedule.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // two rounds of two overlapping schedules
+		for range 2 {
+			if err := s.engine.Queue("RefresherFunction", schedule); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.engine.Wait(2 * time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	failed := 0
+	for _, inv := range s.engine.Invocations("RefresherFunction") {
+		var res vend.RefreshResult
+		if inv.ErrorType != "" || json.Unmarshal(inv.Payload, &res) != nil {
+			t.Fatalf("refresher invocation %s: %s %s", inv.RequestID, inv.ErrorType, inv.Payload)
+		}
+		failed += res.Failed
+	}
+	if p := s.sb.PeakInFlight(name + "-client"); p > 1 {
+		t.Errorf("the provider answered %d token requests at once; max_concurrent_fetches is 1", p)
+	}
+	times := s.sb.RequestTimes(name + "-client")
+	if len(times) == 0 || failed != 0 {
+		t.Fatalf("%d token requests, %d failed renewals: the runs must renew, and defer what the rate does not allow", len(times), failed)
+	}
+	for i := 1; i < len(times); i++ {
+		if gap := times[i].Sub(times[i-1]); gap < 20*time.Second {
+			t.Errorf("token requests %d and %d %v apart; fetch_rate 0.05/s allows one per 20 s (%d requests)", i-1, i, gap, len(times))
+			break
+		}
+	}
+}
