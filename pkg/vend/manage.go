@@ -247,13 +247,14 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 		}
 	}
 	maps.Copy(defs, v.readDefinitions(rctx, stale, true))
+	unmade := v.unmadeKeys(rctx, candidates, defs)
 	var due, orphans []*store.Item
 	cut := 0
 	for _, it := range candidates {
 		d := defs[it.Provider]
 		switch {
 		case d.err == nil && it.Fingerprint != "" && it.Fingerprint != d.def.Fingerprint(),
-			errors.Is(d.err, provider.ErrNotFound):
+			errors.Is(d.err, provider.ErrNotFound), unmade[it.PK]:
 			orphans = append(orphans, it) // never renewable: not due, not lagging
 			continue
 		case d.err != nil && rctx.Err() != nil:
@@ -430,6 +431,57 @@ func (v *Vendor) readDefinitions(ctx context.Context, items []*store.Item, reloa
 			mu.Lock()
 			out[name] = d
 			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// unmadeKeys finds the keys of the current registration that its
+// definition no longer makes (an earlier key spelling): their key is not
+// the one the definition makes for their scope, nor, read from the record,
+// for their scope and target (the index does not project targets, which
+// few keys have). A record that cannot be read now is left to the renewal.
+func (v *Vendor) unmadeKeys(ctx context.Context, items []*store.Item, defs map[string]definition) map[string]bool {
+	var check []*store.Item
+	for _, it := range items {
+		d := defs[it.Provider]
+		if d.err != nil || it.Fingerprint != d.def.Fingerprint() {
+			continue
+		}
+		if scopes, err := provider.NormalizeScope(it.Scope); err == nil && d.def.KeyFor(scopes).PK == it.PK {
+			continue
+		}
+		check = append(check, it)
+	}
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, definitionReads)
+		out = map[string]bool{}
+	)
+	for _, it := range check {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			rec, err := v.store.Get(ctx, it.PK, true)
+			if err != nil || rec == nil {
+				return
+			}
+			scopes, _ := provider.NormalizeScope(it.Scope)
+			def := defs[it.Provider].def
+			key := def.KeyFor(scopes)
+			if rec.Resource != "" || rec.Audience != "" {
+				key = def.KeyForTarget(scopes, provider.Target{Resources: strings.Fields(rec.Resource), Audiences: strings.Fields(rec.Audience)})
+			}
+			if key.PK != it.PK {
+				mu.Lock()
+				out[it.PK] = true
+				mu.Unlock()
+			}
 		})
 	}
 	wg.Wait()
