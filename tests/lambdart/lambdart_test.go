@@ -566,7 +566,7 @@ func TestRefresherBootstrapRenewsEveryKeyOnce(t *testing.T) {
 
 // TestRefresherFanOutRenewsEachKeyOnce: a due set larger than one
 // invocation can renew before its deadline (300 keys; one invocation with 8
-// renewals in flight at 250 ms renews at most 192 in 6 s) is spread by the
+// renewals in flight at 250 ms renews at most 256 in 8 s) is spread by the
 // scheduled run over one asynchronous invocation per shard, and two
 // scheduled runs queued at once (overlapping) still renew every key
 // exactly once: the later run's shard invocations find the shard busy or
@@ -574,7 +574,7 @@ func TestRefresherBootstrapRenewsEveryKeyOnce(t *testing.T) {
 // providers with few keys each (60 × 5: the fullest shard holds 10
 // providers, 50 keys).
 func TestRefresherFanOutRenewsEachKeyOnce(t *testing.T) {
-	shape := FleetRun{Providers: 60, Scopes: 5, Latency: 250 * time.Millisecond, Deadline: 6 * time.Second,
+	shape := FleetRun{Providers: 60, Scopes: 5, Latency: 250 * time.Millisecond, Deadline: 8 * time.Second,
 		Concurrency: 8, FanOut: true, Instances: 4, Schedules: 2}
 	if fullSize() {
 		// 16 in flight per invocation: one renews at most 1 920 keys in 60 s
