@@ -176,9 +176,9 @@ func (c *Cache) Stats() Stats {
 	return s
 }
 
-func base(r Request) Request {
-	return Request{Provider: r.Provider, Scope: r.Scope, Resource: r.Resource, Audience: r.Audience}
-}
+// base is the request a fetch sends: normalized, so every caller joined to
+// it asks what its key names, whichever spelling came first.
+func base(r Request) Request { return normalized(r) }
 
 // errNoFresh is the refusal when the vendor answered with a token below
 // the caller's min_ttl.
