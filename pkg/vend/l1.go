@@ -29,6 +29,13 @@ type l1Entry struct {
 	sha      string
 }
 
+// l1MaxPerProvider bounds a provider's entries. L1 is keyed by the request
+// as written, and one request has endless spellings (spaces, repeats,
+// order), so only a bound keeps one allowed caller from filling a warm
+// instance's memory; real use needs a few spellings per key, and keys are
+// at most max_keys (1000) or the allowed sets.
+const l1MaxPerProvider = 4096
+
 func newL1() *l1Cache {
 	return &l1Cache{byReq: map[string]map[string]*l1Entry{}, byPK: map[string][]*l1Entry{}}
 }
@@ -87,6 +94,11 @@ func (c *l1Cache) put(def *provider.Definition, rawScope, pk string, t Token, no
 	}
 	if old := m[rawScope]; old != nil {
 		c.unindex(old)
+	} else if len(m) >= l1MaxPerProvider {
+		for _, victim := range m { // any one: map order is unspecified
+			c.remove(victim)
+			break
+		}
 	}
 	m[rawScope] = e
 	c.byPK[pk] = append(c.byPK[pk], e)
