@@ -426,9 +426,24 @@ func (c *Cache) renew(ctx context.Context, e *entry, now time.Time) bool {
 	// newer token than this one.
 	req := e.req
 	req.MinTTL = min(max(e.expiry.Sub(now), 0)+time.Second, maxMinTTL)
-	v, err, _ := c.sf.Do("renew\x00"+e.key, func() (any, error) {
-		return c.fetchEntry(ctx, e.key, req)
-	})
+	// Joined to another Renew's renewal, this one shares its context: cut
+	// by that caller's deadline, it tries once more on its own.
+	var (
+		v      any
+		err    error
+		shared bool
+	)
+	for attempt := 0; attempt < 2; attempt++ {
+		v, err, shared = c.sf.Do("renew\x00"+e.key, func() (any, error) {
+			return c.fetchEntry(ctx, e.key, req)
+		})
+		if err == nil || !shared || ctx.Err() != nil || !isContextErr(err) {
+			break
+		}
+	}
+	if err != nil && (ctx.Err() != nil || (shared && isContextErr(err))) {
+		return false // cut by a Renew's deadline: nothing says the vendor failed
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
@@ -438,6 +453,10 @@ func (c *Cache) renew(ctx context.Context, e *entry, now time.Time) bool {
 	c.stats.Renewals++
 	c.store(v.(*entry), now)
 	return true
+}
+
+func isContextErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // renewalFailed drops a key the vendor refuses for good (or whose token
