@@ -314,15 +314,13 @@ func NewLambdaInvoker(api InvokeAPI, function string) *LambdaInvoker {
 
 // NewLambdaInvokerFromConfig invokes function with cfg's credentials and
 // proves them to the vendor with a signed sts:GetCallerIdentity request for
-// the vendor named by TOKEN_VENDOR_ID, or else by the function's name.
+// the vendor named by TOKEN_VENDOR_ID, or else by the ARN of the function
+// invoked (a bare name is completed with cfg's region and the credentials'
+// account; identity.FunctionARN).
 func NewLambdaInvokerFromConfig(cfg aws.Config, function string) *LambdaInvoker {
 	l := NewLambdaInvoker(lambda.NewFromConfig(cfg), function)
-	vendorID := os.Getenv("TOKEN_VENDOR_ID")
-	if vendorID == "" {
-		vendorID = identity.VendorIDOf(function)
-	}
 	l.Proofs = &identity.Prover{Credentials: cfg.Credentials, Region: cfg.Region,
-		Endpoint: identity.EndpointFromEnv(os.Getenv, cfg.Region), VendorID: vendorID}
+		Endpoint: identity.EndpointFromEnv(os.Getenv, cfg.Region), VendorID: os.Getenv("TOKEN_VENDOR_ID"), Function: function}
 	return l
 }
 
