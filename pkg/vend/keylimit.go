@@ -89,11 +89,21 @@ func maxKeys(def *provider.Definition) int {
 
 // keysCounted: the provider's keys are counted unless allowed_scopes bounds
 // them to at most limit and callers may name no target beyond the
-// defaults. n allowed scopes make 2^n scope sets (12 make 4096), so they
-// bound the keys only while 2^n is within limit.
+// defaults. n allowed scopes make 2^n scope sets (12 make 4096), and a
+// caller may name any subset of the default resources or audiences (each
+// always allowed), so they bound the keys only while 2^(n + defaults) is
+// within limit.
 func keysCounted(def *provider.Definition, limit int) bool {
+	if len(def.AllowedScopes) == 0 || len(def.AllowedResources) > 0 || len(def.AllowedAudiences) > 0 {
+		return true
+	}
 	n := len(def.AllowedScopes)
-	return n == 0 || len(def.AllowedResources) > 0 || len(def.AllowedAudiences) > 0 || n >= 31 || 1<<n > limit
+	for _, d := range [][]string{def.Resources, def.Audiences} {
+		if len(d) > 1 { // one default is the default request
+			n += len(d)
+		}
+	}
+	return n >= 31 || 1<<n > limit
 }
 
 func (v *Vendor) keyLimit(j *job, limit int) error {
