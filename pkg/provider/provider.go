@@ -105,9 +105,9 @@ type Definition struct {
 	IdleAfterSeconds int64 `json:"idle_after_seconds,omitempty"`
 	// MaxKeys caps the distinct keys (scope set and target) cached for a
 	// provider without allowed_scopes, with allowed_resources or
-	// allowed_audiences, or whose allowed_scopes make more sets (2^n) than
-	// MaxKeys (0: DefaultMaxKeys; ignored when allowed_scopes bound the
-	// keys below it and no target may be named).
+	// allowed_audiences, or whose allowed_scopes (and subsets of several
+	// default resources/audiences) make more sets (2^n) than MaxKeys (0:
+	// DefaultMaxKeys; ignored when those bound the keys below it).
 	MaxKeys int `json:"max_keys,omitempty"`
 	// aws_web_identity: the JWT's audience (default Entra's
 	// api://AzureADTokenExchange), algorithm (RS256 or ES384) and life in
