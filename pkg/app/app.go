@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/token-vendor/token-vendor/pkg/assertion"
+	"github.com/token-vendor/token-vendor/pkg/dpop"
 	"github.com/token-vendor/token-vendor/pkg/envelope"
 	"github.com/token-vendor/token-vendor/pkg/gate"
 	"github.com/token-vendor/token-vendor/pkg/httpapi"
@@ -220,6 +221,8 @@ type App struct {
 	Metrics   *obs.Metrics
 	// Keys signs private_key_jwt assertions and prints their JWK Sets.
 	Keys *assertion.Keys
+	// DPoP signs DPoP proofs with providers' DPoP keys (RFC 9449).
+	DPoP *dpop.Prover
 	// AWS is the configuration StartLambda loaded, for a client only one
 	// function needs (the refresher's Lambda client for its fan-out).
 	AWS aws.Config
@@ -277,8 +280,10 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		signer = c.KMS
 	}
 	keys := assertion.New(signer)
+	prover := dpop.New(keys)
 	up := &upstream.Client{
 		Assertions:      keys,
+		DPoP:            prover,
 		WebIdentity:     webidentity.New(c.STS),
 		HTTP:            &http.Client{Transport: transport()},
 		AttemptTimeout:  cfg.UpstreamTimeout,
@@ -298,8 +303,8 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		Logger:              log,
 		Observer:            metrics,
 	})
-	g := gate.New(v, provs, log, metrics)
-	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: httpapi.New(g, provs, log, nil).WithJWKS(keys), Log: log, Metrics: metrics, Keys: keys}
+	g := gate.New(v, provs, log, metrics).WithProver(dpop.NewPool(prover))
+	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: httpapi.New(g, provs, log, nil).WithJWKS(keys), Log: log, Metrics: metrics, Keys: keys, DPoP: prover}
 	if (cfg.VendorID != "" || cfg.FunctionName != "") && cfg.STSEndpoint != "" {
 		a.Proofs = &identity.Verifier{Endpoint: cfg.STSEndpoint, VendorID: cfg.VendorID}
 	}

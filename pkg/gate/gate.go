@@ -41,10 +41,11 @@ type Counter interface {
 // Gate guards a Core. It implements the Vendor interfaces of httpapi and
 // lambdafn, so the edges cannot reach the core around it.
 type Gate struct {
-	core  Core
-	defs  Definitions
-	audit *slog.Logger
-	count Counter
+	core   Core
+	defs   Definitions
+	audit  *slog.Logger
+	count  Counter
+	prover Prover // signs consumers' DPoP proofs (dpop.go); nil: none
 }
 
 // New guards core. audit receives one record per request (the vendor's JSON
@@ -71,6 +72,9 @@ type Record struct {
 	Detail    string // why, for refusals
 	Source    vend.Source
 	TokenHash string
+	// Proof is set when a DPoP proof was issued with the token (the proof
+	// itself is never recorded).
+	Proof bool
 }
 
 // TokenHash is the audit record's token digest prefix.
@@ -113,6 +117,9 @@ func (g *Gate) write(ctx context.Context, r Record) {
 	if r.TokenHash != "" {
 		attrs = append(attrs, slog.String("token_sha256_prefix", r.TokenHash))
 	}
+	if r.Proof {
+		attrs = append(attrs, slog.String("dpop_proof", "issued"))
+	}
 	g.audit.LogAttrs(ctx, slog.LevelInfo, "audit", attrs...)
 }
 
@@ -139,6 +146,11 @@ func (g *Gate) admit(ctx context.Context, op authz.Op, req vend.Request) (identi
 
 // finish writes the audit record of a request that was admitted (or not).
 func (g *Gate) finish(ctx context.Context, c identity.Caller, op authz.Op, req vend.Request, t vend.Token, err error) {
+	g.write(ctx, g.record(c, op, req, t, err))
+}
+
+// record is the audit record of a request that was admitted (or not).
+func (g *Gate) record(c identity.Caller, op authz.Op, req vend.Request, t vend.Token, err error) Record {
 	r := Record{Caller: c, Op: op, Provider: req.Provider, Scope: req.Scope, Resource: req.Resource, Audience: req.Audience, Outcome: Granted}
 	if err != nil {
 		p := wire.Classify(err, req.Provider)
@@ -152,7 +164,7 @@ func (g *Gate) finish(ctx context.Context, c identity.Caller, op authz.Op, req v
 	} else {
 		r.Scope, r.Source, r.TokenHash = t.Scope, t.Source, TokenHash(t.AccessToken)
 	}
-	g.write(ctx, r)
+	return r
 }
 
 func (g *Gate) vend(ctx context.Context, op authz.Op, req vend.Request, do func() (vend.Token, error)) (vend.Token, error) {

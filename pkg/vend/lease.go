@@ -225,7 +225,7 @@ func (v *Vendor) usable(ctx context.Context, j *job, it *store.Item, now time.Ti
 		v.log.ErrorContext(ctx, "cannot open cached token", "provider", j.def.Name, "error", err)
 		return Token{}, false, fmt.Errorf("open cached token: %w", err)
 	}
-	return Token{Provider: j.def.Name, AccessToken: plain, TokenType: it.TokenType, Scope: it.Scope,
+	return Token{Provider: j.def.Name, AccessToken: plain, TokenType: it.TokenType, JKT: it.JKT, Scope: it.Scope,
 		ExpiresAt: it.Expiry(), Source: FromL2, lifetime: lifetime}, true, nil
 }
 
@@ -289,7 +289,7 @@ func (v *Vendor) acquire(ctx context.Context, j *job, it *store.Item, drop bool,
 // dropToken empties a record's token; the record itself lives on (as a lease
 // or a revocation tombstone) until an hour after until, when TTL removes it.
 func dropToken(it *store.Item, until time.Time) {
-	it.Token, it.TokenType, it.IssuedAt, it.RefreshAt = store.Secret{}, "", 0, 0
+	it.Token, it.TokenType, it.JKT, it.IssuedAt, it.RefreshAt = store.Secret{}, "", "", 0, 0
 	it.ExpiresAt = until.Add(time.Hour).Unix()
 }
 
@@ -391,13 +391,13 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 		}
 		return Token{}, v.failure(j, err)
 	}
-	t := Token{Provider: def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, Scope: j.key.Scope(),
+	t := Token{Provider: def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, JKT: up.JKT, Scope: j.key.Scope(),
 		ExpiresAt: up.Expiry.Truncate(time.Second), Source: FromUpstream, lifetime: up.Lifetime}
 	next := *leased
 	next.Version = leased.Version + 1
 	next.LeaseOwner, next.LeaseUntilMS = "", 0
 	next.LastError, next.LastErrorAt, next.FailedUntilMS = "", 0, 0
-	next.TokenType = up.TokenType
+	next.TokenType, next.JKT = up.TokenType, up.JKT
 	next.IssuedAt = up.IssuedAt.Unix()
 	next.ExpiresAt = up.Expiry.Unix()
 	next.RefreshAt = refreshAt(def, up).Unix()
@@ -718,7 +718,7 @@ func (v *Vendor) withoutStore(ctx context.Context, j *job, cause error) (Token, 
 	if err != nil {
 		return Token{}, v.failure(j, err)
 	}
-	return Token{Provider: j.def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, Scope: j.key.Scope(),
+	return Token{Provider: j.def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, JKT: up.JKT, Scope: j.key.Scope(),
 		ExpiresAt: up.Expiry.Truncate(time.Second), Source: FromUpstream, lifetime: up.Lifetime}, nil
 }
 

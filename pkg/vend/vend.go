@@ -76,9 +76,12 @@ type Token struct {
 	Provider    string
 	AccessToken string
 	TokenType   string
-	Scope       string
-	ExpiresAt   time.Time
-	Source      Source
+	// JKT is the DPoP key's thumbprint for a DPoP-bound token (TokenType
+	// DPoP), else "".
+	JKT       string
+	Scope     string
+	ExpiresAt time.Time
+	Source    Source
 
 	lifetime time.Duration // issued_at to expiry, for the min_ttl cap
 }
