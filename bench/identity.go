@@ -80,7 +80,10 @@ func identityBench(r *report) error {
 		f    func() error
 	}{
 		{"no gate (the core alone, as before)", n, func() error { return invoke(bare, map[string]any{"provider": "demo-k2"}) }},
-		{"gate, provider without allowed_callers, no proof", n, func() error { return invoke(withGate, map[string]any{"provider": "demo-k2"}) }},
+		// Providers without allowed_callers need a verified caller too (§11).
+		{"gate, provider without allowed_callers, proof verified before (cached)", n, func() error {
+			return invoke(withGate, map[string]any{"provider": "demo-k2", "identity": proof})
+		}},
 		{"gate, restricted provider, proof verified before (cached)", n, func() error {
 			return invoke(withGate, map[string]any{"provider": "payments", "identity": proof})
 		}},
