@@ -31,6 +31,7 @@ type attack struct {
 
 var attacks []attack
 
+//lint:ignore U1000 attack_<area>.go files call it from their init functions
 func registerAttack(order int, name string, fn func(quick bool) (attackRow, error)) {
 	attacks = append(attacks, attack{order: order, name: name, fn: fn})
 }

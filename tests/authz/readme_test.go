@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -29,20 +28,10 @@ func (m toMoto) RoundTrip(r *http.Request) (*http.Response, error) {
 
 func readmeBlock(t *testing.T, lang, marker string) string {
 	t.Helper()
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
+	if blocks := testenv.DocBlocks(t, lang, marker); len(blocks) > 0 {
+		return blocks[0]
 	}
-	b, err := os.ReadFile(filepath.Join(root, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
-		if strings.Contains(m[1], marker) {
-			return m[1]
-		}
-	}
-	t.Fatalf("the README has no %s block with %q", lang, marker)
+	t.Fatalf("the docs (README.md, docs/*.md) have no %s block with %q", lang, marker)
 	return ""
 }
 

@@ -2,12 +2,12 @@ package deploy
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
 type policyDoc struct {
@@ -44,12 +44,8 @@ func list(v any) []string {
 // function URLs only with AuthType AWS_IAM; signing keys sign only for the
 // function roles, with the algorithm and message type pinned.
 func TestREADMEPolicies(t *testing.T) {
-	_, root := loadTemplate(t)
-	b, err := os.ReadFile(filepath.Join(root, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := regexp.MustCompile("(?s)```json\n(.*?)```").FindAllStringSubmatch(string(b), -1)
+	loadTemplate(t)
+	blocks := regexp.MustCompile("(?s)```json\n(.*?)```").FindAllStringSubmatch(testenv.Docs(t), -1)
 	seen := map[string]bool{}
 	for _, m := range blocks {
 		if !strings.Contains(m[1], `"Statement"`) {

@@ -6,8 +6,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,19 +21,12 @@ func TestREADMEPythonSampleBypassesProxies(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil {
 		testenv.SkipOrFail(t, "python3 is needed for the README sample")
 	}
-	root, _ := testenv.RepoRoot()
-	b, err := os.ReadFile(filepath.Join(root, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var sample string
-	for _, m := range regexp.MustCompile("(?s)```python\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
-		if strings.Contains(m[1], "X-Token-Vendor-Session-Token") {
-			sample = m[1]
-		}
+	if blocks := testenv.DocBlocks(t, "python", "X-Token-Vendor-Session-Token"); len(blocks) > 0 {
+		sample = blocks[len(blocks)-1]
 	}
 	if sample == "" {
-		t.Fatal("no Python extension sample in the README")
+		t.Fatal("no Python extension sample in the docs (README.md, docs/*.md)")
 	}
 	const session = "session-token-canary"
 	ext := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
