@@ -204,8 +204,14 @@ func cursorPaging(q bool) (attackRow, error) {
 		if next == "" {
 			break
 		}
-		if raw, err := base64.RawURLEncoding.DecodeString(next); err == nil && (strings.Contains(string(raw), "#") || strings.Contains(string(raw), "ledger")) {
-			r.Leaked++
+		// A record key, or any provider's name, readable in the cursor.
+		if raw, err := base64.RawURLEncoding.DecodeString(next); err == nil {
+			for _, k := range []string{"token#", "keys#", "cooldown#", "ledger", "demo-"} {
+				if strings.Contains(string(raw), k) {
+					r.Leaked++
+					break
+				}
+			}
 		}
 		raw, _ := base64.RawURLEncoding.DecodeString(next)
 		raw[len(raw)/2] ^= 0x20
