@@ -247,6 +247,7 @@ var fuzzTargets = [][2]string{
 	{"./pkg/identity", "FuzzProof"},
 	{"./pkg/principal", "FuzzMatch"},
 	{"./pkg/principal", "FuzzGlob"},
+	{"./pkg/provider", "FuzzKeyInjective"},
 }
 
 // fuzzFailure is what says why a fuzz run failed: the lines after the

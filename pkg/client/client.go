@@ -1,7 +1,9 @@
 // Package client is what other Go services import to get tokens from the
 // vendor: through the vend Lambda (direct invoke) or the HTTP API (SigV4),
-// cached in-process until the token's refresh time, shared by concurrent
-// callers, and usable as an oauth2.TokenSource or an http.RoundTripper.
+// cached in-process by pkg/localcache (the extension's cache: min_ttl on
+// the token's real lifetime, fetches shared by concurrent callers and
+// detached from each, a size bound), and usable as an oauth2.TokenSource
+// or an http.RoundTripper.
 //
 //	c := client.New(client.NewLambdaInvoker(lambda.NewFromConfig(cfg), "token-vendor-VendFunction-…"))
 //	httpClient := &http.Client{Transport: c.Transport(nil, "kopokopo", "")}
@@ -28,132 +30,111 @@ import (
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
 	"golang.org/x/oauth2"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/token-vendor/token-vendor/pkg/identity"
+	"github.com/token-vendor/token-vendor/pkg/localcache"
 )
 
 // Token is the vendor's token JSON.
-type Token struct {
-	Provider    string `json:"provider"`
-	AccessToken string `json:"access_token"`
-	TokenType   string `json:"token_type"`
-	ExpiresIn   int64  `json:"expires_in"`
-	ExpiresAt   string `json:"expires_at"`
-	IssuedAt    string `json:"issued_at,omitempty"`
-	Scope       string `json:"scope"`
-}
-
-// Lifetime is the token's whole life, from issued_at (vendors before it
-// was sent: expires_in, which is only the time left). exp is expires_at.
-func (t *Token) Lifetime(exp time.Time) time.Duration {
-	if issued, err := time.Parse(time.RFC3339, t.IssuedAt); err == nil && exp.After(issued) {
-		return exp.Sub(issued)
-	}
-	return time.Duration(t.ExpiresIn) * time.Second
-}
+type Token = localcache.Token
 
 // Request names a token. RejectedSHA256, when set, reports that token as
-// refused by a resource server.
-type Request struct {
-	Provider, Scope string
-	// Resource and Audience (space-separated) name the token's target:
-	// RFC 8707 resource indicators, audiences.
-	Resource, Audience string
-	RejectedSHA256     string
-	// MinTTL asks for a token with at least this long left (0: the vendor's default).
-	MinTTL time.Duration
-}
+// refused by a resource server; MinTTL asks for a token with at least this
+// long left (0: the vendor's default, 60 s).
+type Request = localcache.Request
 
 // Fetcher asks the vendor for a token: an HTTPFetcher or a LambdaInvoker.
-type Fetcher interface {
-	Fetch(ctx context.Context, req Request) (*Token, error)
-}
+type Fetcher = localcache.Fetcher
 
 // Error is a refusal from the vendor.
-type Error struct {
-	Status     int    // HTTP status, 0 for direct invoke
-	Code       string // error, or the Lambda errorType
-	Message    string
-	RetryAfter time.Duration
-}
+type Error = localcache.Error
 
-func (e *Error) Error() string { return fmt.Sprintf("token vendor: %s: %s", e.Code, e.Message) }
+// defaultMinTTL is the vendor's default min_ttl, what a Request without
+// one is served with.
+const defaultMinTTL = 60 * time.Second
 
-// Client caches tokens per provider and scope. Safe for concurrent use.
+// Client caches tokens per provider, scope set and target in one
+// localcache.Cache (the extension's and the agent's cache too). Safe for
+// concurrent use.
 type Client struct {
-	f   Fetcher
-	now func() time.Time
-	mu  sync.Mutex
-	got map[string]cached
-	sf  singleflight.Group
-}
-
-type cached struct {
-	tok       *oauth2.Token
-	refreshAt time.Time
+	cache *localcache.Cache
+	// last is the *oauth2.Token last handed out per key, so every caller
+	// of one cached token gets the same value, as oauth2 users expect; it
+	// is cleared when it outgrows the cache's bound.
+	mu      sync.Mutex
+	last    map[string]*oauth2.Token
+	maxLast int
 }
 
 // New returns a client over f.
-func New(f Fetcher) *Client { return &Client{f: f, now: time.Now, got: map[string]cached{}} }
+func New(f Fetcher) *Client { return NewWithOptions(f, localcache.Options{}) }
 
-// Token returns a cached token until its refresh time (expires_at minus
-// max(60 s, a fifth of its life)), then asks the vendor once for all callers.
+// NewWithOptions returns a client over f whose cache is tuned by o (size
+// bound, idle drop, clock, fetch timeout).
+func NewWithOptions(f Fetcher, o localcache.Options) *Client {
+	maxLast := o.MaxEntries
+	if maxLast <= 0 {
+		maxLast = localcache.DefaultMaxEntries
+	}
+	return &Client{cache: localcache.New(f, o), last: map[string]*oauth2.Token{}, maxLast: maxLast}
+}
+
+// Stats are the client's cache counters (hits, fetches, evictions).
+func (c *Client) Stats() localcache.Stats { return c.cache.Stats() }
+
+// Token returns a token with at least the vendor's default min_ttl (60 s)
+// left, cached or asked of the vendor once for all concurrent callers.
 func (c *Client) Token(ctx context.Context, provider, scope string) (*oauth2.Token, error) {
 	return c.TokenFor(ctx, Request{Provider: provider, Scope: scope})
 }
 
-// cacheKey names a request's cached token: provider, scope and target.
-func cacheKey(r Request) string {
-	return r.Provider + "\x00" + r.Scope + "\x00" + r.Resource + "\x00" + r.Audience
-}
-
-func (c *Client) fetch(ctx context.Context, key string, req Request) (*oauth2.Token, error) {
-	v, err, _ := c.sf.Do(key+"\x00"+req.RejectedSHA256, func() (any, error) {
-		t, err := c.f.Fetch(ctx, req)
-		if err != nil {
-			return nil, err
-		}
-		exp, err := time.Parse(time.RFC3339, t.ExpiresAt)
-		if err != nil || t.AccessToken == "" {
-			return nil, errors.New("token vendor: malformed token response")
-		}
-		life := t.Lifetime(exp)
-		tok := (&oauth2.Token{AccessToken: t.AccessToken, TokenType: t.TokenType, Expiry: exp})
-		c.mu.Lock()
-		c.got[key] = cached{tok: tok, refreshAt: exp.Add(-max(60*time.Second, life/5))}
-		c.mu.Unlock()
-		return tok, nil
-	})
+// TokenFor is Token for a request that may name a target (resource,
+// audience) and a MinTTL, which is sent to the vendor and which the token
+// returned meets (capped at half the token's lifetime, as the vendor caps
+// it). A caller's cancellation ends its own wait, not the fetch others share.
+func (c *Client) TokenFor(ctx context.Context, r Request) (*oauth2.Token, error) {
+	if r.MinTTL <= 0 {
+		r.MinTTL = defaultMinTTL
+	}
+	t, err := c.cache.Get(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	return v.(*oauth2.Token), nil
-}
-
-// TokenFor is Token for a request with a target (resource, audience).
-func (c *Client) TokenFor(ctx context.Context, r Request) (*oauth2.Token, error) {
-	key := cacheKey(r)
-	c.mu.Lock()
-	e, ok := c.got[key]
-	c.mu.Unlock()
-	if ok && c.now().Before(e.refreshAt) {
-		return e.tok, nil
-	}
-	return c.fetch(ctx, key, Request{Provider: r.Provider, Scope: r.Scope, Resource: r.Resource, Audience: r.Audience})
+	return c.oauthToken(r, t)
 }
 
 // Rejected reports token as refused by a resource server and returns the
 // vendor's replacement (a newer cached token, or one fetched for it).
 func (c *Client) Rejected(ctx context.Context, provider, scope, token string) (*oauth2.Token, error) {
-	sum := sha256.Sum256([]byte(token))
-	key := cacheKey(Request{Provider: provider, Scope: scope})
-	c.mu.Lock()
-	if e, ok := c.got[key]; ok && e.tok.AccessToken == token {
-		delete(c.got, key)
+	return c.RejectedFor(ctx, Request{Provider: provider, Scope: scope}, token)
+}
+
+// RejectedFor is Rejected for a request that may name a target.
+func (c *Client) RejectedFor(ctx context.Context, r Request, token string) (*oauth2.Token, error) {
+	t, err := c.cache.Rejected(ctx, r, localcache.TokenSHA256(token))
+	if err != nil {
+		return nil, err
 	}
-	c.mu.Unlock()
-	return c.fetch(ctx, key, Request{Provider: provider, Scope: scope, RejectedSHA256: hex.EncodeToString(sum[:])})
+	return c.oauthToken(r, t)
+}
+
+func (c *Client) oauthToken(r Request, t localcache.Token) (*oauth2.Token, error) {
+	k := localcache.Key(r)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if o := c.last[k]; o != nil && o.AccessToken == t.AccessToken {
+		return o, nil
+	}
+	exp, err := time.Parse(time.RFC3339, t.ExpiresAt)
+	if err != nil {
+		return nil, errors.New("token vendor: malformed token response")
+	}
+	o := &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.TokenType, Expiry: exp}
+	if len(c.last) >= c.maxLast {
+		clear(c.last)
+	}
+	c.last[k] = o
+	return o, nil
 }
 
 // TokenSource adapts the client to golang.org/x/oauth2.

@@ -140,8 +140,8 @@ func TestLambdaInvokerAgainstTheHandler(t *testing.T) {
 		t.Fatalf("%v %v", tok, err)
 	}
 	again, _ := c.Token(context.Background(), "demo-mobi", "")
-	if again != tok {
-		t.Fatal("not cached in-process")
+	if s := c.Stats(); again != tok || s.Fetches != 1 || s.Hits != 1 {
+		t.Fatalf("not cached in-process: %+v", s)
 	}
 	fresh, err := c.Rejected(context.Background(), "demo-mobi", "", tok.AccessToken)
 	if err != nil || fresh.AccessToken == tok.AccessToken {

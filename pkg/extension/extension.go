@@ -13,9 +13,7 @@ package extension
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,15 +22,12 @@ import (
 	"math"
 	"net/http"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"golang.org/x/sync/singleflight"
-
 	"github.com/token-vendor/token-vendor/pkg/client"
+	"github.com/token-vendor/token-vendor/pkg/localcache"
 	"github.com/token-vendor/token-vendor/pkg/wire"
 )
 
@@ -48,80 +43,38 @@ const (
 )
 
 // Fetcher asks the vend function for a token (client.LambdaInvoker).
-type Fetcher interface {
-	Fetch(ctx context.Context, req client.Request) (*client.Token, error)
-}
+type Fetcher = localcache.Fetcher
 
-// Cache serves tokens from memory, fetching through f once for all
-// concurrent callers of a key.
+// Cache serves tokens from a localcache.Cache (the Go client's and the
+// agent's cache too), fetching through the vend function.
 type Cache struct {
-	f      Fetcher
+	cache  *localcache.Cache
 	secret string
 	now    func() time.Time
 	log    *slog.Logger
-
-	mu  sync.Mutex
-	got map[string]*entry
-	sf  singleflight.Group
 }
 
-type entry struct {
-	req      client.Request // provider, scope and target; no min_ttl
-	tok      client.Token
-	expiry   time.Time
-	lifetime time.Duration // issue to expiry (the vendor's issued_at), not the time left
-	// failures and retryAt pace renewals that fail: not at every
-	// invocation, but after a backoff.
-	failures int
-	retryAt  time.Time
-}
-
-// fresh reports whether the entry may be served to a caller asking minTTL:
-// as the vendor rules, at least min(minTTL, half the token's lifetime) left.
-func (e *entry) fresh(now time.Time, minTTL time.Duration) bool {
-	return e.expiry.Sub(now) >= min(minTTL, e.lifetime/2)
-}
-
-// Renewal pacing after failures: 10 s, doubling, at most 5 minutes.
-const (
-	renewBackoff    = 10 * time.Second
-	maxRenewBackoff = 5 * time.Minute
-	// renewBudget bounds the renewals at an invocation's start, so a slow
-	// vendor cannot hold the environment until the invocation's deadline.
-	renewBudget = 5 * time.Second
-	// fetchTimeout bounds a fetch no caller's deadline bounds.
-	fetchTimeout = 15 * time.Second
-)
-
-// permanent are the vend function's refusals that renewing again will not
-// change: the key is dropped (asked for again, it is fetched again).
-var permanent = map[string]bool{"UnknownProvider": true, "ScopeNotAllowed": true, "CallerNotAllowed": true, "KeyLimitReached": true, "InvalidRequest": true}
-
-// refreshAt is when the entry should be renewed ahead of expiry: as the
-// vendor renews, max(60 s, lifetime/5) before, never in the first half of
-// the token's life.
-func (e *entry) refreshAt() time.Time {
-	return e.expiry.Add(-min(max(60*time.Second, e.lifetime/5), e.lifetime/2))
-}
+// renewBudget bounds the renewals at an invocation's start, so a slow
+// vendor cannot hold the environment until the invocation's deadline.
+const renewBudget = 5 * time.Second
 
 // New returns a cache over f. secret is the function's AWS_SESSION_TOKEN.
 func New(f Fetcher, secret string, log *slog.Logger) *Cache {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	return newWith(f, secret, localcache.Options{Log: log})
+}
+
+func newWith(f Fetcher, secret string, o localcache.Options) *Cache {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Cache{f: f, secret: secret, now: time.Now, log: log, got: map[string]*entry{}}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Cache{cache: localcache.New(f, o), secret: secret, now: o.Now, log: o.Log}
 }
 
-// scopeKey normalizes a scope as the vendor does: split, deduplicated, sorted.
-func scopeKey(scope string) string {
-	parts := strings.Fields(scope)
-	slices.Sort(parts)
-	return strings.Join(slices.Compact(parts), " ")
-}
-
-func key(r client.Request) string {
-	return r.Provider + "\x00" + scopeKey(r.Scope) + "\x00" + scopeKey(r.Resource) + "\x00" + scopeKey(r.Audience)
-}
+// Stats are the cache's counters.
+func (c *Cache) Stats() localcache.Stats { return c.cache.Stats() }
 
 // Token returns a cached token with at least minTTL left (capped at half its
 // lifetime, as the vendor caps it), or fetches one. Every caller's min_ttl
@@ -133,145 +86,34 @@ func (c *Cache) Token(ctx context.Context, provider, scope string, minTTL time.D
 // TokenFor is Token for a request that may name a target (resource,
 // audience); its MinTTL is the caller's min_ttl.
 func (c *Cache) TokenFor(ctx context.Context, r client.Request) (client.Token, time.Time, error) {
-	minTTL := r.MinTTL
-	k := key(r)
-	c.mu.Lock()
-	e := c.got[k]
-	c.mu.Unlock()
-	if e != nil && e.fresh(c.now(), minTTL) {
-		return e.tok, e.expiry, nil
-	}
-	e, err := c.fetch(ctx, k, r)
-	if err != nil {
-		return client.Token{}, time.Time{}, err
-	}
-	if !e.fresh(c.now(), minTTL) {
-		return client.Token{}, time.Time{}, &client.Error{Code: "UpstreamUnavailable", Message: "no token with min_ttl left could be had (retry_after=1s)"}
-	}
-	return e.tok, e.expiry, nil
+	return withExpiry(c.cache.Get(ctx, r))
 }
 
 // Rejected drops the cached token if its SHA-256 is sum and has the vendor
 // replace it; if the cache already holds another token, that is returned.
 func (c *Cache) Rejected(ctx context.Context, r client.Request, sum string) (client.Token, time.Time, error) {
-	k := key(r)
-	c.mu.Lock()
-	e := c.got[k]
-	if e != nil && tokenSHA(e.tok.AccessToken) != sum && c.now().Before(e.expiry) {
-		c.mu.Unlock()
-		return e.tok, e.expiry, nil // replaced already
-	}
-	delete(c.got, k)
-	c.mu.Unlock()
-	e, err := c.fetch(ctx, k, client.Request{Provider: r.Provider, Scope: r.Scope, Resource: r.Resource, Audience: r.Audience, RejectedSHA256: sum})
+	return withExpiry(c.cache.Rejected(ctx, r, sum))
+}
+
+func withExpiry(t client.Token, err error) (client.Token, time.Time, error) {
 	if err != nil {
 		return client.Token{}, time.Time{}, err
 	}
-	return e.tok, e.expiry, nil
-}
-
-// fetch asks the vend function once for all concurrent callers of the same
-// key and min_ttl. The fetch is detached from the first caller's
-// cancellation (the others still want it) but keeps its deadline, or
-// fetchTimeout when it has none.
-func (c *Cache) fetch(ctx context.Context, k string, req client.Request) (*entry, error) {
-	flight := k + "\x00" + req.RejectedSHA256 + "\x00" + strconv.FormatInt(int64(req.MinTTL), 10)
-	ch := c.sf.DoChan(flight, func() (any, error) {
-		deadline := time.Now().Add(fetchTimeout)
-		if dl, ok := ctx.Deadline(); ok {
-			deadline = dl
-		}
-		fctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
-		defer cancel()
-		t, err := c.f.Fetch(fctx, req)
-		if err != nil {
-			return nil, err
-		}
-		exp, err := time.Parse(time.RFC3339, t.ExpiresAt)
-		if err != nil || t.AccessToken == "" || t.ExpiresIn <= 0 {
-			return nil, errors.New("the vend function answered without a usable token")
-		}
-		e := &entry{req: client.Request{Provider: req.Provider, Scope: req.Scope, Resource: req.Resource, Audience: req.Audience}, tok: *t, expiry: exp, lifetime: t.Lifetime(exp)}
-		c.mu.Lock()
-		c.got[k] = e
-		c.mu.Unlock()
-		return e, nil
-	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return r.Val.(*entry), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	exp, err := time.Parse(time.RFC3339, t.ExpiresAt)
+	if err != nil { // the cache keeps only tokens whose expires_at parses
+		return client.Token{}, time.Time{}, errors.New("the vend function answered without a usable token")
 	}
+	return t, exp, nil
 }
 
-// RenewDue renews, concurrently, every cached token past its refresh point;
+// RenewDue renews the cached tokens past their refresh point that a caller
+// asked for since their last fetch, a few at a time, within renewBudget;
 // the extension calls it as an invocation starts and waits for it before
 // reporting the invocation done. It returns how many it renewed.
 func (c *Cache) RenewDue(ctx context.Context) int {
 	ctx, cancel := context.WithTimeout(ctx, renewBudget)
 	defer cancel()
-	now := c.now()
-	c.mu.Lock()
-	var due []*entry
-	for _, e := range c.got {
-		if !now.Before(e.refreshAt()) && !now.Before(e.retryAt) {
-			due = append(due, e)
-		}
-	}
-	c.mu.Unlock()
-	var (
-		wg sync.WaitGroup
-		mu sync.Mutex
-		n  int
-	)
-	for _, e := range due {
-		wg.Go(func() {
-			// Asking with min_ttl above what is left makes the vendor
-			// return a newer token than this one.
-			left := e.expiry.Sub(now)
-			k := key(e.req)
-			r := e.req
-			r.MinTTL = max(left, 0) + time.Second
-			if _, err := c.fetch(ctx, k, r); err != nil {
-				c.renewalFailed(ctx, k, e, now, err)
-				return
-			}
-			mu.Lock()
-			n++
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	return n
-}
-
-// renewalFailed drops a key the vendor refuses for good (or whose token has
-// expired), and otherwise paces the next attempt.
-func (c *Cache) renewalFailed(ctx context.Context, k string, e *entry, now time.Time, err error) {
-	var ve *client.Error
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if cur := c.got[k]; cur != e {
-		return // replaced meanwhile
-	}
-	if (errors.As(err, &ve) && permanent[ve.Code]) || !now.Before(e.expiry) {
-		delete(c.got, k)
-		c.log.WarnContext(ctx, "renewal failed; the key is dropped until asked for again", "provider", e.req.Provider, "error", err)
-		return
-	}
-	e.failures++
-	e.retryAt = now.Add(min(renewBackoff<<min(e.failures-1, 10), maxRenewBackoff))
-	c.log.WarnContext(ctx, "renewal ahead of expiry failed; the cached token is served while it lasts", "provider", e.req.Provider,
-		"error", err, "retry_in_s", e.retryAt.Sub(now).Seconds())
-}
-
-func tokenSHA(tok string) string {
-	sum := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(sum[:])
+	return c.cache.Renew(ctx)
 }
 
 var (

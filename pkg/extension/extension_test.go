@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/client"
+	"github.com/token-vendor/token-vendor/pkg/localcache"
 )
 
 // fakeVend answers like the vend function: a new token per fetch, or an error.
@@ -141,9 +142,8 @@ func TestBadInputAndRelayedErrors(t *testing.T) {
 
 func TestRenewDueRenewsOnlyWhatIsDue(t *testing.T) {
 	f := &fakeVend{life: 100}
-	c := New(f, secret, nil)
 	now := time.Now()
-	c.now = func() time.Time { return now }
+	c := newWith(f, secret, localcache.Options{Now: func() time.Time { return now }})
 	if _, _, err := c.Token(context.Background(), "k2", "", time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/token-vendor/token-vendor/pkg/client"
+	"github.com/token-vendor/token-vendor/pkg/localcache"
 )
 
 // vendAt answers like the vend function on a clock the test moves: every
@@ -60,8 +61,7 @@ func (v *vendAt) Fetch(ctx context.Context, r client.Request) (*client.Token, er
 // min_ttl of 60, so the extension fetches instead of serving it.
 func TestMinTTLJudgedOnTheTokensRealLifetime(t *testing.T) {
 	v := &vendAt{now: time.Unix(1_900_000_000, 0), life: time.Hour, issuedAgo: time.Hour - 100*time.Second}
-	c := New(v, secret, nil)
-	c.now = v.clock
+	c := newWith(v, secret, localcache.Options{Now: v.clock})
 	if _, _, err := c.Token(context.Background(), "k2", "", defaultMinTTL); err != nil {
 		t.Fatal(err)
 	}
@@ -81,8 +81,7 @@ func TestMinTTLJudgedOnTheTokensRealLifetime(t *testing.T) {
 // Callers joined to one fetch each get a token meeting their own min_ttl.
 func TestJoinedCallersEachGetTheirMinTTL(t *testing.T) {
 	v := &vendAt{now: time.Unix(1_900_000_000, 0), life: time.Hour, issuedAgo: time.Hour - 599*time.Second, gate: make(chan struct{})}
-	c := New(v, secret, nil)
-	c.now = v.clock
+	c := newWith(v, secret, localcache.Options{Now: v.clock})
 	var wg sync.WaitGroup
 	lefts := make([]time.Duration, 2)
 	for i, minTTL := range []time.Duration{60 * time.Second, 1700 * time.Second} {
@@ -106,8 +105,7 @@ func TestJoinedCallersEachGetTheirMinTTL(t *testing.T) {
 // One caller giving up does not fail the others joined to its fetch.
 func TestOneCallersCancellationDoesNotFailOthers(t *testing.T) {
 	v := &vendAt{now: time.Unix(1_900_000_000, 0), life: time.Hour, gate: make(chan struct{})}
-	c := New(v, secret, nil)
-	c.now = v.clock
+	c := newWith(v, secret, localcache.Options{Now: v.clock})
 	ctx, cancel := context.WithCancel(context.Background())
 	first := make(chan error, 1)
 	go func() {
@@ -138,8 +136,7 @@ func TestOneCallersCancellationDoesNotFailOthers(t *testing.T) {
 // provider the vendor no longer knows (or refuses) is dropped.
 func TestFailingRenewalsBackOffAndRefusedKeysAreDropped(t *testing.T) {
 	v := &vendAt{now: time.Unix(1_900_000_000, 0), life: 10 * time.Minute}
-	c := New(v, secret, nil)
-	c.now = v.clock
+	c := newWith(v, secret, localcache.Options{Now: v.clock})
 	for _, p := range []string{"flaky", "gone"} {
 		if _, _, err := c.Token(context.Background(), p, "", 0); err != nil {
 			t.Fatal(err)
@@ -163,11 +160,8 @@ func TestFailingRenewalsBackOffAndRefusedKeysAreDropped(t *testing.T) {
 	v.err = &client.Error{Code: "UnknownProvider", Message: "no provider named gone"}
 	v.mu.Unlock()
 	c.RenewDue(context.Background())
-	c.mu.Lock()
-	_, kept := c.got[key(client.Request{Provider: "gone"})]
-	c.mu.Unlock()
-	if kept {
-		t.Fatal("a key the vendor refuses permanently is still renewed")
+	if s := c.Stats(); s.Entries != 0 || s.Dropped != 2 { // both are refused now
+		t.Fatalf("a key the vendor refuses permanently is still held: %+v", s)
 	}
 	var ce *client.Error
 	if !errors.As(v.err, &ce) {

@@ -67,7 +67,9 @@ func Run(ctx context.Context, cfg Config) error {
 			// may freeze the environment after it.
 			rctx, cancel := context.WithDeadline(ctx, time.UnixMilli(ev.DeadlineMs))
 			if n := cfg.Cache.RenewDue(rctx); n > 0 {
-				log.InfoContext(ctx, "renewed tokens ahead of expiry", "count", n, "request_id", ev.RequestID)
+				st := cfg.Cache.Stats()
+				log.InfoContext(ctx, "renewed tokens ahead of expiry", "count", n, "request_id", ev.RequestID,
+					"keys", st.Entries, "evictions", st.Evictions, "dropped", st.Dropped)
 			}
 			cancel()
 		case "SHUTDOWN":

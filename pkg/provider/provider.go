@@ -103,9 +103,10 @@ type Definition struct {
 	// IdleAfterSeconds overrides IDLE_AFTER: a key not vended for this long
 	// is no longer renewed (0: the deployment's default).
 	IdleAfterSeconds int64 `json:"idle_after_seconds,omitempty"`
-	// MaxKeys caps the distinct scope sets cached for a provider without
-	// allowed_scopes (0: DefaultMaxKeys; ignored with allowed_scopes, which
-	// bound the keys already).
+	// MaxKeys caps the distinct keys (scope set and target) cached for a
+	// provider without allowed_scopes, or with allowed_resources or
+	// allowed_audiences (0: DefaultMaxKeys; ignored with allowed_scopes and
+	// no allowed target, which bound the keys already).
 	MaxKeys int `json:"max_keys,omitempty"`
 	// aws_web_identity: the JWT's audience (default Entra's
 	// api://AzureADTokenExchange), algorithm (RS256 or ES384) and life in
@@ -284,6 +285,12 @@ func (d *Definition) Validate() error {
 		}
 		if d.WebIdentitySeconds != 0 && (d.WebIdentitySeconds < 60 || d.WebIdentitySeconds > 3600) {
 			return fe("web_identity_duration_seconds", "must be between 60 and 3600")
+		}
+		// The JWT is a bearer credential good at every application
+		// federated to the vendor's role: it goes to the token endpoint's
+		// origin only, never to a revocation endpoint elsewhere.
+		if d.RevokeURL != "" && origin(d.RevokeURL) != origin(d.TokenURL) {
+			return fe("revoke_url", "must be on token_url's host (scheme, host and port) with aws_web_identity: revocation sends the vendor's JWT, which another host could replay")
 		}
 	case AuthClientSecretJWT:
 		if d.ClientSecret == "" {
@@ -489,6 +496,19 @@ func CheckEndpoint(raw string) error {
 	default:
 		return errors.New("must use https")
 	}
+}
+
+// origin is a URL's scheme, host and port, lower case, the port explicit.
+func origin(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	scheme, port := strings.ToLower(u.Scheme), u.Port()
+	if port == "" {
+		port = map[string]string{"https": "443", "http": "80"}[scheme]
+	}
+	return scheme + "://" + strings.ToLower(u.Hostname()) + ":" + port
 }
 
 // IsLoopback reports whether host is localhost or a loopback IP address.

@@ -2,6 +2,7 @@ package provider
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -109,43 +110,84 @@ type Key struct {
 	Provider string
 	Scopes   []string
 	Target   Target
-	// PK is the DynamoDB partition key:
-	// token#{provider}#{fingerprint}#{scope}[#r={resources}][#a={audiences}].
+	// PK is the DynamoDB partition key: token#{provider}#{fingerprint}#{tail},
+	// the tail spelling the normalized request one-to-one (KeyForTarget).
 	PK string
 }
 
 // Scope returns the normalized, space-separated scope string.
 func (k Key) Scope() string { return strings.Join(k.Scopes, " ") }
 
-// maxScopeInKey is the longest scope set (with its target) written into a
-// key as is; a longer one is keyed by its digest, so keys stay short and
-// the key-count record listing up to 1000 of them stays far below
-// DynamoDB's 400 KB item limit (the scope itself is in the record's scope
-// attribute, the target in resource and audience).
-const maxScopeInKey = 128
+// maxTailInKey is the longest readable tail written into a key; a longer
+// one is keyed by its digest, so keys stay short and the key-count record
+// listing up to 1000 of them stays far below DynamoDB's 400 KB item limit
+// (the scope itself is in the record's scope attribute, the target in
+// resource and audience).
+const maxTailInKey = 128
 
 // KeyFor builds the cache key for normalized scopes and no target.
 func (d *Definition) KeyFor(scopes []string) Key { return d.KeyForTarget(scopes, Target{}) }
 
 // KeyForTarget builds the cache key for normalized scopes and target.
+//
+// The tail is injective: two requests that normalize differently never
+// share a key, so no caller can spell a request that reads, poisons or
+// plants a remembered refusal on another request's token. Scope tokens may
+// contain '#', ':' and '=' (RFC 6749 §3.3), so the tail is built from what
+// they cannot contain: '"' opens each part, tagged s= (scopes), r=
+// (resources), a= (audiences), and values are joined by spaces:
+//
+//	"s=read write"r=https://api.example/b"a=ledger
+//
+// A value that could break that reading (empty, or with a space or '"',
+// possible in a resource or an audience) or a tail longer than
+// maxTailInKey is keyed instead by "h= and 32 hex digits of the SHA-256 of
+// the length-prefixed tuple (scopes, resources, audiences). Every tail
+// starts with '"', which no key before this spelling had (a scope token
+// cannot start with it), so old keys never alias new ones.
 func (d *Definition) KeyForTarget(scopes []string, t Target) Key {
-	tail := strings.Join(scopes, " ")
-	if len(t.Resources) > 0 {
-		tail += "#r=" + strings.Join(t.Resources, " ")
-	}
-	if len(t.Audiences) > 0 {
-		tail += "#a=" + strings.Join(t.Audiences, " ")
-	}
-	if len(tail) > maxScopeInKey {
-		sum := sha256.Sum256([]byte(tail))
-		tail = "sha256:" + hex.EncodeToString(sum[:16])
-	}
 	return Key{
 		Provider: d.Name,
 		Scopes:   scopes,
 		Target:   t,
-		PK:       "token#" + d.Name + "#" + d.Fingerprint() + "#" + tail,
+		PK:       "token#" + d.Name + "#" + d.Fingerprint() + "#" + keyTail(scopes, t),
 	}
+}
+
+func keyTail(scopes []string, t Target) string {
+	parts := []struct {
+		tag  string
+		vals []string
+	}{{"s=", scopes}, {"r=", t.Resources}, {"a=", t.Audiences}}
+	var b strings.Builder
+	readable := true
+	for i, p := range parts {
+		if i > 0 && len(p.vals) == 0 {
+			continue // no target: the part is left out (scopes always have theirs)
+		}
+		b.WriteString(`"` + p.tag)
+		for j, v := range p.vals {
+			if v == "" || strings.ContainsAny(v, " \"") {
+				readable = false
+			}
+			if j > 0 {
+				b.WriteByte(' ')
+			}
+			b.WriteString(v)
+		}
+	}
+	if readable && b.Len() <= maxTailInKey {
+		return b.String()
+	}
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write(binary.AppendUvarint(nil, uint64(len(p.vals))))
+		for _, v := range p.vals {
+			h.Write(binary.AppendUvarint(nil, uint64(len(v))))
+			h.Write([]byte(v))
+		}
+	}
+	return `"h=` + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // Target is what a token is for beyond its scopes: RFC 8707 resource
@@ -165,7 +207,8 @@ const maxTargetValues = 10
 // ResolveTarget turns a caller's space-separated resource and audience
 // strings into the target for this provider: the definition's defaults when
 // none is asked for, and an error wrapping ErrTargetNotAllowed (naming the
-// value) for anything not in allowed_resources / allowed_audiences.
+// value) for anything neither a default nor in allowed_resources /
+// allowed_audiences.
 func (d *Definition) ResolveTarget(resource, audience string) (Target, error) {
 	var t Target
 	for _, f := range []struct {
@@ -186,7 +229,9 @@ func (d *Definition) ResolveTarget(resource, audience string) (Target, error) {
 			vals = normalized(f.defaults)
 		} else {
 			for _, v := range vals {
-				if !contains(f.allow, v) {
+				// The definition's own defaults are always allowed:
+				// naming one is asking for what no target gets.
+				if !contains(f.allow, v) && !contains(f.defaults, v) {
 					return Target{}, fmt.Errorf("%w: %s %q is not in allowed_%ss of provider %q", ErrTargetNotAllowed, f.param, truncateValue(v), f.param, d.Name)
 				}
 			}

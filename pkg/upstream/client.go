@@ -87,7 +87,10 @@ type WebIdentity interface {
 // endpoint it is sent to: "" is the token endpoint (audience token_url or
 // assertion_audience); a revocation is sent with the revocation endpoint's
 // own URL as audience, so a revoke_url on another host holds nothing it
-// could redeem at the token endpoint.
+// could redeem at the token endpoint. aws_web_identity's JWT is the
+// provider's own (webidentity.Tokens), not bound to an endpoint: its
+// revoke_url is on token_url's origin (provider.Validate), so it goes
+// nowhere else.
 func (c *Client) clientAssertion(ctx context.Context, def *provider.Definition, audience string) (string, error) {
 	if def.AuthMethod == provider.AuthAWSWebIdentity {
 		if c.WebIdentity == nil {

@@ -13,7 +13,9 @@ import (
 )
 
 // A provider without allowed_scopes would let any permitted caller create
-// scope keys without bound, each renewed until idle. Its new keys are
+// scope keys without bound, each renewed until idle; so would one with
+// allowed_resources or allowed_audiences (up to 10 values per request: 12
+// allowed audiences alone make thousands of sets). Its new keys are
 // admitted into a per-provider record (keys#{provider}) under max_keys;
 // past it the request is refused before anything is cached or fetched.
 
@@ -26,7 +28,7 @@ func keysPK(provider string) string { return "keys#" + provider }
 
 // admitKey records a new key of j's provider, or refuses it at max_keys.
 func (v *Vendor) admitKey(ctx context.Context, j *job, now time.Time) error {
-	if len(j.def.AllowedScopes) > 0 {
+	if !keysCounted(j.def) {
 		return nil // the allowed scope sets bound the keys already
 	}
 	limit := j.def.MaxKeys
@@ -81,8 +83,18 @@ func (v *Vendor) admitKey(ctx context.Context, j *job, now time.Time) error {
 	return &UnavailableError{Provider: j.def.Name, Reason: "too many new keys at once", RetryAfter: time.Second}
 }
 
+// keysCounted: the provider's keys are counted unless allowed_scopes bounds
+// them and callers may name no target beyond the defaults.
+func keysCounted(def *provider.Definition) bool {
+	return len(def.AllowedScopes) == 0 || len(def.AllowedResources) > 0 || len(def.AllowedAudiences) > 0
+}
+
 func (v *Vendor) keyLimit(j *job, limit int) error {
 	v.obs.Event(j.def.Name, "key_limit")
+	if len(j.def.AllowedScopes) > 0 {
+		return fmt.Errorf("%w: provider %q has %d distinct scope sets and targets cached (max_keys %d); ask for a scope set and target already in use, narrow allowed_resources/allowed_audiences, or raise max_keys",
+			provider.ErrKeyLimit, j.def.Name, limit, limit)
+	}
 	return fmt.Errorf("%w: provider %q has %d distinct scope sets cached (max_keys %d) and no allowed_scopes; ask for a scope set already in use, set allowed_scopes, or raise max_keys",
 		provider.ErrKeyLimit, j.def.Name, limit, limit)
 }

@@ -560,6 +560,13 @@ func (v *Vendor) release(ctx context.Context, leased *store.Item) {
 // released earlier, the lease would let a waiter ask the provider again
 // before the cooldown is visible.
 func (v *Vendor) recordFailure(ctx context.Context, j *job, leased *store.Item, err error, now time.Time) {
+	if errors.Is(err, context.Canceled) {
+		// The fetch's own caller canceled it (a deadline is not this):
+		// nothing says the provider failed, so no cooldown refuses the
+		// fleet and no failure is noted; the lease is released.
+		v.release(ctx, leased)
+		return
+	}
 	re, _ := upstream.AsRetrieveError(err)
 	code := "error"
 	if re != nil {
@@ -580,7 +587,7 @@ func (v *Vendor) recordFailure(ctx context.Context, j *job, leased *store.Item, 
 			// take the lease in turn and pay its own timeout.
 			v.openCooldown(ctx, j.def.Name, code, v.opts.ServerErrorCooldown, true)
 		}
-	} else if !errors.Is(err, context.Canceled) {
+	} else {
 		v.openCooldown(ctx, j.def.Name, code, v.opts.ServerErrorCooldown, true)
 	}
 	next := *leased

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -323,12 +324,14 @@ func resolve(def *provider.Definition, req Request) (provider.Key, error) {
 }
 
 // l1Key is the request as the caller wrote it: L1 is keyed by it, so a hit
-// needs no parsing.
+// needs no parsing. It is looked up before the request is validated, so it
+// must be injective: a scope holding the separator must not spell another
+// request's target (the lengths say where each field ends).
 func (r Request) l1Key() string {
-	if r.Resource == "" && r.Audience == "" {
+	if r.Resource == "" && r.Audience == "" && !strings.Contains(r.Scope, "\x00") {
 		return r.Scope
 	}
-	return r.Scope + "\x00" + r.Resource + "\x00" + r.Audience
+	return strconv.Itoa(len(r.Scope)) + "\x00" + r.Scope + strconv.Itoa(len(r.Resource)) + "\x00" + r.Resource + r.Audience
 }
 
 // withDefinition runs a job, and runs it once more with a re-read definition

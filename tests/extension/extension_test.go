@@ -235,3 +235,26 @@ func TestExtensionRenewsWithinInvocations(t *testing.T) {
 	}
 	w.noWorkOutside(t)
 }
+
+// A renewal is not a use: a key asked for once is renewed at most once,
+// at the next invocation past its refresh point, and not at the
+// invocations after that which do not ask for it, so the vendor sees the
+// consumer's real use (its idle retirement applies) and the extension
+// does not invoke the vend function for tokens nobody wants.
+func TestExtensionRenewsOnlyKeysInUse(t *testing.T) {
+	w := start(t, sandbox.Client{ID: "short", Secret: "short-secret", Style: sandbox.K2, ExpiresIn: 10})
+	if a := w.call(t, map[string]any{"path": "/v1/tokens/short?min_ttl=1"}); a.Status != 200 {
+		t.Fatalf("%+v", a)
+	}
+	other := map[string]any{"path": "/v1/tokens/short", "header": "none"} // an invocation that asks for nothing
+	for i, want := range []int{2, 2} {
+		time.Sleep(5500 * time.Millisecond) // past the refresh point (half of 10 s)
+		if a := w.call(t, other); a.Status != 401 {
+			t.Fatalf("%+v", a)
+		}
+		if n := len(w.vend.invocations()); n != want {
+			t.Fatalf("invocation %d past the refresh point: %d vend invocations, want %d", i+1, n, want)
+		}
+	}
+	w.noWorkOutside(t)
+}

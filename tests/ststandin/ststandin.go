@@ -48,6 +48,7 @@ type Server struct {
 	calls   atomic.Int64
 	mu      sync.Mutex
 	mode    Mode
+	hold    chan struct{}
 }
 
 // Start runs one on loopback for subject.
@@ -67,6 +68,20 @@ func Start(subject string) (*Server, error) {
 
 // SetMode changes how the next requests are answered.
 func (s *Server) SetMode(m Mode) { s.mu.Lock(); s.mode = m; s.mu.Unlock() }
+
+// Hold makes the next requests wait until Release (or until the request
+// is abandoned): a slow STS.
+func (s *Server) Hold() { s.mu.Lock(); s.hold = make(chan struct{}); s.mu.Unlock() }
+
+// Release lets held requests and later ones through.
+func (s *Server) Release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hold != nil {
+		close(s.hold)
+		s.hold = nil
+	}
+}
 
 // Calls is how many GetWebIdentityToken requests it answered.
 func (s *Server) Calls() int { return int(s.calls.Load()) }
@@ -98,8 +113,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	s.calls.Add(1)
 	s.mu.Lock()
-	mode := s.mode
+	mode, hold := s.mode, s.hold
 	s.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	switch mode {
 	case Disabled:
 		s.fail(w, 403, "OutboundWebIdentityFederationDisabledException", "outbound web identity federation is disabled for this account")

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
@@ -45,7 +46,7 @@ type world struct {
 // setup registers federated clients at the sandbox: "entra" trusts the
 // stand-in's issuer, the vendor's role and Entra's audience; the others
 // each trust something else.
-func setup(t *testing.T) *world {
+func setup(t *testing.T, mods ...func(*app.Config)) *world {
 	t.Helper()
 	s, err := ststandin.Start(role)
 	if err != nil {
@@ -60,6 +61,8 @@ func setup(t *testing.T) *world {
 		"wrong-issuer":   {Issuer: "https://login.example/other-issuer", Subject: role, Audience: provider.DefaultWebIdentityAudience},
 		"wrong-subject":  {Issuer: s.Issuer(), Subject: "arn:aws:iam::123456789012:role/someone-else", Audience: provider.DefaultWebIdentityAudience},
 		"wrong-audience": {Issuer: s.Issuer(), Subject: role, Audience: "api://another-audience"},
+		"fed-a":          {Issuer: s.Issuer(), Subject: role, Audience: provider.DefaultWebIdentityAudience},
+		"fed-b":          {Issuer: s.Issuer(), Subject: role, Audience: provider.DefaultWebIdentityAudience},
 	} {
 		up.Server.AddClient(sandbox.Client{ID: name + "-app", Style: sandbox.K2, Federated: &f})
 		d := &provider.Definition{Name: name, TokenURL: up.URL + sandbox.K2TokenPath, ClientID: name + "-app", AuthMethod: provider.AuthAWSWebIdentity}
@@ -78,6 +81,9 @@ func setup(t *testing.T) *world {
 	cfg := app.Defaults()
 	cfg.StaticProviders, cfg.MetricsNamespace, cfg.RefreshAhead, cfg.L1MaxAge = defs, "off", false, -1
 	cfg.AllowUnverifiedCallers = true // identity is not the subject: direct invokes carry no proof
+	for _, m := range mods {
+		m(&cfg)
+	}
 	stsc := sts.NewFromConfig(testenv.Config(), func(o *sts.Options) { o.BaseEndpoint = aws.String(s.URL) })
 	a, err := app.New(cfg, app.Clients{STS: stsc}, slog.New(slog.NewJSONHandler(logs, nil)))
 	if err != nil {
@@ -154,3 +160,52 @@ func TestSecretlessRefusals(t *testing.T) {
 }
 
 func vendReq(name string) vend.Request { return vend.Request{Provider: name, MinTTL: -1} }
+
+// TestEachProviderItsOwnJWT: two providers federated with one audience
+// (Entra's default) each get their own JWT through the vendor, so the JWT
+// one provider's endpoint received is never sent to the other's. Before
+// the fix one STS call served both (the JWT was cached per audience,
+// algorithm and duration).
+func TestEachProviderItsOwnJWT(t *testing.T) {
+	w := setup(t)
+	for _, name := range []string{"fed-a", "fed-b"} {
+		if tok, typ, msg := w.viaInvoke(t, name); typ != "" || !w.up.Server.Valid(tok.AccessToken) {
+			t.Fatalf("%s: %s %s", name, typ, msg)
+		}
+	}
+	if n := w.sts.Calls(); n != 2 {
+		t.Fatalf("%d STS calls for two providers; want one JWT each", n)
+	}
+}
+
+// TestOneCallersDeadlineFailsNoOtherProvider: STS is slow; a caller of
+// fed-a whose deadline passes fails alone, and a caller of fed-b (same
+// audience) meanwhile gets its token once STS answers, with no error
+// naming fed-a and no cooldown refusing fed-b afterwards. Before the fix
+// fed-b's fetch joined fed-a's STS call, which ran on fed-a's caller's
+// context: it failed with an error naming fed-a and opened fed-b's
+// fleet-wide cooldown. One attempt per fetch, so a retry cannot hide it.
+func TestOneCallersDeadlineFailsNoOtherProvider(t *testing.T) {
+	w := setup(t, func(c *app.Config) { c.UpstreamAttempts = 1 })
+	w.sts.Hold()
+	defer w.sts.Release()
+	ctxA, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	errA := make(chan error, 1)
+	go func() { _, err := w.a.Vendor.Token(ctxA, vendReq("fed-a")); errA <- err }()
+	for w.sts.Calls() == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	errB := make(chan error, 1)
+	go func() { _, err := w.a.Vendor.Token(context.Background(), vendReq("fed-b")); errB <- err }()
+	if err := <-errA; err == nil {
+		t.Fatal("fed-a's caller got a token STS never issued")
+	}
+	w.sts.Release()
+	if err := <-errB; err != nil {
+		t.Fatalf("fed-b's caller failed by fed-a's deadline: %v", err)
+	}
+	if _, err := w.a.Vendor.Token(context.Background(), vendReq("fed-b")); err != nil {
+		t.Fatalf("fed-b afterwards: %v", err)
+	}
+}

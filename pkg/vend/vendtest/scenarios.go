@@ -48,7 +48,7 @@ func Run(t *testing.T, newStore NewStore) {
 	} {
 		t.Run(name, func(t *testing.T) { fn(t, newStore) })
 	}
-	for _, set := range []map[string]func(*testing.T, NewStore){productionScenarios, usageScenarios} {
+	for _, set := range []map[string]func(*testing.T, NewStore){productionScenarios, usageScenarios, cacheKeyScenarios} {
 		for name, fn := range set {
 			t.Run(name, func(t *testing.T) { fn(t, newStore) })
 		}
