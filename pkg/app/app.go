@@ -4,7 +4,6 @@
 package app
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/token-vendor/token-vendor/pkg/assertion"
 	"github.com/token-vendor/token-vendor/pkg/authz"
+	"github.com/token-vendor/token-vendor/pkg/dpop"
 	"github.com/token-vendor/token-vendor/pkg/envelope"
 	"github.com/token-vendor/token-vendor/pkg/gate"
 	"github.com/token-vendor/token-vendor/pkg/httpapi"
@@ -74,8 +74,11 @@ type Config struct {
 	// (AWS_LAMBDA_FUNCTION_NAME, AWS_LAMBDA_FUNCTION_VERSION).
 	FunctionName, FunctionVersion string
 
-	// VendorID (VENDOR_ID; in Lambda the function's name) is the name
-	// direct-invoke identity proofs must be signed for; empty verifies none.
+	// VendorID (VENDOR_ID, an override: a Lambda function ARN) is the
+	// vendor id direct-invoke identity proofs must be signed for. Empty in
+	// Lambda means the unqualified ARN of the function invoked (account,
+	// region and name, from the invocation's context), so two stacks never
+	// accept each other's proofs; empty outside Lambda verifies none.
 	VendorID string
 	// STSEndpoint (AWS_ENDPOINT_URL_STS, else the region's) is the only
 	// place identity proofs are sent.
@@ -124,7 +127,10 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	c.ProvidersFile = getenv("PROVIDERS_FILE")
 	c.KMSKeyID = getenv("TOKEN_KMS_KEY_ID")
 	c.FunctionName, c.FunctionVersion = getenv("AWS_LAMBDA_FUNCTION_NAME"), getenv("AWS_LAMBDA_FUNCTION_VERSION")
-	c.VendorID = cmp.Or(getenv("VENDOR_ID"), c.FunctionName)
+	c.VendorID = getenv("VENDOR_ID")
+	if c.VendorID != "" && identity.FunctionARN(c.VendorID, "", "") != c.VendorID {
+		return c, fmt.Errorf("VENDOR_ID: want a Lambda function ARN without qualifier (arn:aws:lambda:REGION:ACCOUNT:function:NAME); leave it unset to use the vend function's own")
+	}
 	if region := getenv("AWS_REGION"); region != "" || getenv("AWS_ENDPOINT_URL_STS") != "" {
 		c.STSEndpoint = identity.EndpointFromEnv(getenv, region)
 	}
@@ -256,8 +262,9 @@ type App struct {
 	Vendor *vend.Vendor
 	// Gate is the core behind the authorization pipeline (§11).
 	Gate *gate.Gate
-	// Proofs verifies direct-invoke identity proofs; nil when VendorID or
-	// STSEndpoint is unset (then direct invokes have no identity).
+	// Proofs verifies direct-invoke identity proofs; nil when STSEndpoint is
+	// unset, or outside Lambda with no VendorID (then direct invokes have no
+	// identity).
 	Proofs    *identity.Verifier
 	Providers Providers
 	Handler   *httpapi.Handler
@@ -265,6 +272,8 @@ type App struct {
 	Metrics   *obs.Metrics
 	// Keys signs private_key_jwt assertions and prints their JWK Sets.
 	Keys *assertion.Keys
+	// DPoP signs DPoP proofs with providers' DPoP keys (RFC 9449).
+	DPoP *dpop.Prover
 	// AWS is the configuration StartLambda loaded, for a client only one
 	// function needs (the refresher's Lambda client for its fan-out).
 	AWS aws.Config
@@ -322,8 +331,10 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		signer = c.KMS
 	}
 	keys := assertion.New(signer)
+	prover := dpop.New(keys)
 	up := &upstream.Client{
 		Assertions:      keys,
+		DPoP:            prover,
 		WebIdentity:     webidentity.New(c.STS),
 		HTTP:            &http.Client{Transport: transport()},
 		AttemptTimeout:  cfg.UpstreamTimeout,
@@ -343,7 +354,7 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		Logger:              log,
 		Observer:            metrics,
 	})
-	g := gate.New(v, provs, log, metrics).WithPolicy(cfg.Policy())
+	g := gate.New(v, provs, log, metrics).WithPolicy(cfg.Policy()).WithProver(dpop.NewPool(prover))
 	h := httpapi.New(g, provs, log, nil).WithJWKS(keys)
 	if cfg.CursorKeySecret != "" {
 		if c.SecretsManager == nil {
@@ -357,8 +368,8 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 			return []byte(aws.ToString(out.SecretString)), nil
 		})
 	}
-	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: h, Log: log, Metrics: metrics, Keys: keys}
-	if cfg.VendorID != "" && cfg.STSEndpoint != "" {
+	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: h, Log: log, Metrics: metrics, Keys: keys, DPoP: prover}
+	if (cfg.VendorID != "" || cfg.FunctionName != "") && cfg.STSEndpoint != "" {
 		a.Proofs = &identity.Verifier{Endpoint: cfg.STSEndpoint, VendorID: cfg.VendorID}
 	}
 	return a, nil

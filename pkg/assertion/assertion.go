@@ -162,7 +162,12 @@ func (k *Keys) Assertion(ctx context.Context, def *provider.Definition, audience
 			}
 		}
 	}
-	if audience == "" { // a token request: the configured audience, else the token endpoint
+	switch {
+	case def.Issuer != "":
+		// The authorization server's issuer identifier, as the sole aud,
+		// for every endpoint (FAPI 2.0 §5.3.2.1; RFC 7523 allows it).
+		audience = def.Issuer
+	case audience == "": // a token request: the configured audience, else the token endpoint
 		audience = def.TokenURL
 		if def.AssertionAudience != "" {
 			audience = def.AssertionAudience
@@ -439,4 +444,73 @@ func kmsError(def *provider.Definition, err error) error {
 
 func permanent(def *provider.Definition, code string, err error) error {
 	return &upstream.RetrieveError{Provider: def.Name, Kind: upstream.Permanent, Code: code, Description: err.Error(), Err: err}
+}
+
+// Signer signs JWS compact serializations with one key of a provider: in
+// process for a PEM key, in KMS (the private key never leaves it) for a
+// KMS key. DPoP proofs (package dpop) are signed with it.
+type Signer struct {
+	s   signer
+	alg jwa.SignatureAlgorithm
+	def *provider.Definition
+}
+
+// Public is the signing key's public half.
+func (s *Signer) Public() crypto.PublicKey { return s.s.Public() }
+
+// Alg is the JWS algorithm the signer signs with.
+func (s *Signer) Alg() string { return s.alg.String() }
+
+// Sign returns the compact JWS of header and claims (each marshalled to
+// JSON); alg is set in the header. A KMS failure is classified as for an
+// assertion (transient or permanent).
+func (s *Signer) Sign(ctx context.Context, header map[string]any, claims any) (string, error) {
+	h := make(map[string]any, len(header)+1)
+	for k, v := range header {
+		h[k] = v
+	}
+	h["alg"] = s.alg.String()
+	hdr, err := json.Marshal(h)
+	if err != nil {
+		return "", err
+	}
+	cl, err := json.Marshal(claims)
+	if err != nil {
+		return "", err
+	}
+	input := b64.EncodeToString(hdr) + "." + b64.EncodeToString(cl)
+	sig, err := s.s.signInput(ctx, []byte(input))
+	if err != nil {
+		var re *upstream.RetrieveError
+		if errors.As(err, &re) {
+			return "", re
+		}
+		return "", permanent(s.def, "signing_failed", err)
+	}
+	return input + "." + b64.EncodeToString(sig), nil
+}
+
+// KeySigner returns the signer of another key of def (not its assertion
+// key): kmsKeyID or privateKey, exactly one, signing with alg ("" for the
+// key's default: ES256 for EC P-256, rsaDefault for RSA). It is resolved
+// and checked as an assertion key is, with the same caches.
+func (k *Keys) KeySigner(ctx context.Context, def *provider.Definition, kmsKeyID, privateKey, alg, rsaDefault string) (*Signer, error) {
+	pd := *def
+	pd.KMSKeyID, pd.PrivateKey, pd.SigningAlg, pd.KeyID = kmsKeyID, privateKey, alg, ""
+	s, a, err := k.signer(ctx, &pd)
+	if err == nil && alg == "" && a == jwa.RS256() && rsaDefault != "" && rsaDefault != "RS256" {
+		pd.SigningAlg = rsaDefault
+		s, a, err = k.signer(ctx, &pd)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &Signer{s: s, alg: a, def: &pd}, nil
+}
+
+// ForgetKey drops what is cached for the KMS key kmsKeyID (see Forget).
+func (k *Keys) ForgetKey(kmsKeyID string) {
+	k.mu.Lock()
+	delete(k.pubs, kmsKeyID)
+	k.mu.Unlock()
 }

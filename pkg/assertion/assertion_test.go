@@ -407,3 +407,25 @@ func TestCertificateThumbprintsInTheHeader(t *testing.T) {
 		t.Fatalf("a certificate of another key: %v", err)
 	}
 }
+
+// With issuer set, the assertion's aud is the issuer identifier, as its
+// sole value, for the token endpoint and the revocation endpoint alike
+// (FAPI 2.0 §5.3.2.1).
+func TestIssuerIsTheSoleAudience(t *testing.T) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keys := assertion.New(nil)
+	d := def(func(d *provider.Definition) { d.PrivateKey, d.Issuer = pemOf(t, k), "https://idp.example" })
+	for _, endpoint := range []string{"", "https://idp.example/revoke"} {
+		a, err := keys.Assertion(context.Background(), d, endpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _ := verify(t, keys, d, a)
+		checkClaims(t, tok, d, "https://idp.example")
+		parts := strings.Split(a, ".")
+		raw, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		if !strings.Contains(string(raw), `"aud":"https://idp.example"`) {
+			t.Fatalf("aud is not a single string: %s", raw)
+		}
+	}
+}

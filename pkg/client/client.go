@@ -58,6 +58,7 @@ const defaultMinTTL = 60 * time.Second
 // concurrent use.
 type Client struct {
 	cache *localcache.Cache
+	f     Fetcher // for DPoP proofs, which are never cached (dpop.go)
 	// last is the *oauth2.Token last handed out per key, so every caller
 	// of one cached token gets the same value, as oauth2 users expect; it
 	// is cleared when it outgrows the cache's bound.
@@ -76,7 +77,7 @@ func NewWithOptions(f Fetcher, o localcache.Options) *Client {
 	if maxLast <= 0 {
 		maxLast = localcache.DefaultMaxEntries
 	}
-	return &Client{cache: localcache.New(f, o), last: map[string]*oauth2.Token{}, maxLast: maxLast}
+	return &Client{cache: localcache.New(f, o), f: f, last: map[string]*oauth2.Token{}, maxLast: maxLast}
 }
 
 // Stats are the client's cache counters (hits, fetches, evictions).
@@ -227,6 +228,7 @@ func (h *HTTPFetcher) Fetch(ctx context.Context, r Request) (*Token, error) {
 	if r.Audience != "" {
 		q.Set("audience", r.Audience)
 	}
+	setProofParams(r, q.Set)
 	target := h.BaseURL + "/v1/tokens/" + url.PathEscape(r.Provider)
 	method, body := http.MethodGet, []byte(nil)
 	if r.RejectedSHA256 != "" {
@@ -314,15 +316,13 @@ func NewLambdaInvoker(api InvokeAPI, function string) *LambdaInvoker {
 
 // NewLambdaInvokerFromConfig invokes function with cfg's credentials and
 // proves them to the vendor with a signed sts:GetCallerIdentity request for
-// the vendor named by TOKEN_VENDOR_ID, or else by the function's name.
+// the vendor named by TOKEN_VENDOR_ID, or else by the ARN of the function
+// invoked (a bare name is completed with cfg's region and the credentials'
+// account; identity.FunctionARN).
 func NewLambdaInvokerFromConfig(cfg aws.Config, function string) *LambdaInvoker {
 	l := NewLambdaInvoker(lambda.NewFromConfig(cfg), function)
-	vendorID := os.Getenv("TOKEN_VENDOR_ID")
-	if vendorID == "" {
-		vendorID = identity.VendorIDOf(function)
-	}
 	l.Proofs = &identity.Prover{Credentials: cfg.Credentials, Region: cfg.Region,
-		Endpoint: identity.EndpointFromEnv(os.Getenv, cfg.Region), VendorID: vendorID}
+		Endpoint: identity.EndpointFromEnv(os.Getenv, cfg.Region), VendorID: os.Getenv("TOKEN_VENDOR_ID"), Function: function}
 	return l
 }
 
@@ -338,6 +338,7 @@ func (l *LambdaInvoker) Fetch(ctx context.Context, r Request) (*Token, error) {
 	if r.MinTTL > 0 {
 		ev["min_ttl"] = int64(r.MinTTL / time.Second)
 	}
+	setProofParams(r, func(k, v string) { ev[k] = v })
 	if l.Proofs != nil {
 		p, err := l.Proofs.Proof(ctx)
 		if err != nil {

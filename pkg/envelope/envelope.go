@@ -1,8 +1,17 @@
 // Package envelope seals access tokens at rest with KMS envelope encryption:
-// a KMS data key per cache record, AES-256-GCM over the token, and the KMS
-// encryption context bound as GCM additional data too. Reading the table
-// alone therefore yields no usable token, and a sealed token copied to
-// another record does not open.
+// a KMS data key per cache record, AES-256-GCM over the token, and as GCM
+// additional data the KMS encryption context plus the record fields the
+// caller binds (expiry, issue time, type, scope, target). Reading the table
+// alone therefore yields no usable token; a sealed token copied to another
+// record, or put back under another expiry, does not open; and only a holder
+// of a data key (KMS Decrypt under the record's context) can make a blob
+// that does.
+//
+// The bound fields are not in the KMS encryption context on purpose: they
+// change with every token, and a KMS context per token would cost a
+// GenerateDataKey per write and a Decrypt per token per instance. The data
+// key stays bound to the record by KMS ({provider, pk}); GCM binds the rest
+// under it, which no one without the data key can forge.
 package envelope
 
 import (
@@ -30,13 +39,24 @@ type KMS interface {
 }
 
 const (
-	magic      = "tv1"
+	// magic "tv2": the additional data binds the record fields too. "tv1"
+	// blobs (context only) are refused: a record sealed before the upgrade
+	// is fetched again once.
+	magic      = "tv2"
 	maxCached  = 4096
 	dataKeyTTL = time.Hour
 )
 
-// ErrMalformed is returned for a blob this package did not produce.
-var ErrMalformed = errors.New("envelope: malformed sealed token")
+// ErrRefused is the class of errors that say the blob is not a token sealed
+// by this key for this record (malformed, an earlier format, made for
+// another record or other record fields, another key). Such a record is
+// to be treated as absent; every other error (KMS throttled, unreachable,
+// access denied) says nothing about the record and is an outage.
+var ErrRefused = errors.New("envelope: not a token sealed for this record")
+
+// ErrMalformed is returned for a blob this package did not produce in its
+// current format.
+var ErrMalformed = fmt.Errorf("%w: malformed sealed token or an earlier format", ErrRefused)
 
 type dataKey struct {
 	plain, encrypted []byte
@@ -60,10 +80,11 @@ func New(api KMS, keyID string) *Sealer {
 	return &Sealer{api: api, keyID: keyID, now: time.Now, seal: map[string]dataKey{}, open: map[string][]byte{}}
 }
 
-// Seal encrypts plaintext under a data key bound to ec.
-func (s *Sealer) Seal(ctx context.Context, plaintext []byte, ec map[string]string) ([]byte, error) {
-	aad := canonical(ec)
-	dk, err := s.dataKeyFor(ctx, aad, ec)
+// Seal encrypts plaintext under a data key bound to ec (the KMS encryption
+// context) and authenticates ec and bound with it.
+func (s *Sealer) Seal(ctx context.Context, plaintext []byte, ec, bound map[string]string) ([]byte, error) {
+	kctx := canonical(ec)
+	dk, err := s.dataKeyFor(ctx, kctx, ec)
 	if err != nil {
 		return nil, err
 	}
@@ -80,11 +101,12 @@ func (s *Sealer) Seal(ctx context.Context, plaintext []byte, ec map[string]strin
 		return nil, fmt.Errorf("envelope: nonce: %w", err)
 	}
 	out = append(out, nonce...)
-	return gcm.Seal(out, nonce, plaintext, []byte(aad)), nil
+	return gcm.Seal(out, nonce, plaintext, additionalData(kctx, bound)), nil
 }
 
-// Open decrypts a blob made by Seal with the same ec.
-func (s *Sealer) Open(ctx context.Context, blob []byte, ec map[string]string) ([]byte, error) {
+// Open decrypts a blob made by Seal with the same ec and bound. A blob that
+// is not such a token is an error wrapping ErrRefused.
+func (s *Sealer) Open(ctx context.Context, blob []byte, ec, bound map[string]string) ([]byte, error) {
 	if len(blob) < len(magic)+2 || string(blob[:len(magic)]) != magic {
 		return nil, ErrMalformed
 	}
@@ -95,8 +117,8 @@ func (s *Sealer) Open(ctx context.Context, blob []byte, ec map[string]string) ([
 		return nil, ErrMalformed
 	}
 	edk, rest := rest[:n], rest[n:]
-	aad := canonical(ec)
-	key, err := s.plainKey(ctx, edk, ec, aad)
+	kctx := canonical(ec)
+	key, err := s.plainKey(ctx, edk, ec, kctx)
 	if err != nil {
 		return nil, err
 	}
@@ -107,16 +129,16 @@ func (s *Sealer) Open(ctx context.Context, blob []byte, ec map[string]string) ([
 	if len(rest) < gcm.NonceSize() {
 		return nil, ErrMalformed
 	}
-	pt, err := gcm.Open(nil, rest[:gcm.NonceSize()], rest[gcm.NonceSize():], []byte(aad))
+	pt, err := gcm.Open(nil, rest[:gcm.NonceSize()], rest[gcm.NonceSize():], additionalData(kctx, bound))
 	if err != nil {
-		return nil, fmt.Errorf("envelope: open: %w", err)
+		return nil, fmt.Errorf("%w: it does not authenticate under this record's context and fields", ErrRefused)
 	}
 	return pt, nil
 }
 
-func (s *Sealer) dataKeyFor(ctx context.Context, aad string, ec map[string]string) (dataKey, error) {
+func (s *Sealer) dataKeyFor(ctx context.Context, kctx string, ec map[string]string) (dataKey, error) {
 	s.mu.Lock()
-	dk, ok := s.seal[aad]
+	dk, ok := s.seal[kctx]
 	s.mu.Unlock()
 	if ok && s.now().Sub(dk.created) < dataKeyTTL {
 		return dk, nil
@@ -137,36 +159,43 @@ func (s *Sealer) dataKeyFor(ctx context.Context, aad string, ec map[string]strin
 	if len(s.seal) >= maxCached {
 		clear(s.seal)
 	}
-	s.seal[aad] = dk
-	s.remember(aad, dk.encrypted, dk.plain)
+	s.seal[kctx] = dk
+	s.remember(kctx, dk.encrypted, dk.plain)
 	s.mu.Unlock()
 	return dk, nil
 }
 
-func (s *Sealer) plainKey(ctx context.Context, edk []byte, ec map[string]string, aad string) ([]byte, error) {
+func (s *Sealer) plainKey(ctx context.Context, edk []byte, ec map[string]string, kctx string) ([]byte, error) {
 	s.mu.Lock()
-	key, ok := s.open[aad+"\x00"+string(edk)]
+	key, ok := s.open[kctx+"\x00"+string(edk)]
 	s.mu.Unlock()
 	if ok {
 		return key, nil
 	}
 	out, err := s.api.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: edk, EncryptionContext: ec, KeyId: aws.String(s.keyID)})
-	if err != nil {
+	var invalid *kmstypes.InvalidCiphertextException
+	var otherKey *kmstypes.IncorrectKeyException
+	switch {
+	case errors.As(err, &invalid) || errors.As(err, &otherKey):
+		// KMS says the data key was not made for this context or key:
+		// an answer about the record, not an outage.
+		return nil, fmt.Errorf("%w: decrypt data key: %w", ErrRefused, err)
+	case err != nil:
 		return nil, fmt.Errorf("envelope: decrypt data key: %w", err)
 	}
 	s.mu.Lock()
-	s.remember(aad, edk, out.Plaintext)
+	s.remember(kctx, edk, out.Plaintext)
 	s.mu.Unlock()
 	return out.Plaintext, nil
 }
 
 // remember caches a data key; callers hold s.mu. The cache is bounded by
 // dropping it whole, which only costs KMS calls.
-func (s *Sealer) remember(aad string, edk, plain []byte) {
+func (s *Sealer) remember(kctx string, edk, plain []byte) {
 	if len(s.open) >= maxCached {
 		clear(s.open)
 	}
-	s.open[aad+"\x00"+string(edk)] = plain
+	s.open[kctx+"\x00"+string(edk)] = plain
 }
 
 func newGCM(key []byte) (cipher.AEAD, error) {
@@ -175,6 +204,12 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 		return nil, fmt.Errorf("envelope: %w", err)
 	}
 	return cipher.NewGCM(block)
+}
+
+// additionalData is what GCM authenticates besides the token: the KMS
+// context and the bound record fields, each rendered canonically.
+func additionalData(kctx string, bound map[string]string) []byte {
+	return []byte(magic + "|" + kctx + "|" + canonical(bound))
 }
 
 // canonical renders ec deterministically for use as GCM additional data.

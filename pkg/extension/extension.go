@@ -49,6 +49,7 @@ type Fetcher = localcache.Fetcher
 // agent's cache too), fetching through the vend function.
 type Cache struct {
 	cache  *localcache.Cache
+	f      Fetcher // for DPoP proofs, which are never cached (dpop.go)
 	secret string
 	now    func() time.Time
 	log    *slog.Logger
@@ -70,7 +71,7 @@ func newWith(f Fetcher, secret string, o localcache.Options) *Cache {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Cache{cache: localcache.New(f, o), secret: secret, now: o.Now, log: o.Log}
+	return &Cache{cache: localcache.New(f, o), f: f, secret: secret, now: o.Now, log: o.Log}
 }
 
 // Stats are the cache's counters.
@@ -141,13 +142,17 @@ func (c *Cache) Handler() http.Handler {
 
 func (c *Cache) get(w http.ResponseWriter, r *http.Request) {
 	provider := r.PathValue("provider")
-	q, err := wire.Params(r, "scope", "resource", "audience", "min_ttl")
+	q, err := wire.Params(r, "scope", "resource", "audience", "min_ttl", "dpop_htm", "dpop_htu", "dpop_nonce")
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_request", err.Error(), provider, 0)
 		return
 	}
 	if !providerRE.MatchString(provider) {
 		writeError(w, http.StatusNotFound, "unknown_provider", fmt.Sprintf("no provider named %q", provider), "", 0)
+		return
+	}
+	if q.Has("dpop_htm") || q.Has("dpop_htu") || q.Has("dpop_nonce") {
+		c.proof(w, r, provider, q)
 		return
 	}
 	minTTL := defaultMinTTL

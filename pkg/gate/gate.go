@@ -51,6 +51,7 @@ type Gate struct {
 	audit  *slog.Logger
 	count  Counter
 	policy authz.Policy
+	prover Prover // signs consumers' DPoP proofs (dpop.go); nil: none
 }
 
 // WithPolicy sets who may use providers that name no allowed_callers
@@ -103,6 +104,9 @@ type Record struct {
 	Detail    string // why, for refusals; what the decision relied on, for grants
 	Source    vend.Source
 	TokenHash string
+	// Proof is set when a DPoP proof was issued with the token (the proof
+	// itself is never recorded).
+	Proof bool
 }
 
 // TokenHash is the audit record's token digest prefix.
@@ -149,6 +153,9 @@ func (g *Gate) write(ctx context.Context, r Record) {
 	if r.TokenHash != "" {
 		attrs = append(attrs, slog.String("token_sha256_prefix", r.TokenHash))
 	}
+	if r.Proof {
+		attrs = append(attrs, slog.String("dpop_proof", "issued"))
+	}
 	g.audit.LogAttrs(ctx, slog.LevelInfo, "audit", attrs...)
 }
 
@@ -175,6 +182,11 @@ func (g *Gate) admit(ctx context.Context, op authz.Op, req vend.Request) (*provi
 
 // finish writes the audit record of a request that was admitted (or not).
 func (g *Gate) finish(ctx context.Context, adm authz.Admission, op authz.Op, req vend.Request, t vend.Token, err error) {
+	g.write(ctx, g.record(adm, op, req, t, err))
+}
+
+// record is the audit record of a request that was admitted (or not).
+func (g *Gate) record(adm authz.Admission, op authz.Op, req vend.Request, t vend.Token, err error) Record {
 	r := Record{Caller: adm.Caller, Op: op, Provider: req.Provider, Scope: req.Scope, Resource: req.Resource, Audience: req.Audience, Outcome: Granted, Detail: adm.Note}
 	if err != nil {
 		p := wire.Classify(err, req.Provider)
@@ -188,7 +200,7 @@ func (g *Gate) finish(ctx context.Context, adm authz.Admission, op authz.Op, req
 	} else {
 		r.Scope, r.Source, r.TokenHash = t.Scope, t.Source, TokenHash(t.AccessToken)
 	}
-	g.write(ctx, r)
+	return r
 }
 
 func (g *Gate) vend(ctx context.Context, op authz.Op, req vend.Request, do func() (vend.Token, error)) (vend.Token, error) {

@@ -187,12 +187,12 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
-func vendRequest(r *http.Request, withMinTTL bool) (vend.Request, error) {
+func vendRequest(r *http.Request, withMinTTL bool, extra ...string) (vend.Request, error) {
 	allowed := []string{"scope", "resource", "audience"}
 	if withMinTTL {
 		allowed = append(allowed, "min_ttl")
 	}
-	q, err := wire.Params(r, allowed...)
+	q, err := wire.Params(r, append(allowed, extra...)...)
 	if err != nil {
 		return vend.Request{}, err
 	}
@@ -222,6 +222,10 @@ func checkPath(r *http.Request, name string) error {
 }
 
 func (h *Handler) token(w http.ResponseWriter, r *http.Request) {
+	if wantsProof(r) {
+		h.tokenProof(w, r)
+		return
+	}
 	h.vend(w, r, true, func(ctx context.Context, req vend.Request) (vend.Token, error) { return h.v.Token(ctx, req) })
 }
 

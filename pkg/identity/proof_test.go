@@ -150,17 +150,6 @@ func TestProverReusesProofs(t *testing.T) {
 	}
 }
 
-func TestVendorIDOf(t *testing.T) {
-	for in, want := range map[string]string{
-		"tv-VendFunction-abc": "tv-VendFunction-abc", "tv-VendFunction-abc:live": "tv-VendFunction-abc",
-		"arn:aws:lambda:us-east-1:123456789012:function:tv-Vend:3": "tv-Vend", "123456789012:function:tv-Vend": "tv-Vend",
-	} {
-		if got := VendorIDOf(in); got != want {
-			t.Errorf("VendorIDOf(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // FuzzProof: whatever a caller sends as a proof, verification never panics,
 // never reaches STS unless every offline check passed, and never echoes it.
 func FuzzProof(f *testing.F) {

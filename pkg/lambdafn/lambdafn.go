@@ -107,6 +107,11 @@ type InvokeEvent struct {
 	Audience            string `json:"audience"`
 	MinTTL              *int64 `json:"min_ttl"`
 	RejectedTokenSHA256 string `json:"rejected_token_sha256"`
+	// DPoPHTM, DPoPHTU and DPoPNonce ask for a DPoP proof for the request
+	// the caller is about to make with a DPoP-bound token (docs/design.md §5).
+	DPoPHTM   string `json:"dpop_htm"`
+	DPoPHTU   string `json:"dpop_htu"`
+	DPoPNonce string `json:"dpop_nonce"`
 	// Identity proves who invokes: a signed sts:GetCallerIdentity request
 	// (docs/design.md §11). Without it the caller has no identity.
 	Identity *identity.Proof `json:"identity"`
@@ -127,6 +132,7 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) f
 	}
 	return func(ctx context.Context, raw json.RawMessage) (wire.TokenResponse, error) {
 		var ev InvokeEvent
+		var proof string
 		t, err := func() (vend.Token, error) {
 			if err := strictDecode(raw, &ev); err != nil {
 				return vend.Token{}, err
@@ -146,6 +152,9 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) f
 				caller = proofs.Verify(ctx, ev.Identity)
 			}
 			ctx := identity.NewContext(ctx, caller)
+			if ev.DPoPHTM != "" || ev.DPoPHTU != "" || ev.DPoPNonce != "" {
+				return invokeProof(ctx, v, ev, req, &proof)
+			}
 			if ev.RejectedTokenSHA256 != "" {
 				return v.Rejected(ctx, req, ev.RejectedTokenSHA256)
 			}
@@ -161,7 +170,9 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) f
 			return wire.TokenResponse{}, p.LambdaError()
 		}
 		log.InfoContext(ctx, "invoke", "provider", t.Provider, "cache", t.Source)
-		return wire.NewTokenResponse(t, now()), nil
+		resp := wire.NewTokenResponse(t, now())
+		resp.DPoPProof = proof
+		return resp, nil
 	}
 }
 

@@ -18,6 +18,10 @@ type Token struct {
 	ExpiresAt   string `json:"expires_at"`
 	IssuedAt    string `json:"issued_at,omitempty"`
 	Scope       string `json:"scope"`
+	// DPoPProof is the proof the vendor signed for the request named by
+	// Request.DPoPMethod and DPoPURL (token_type DPoP): good for that one
+	// request, never cached.
+	DPoPProof string `json:"dpop_proof,omitempty"`
 }
 
 // Lifetime is the token's whole life, from issued_at (vendors before it
@@ -41,6 +45,9 @@ type Request struct {
 	// the token's lifetime as the vendor caps it. A Fetcher sends it to the
 	// vendor when above zero (0: the vendor's default, 60 s).
 	MinTTL time.Duration
+	// DPoPMethod and DPoPURL ask for a DPoP proof for that request, and
+	// DPoPNonce is the resource server's DPoP-Nonce if it demanded one.
+	DPoPMethod, DPoPURL, DPoPNonce string
 }
 
 // Fetcher asks the vendor for a token: pkg/client's HTTPFetcher or

@@ -108,6 +108,7 @@ var eventMetrics = map[string]string{
 	"retired":          "KeysRetired",
 	"key_limit":        "KeyLimitRefusals",
 	"caller_refused":   "CallerRefusals",
+	"unsealed_record":  "UnsealedRecords",
 	// Named in template.yaml's alarms.
 	"upstream_rejected": "UpstreamRejections",
 	"unavailable":       "Unavailable",

@@ -11,14 +11,16 @@
 //
 // where NAME and SESSION may hold `*` for any run of characters. Role and user
 // names are unique in an account whatever their path, and a session ARN
-// carries no path, so the path of a pattern is not compared. Everything else
-// is compared exactly: partition, account, kind and the whole name.
+// carries no path, so the path of an exact name is not compared. A pattern
+// with `*` in its name must have no path (or /): its path could not be
+// checked, and role/teams/pay-* would admit role/sandbox/pay-evil, so
+// ParsePattern refuses it. Everything else is compared exactly: partition,
+// account, kind and the whole name.
 package principal
 
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 )
 
@@ -31,15 +33,69 @@ const (
 	Federated   = "federated-user"
 )
 
-var (
-	accountRE   = regexp.MustCompile(`^[0-9]{12}$`)
-	partitionRE = regexp.MustCompile(`^aws(-[a-z]+)*$`)
-	// IAM names: letters, digits and +=,.@_- (roles and users, 1-64;
-	// sessions 2-64); `*` only in patterns.
-	nameRE    = regexp.MustCompile(`^[\w+=,.@-]{1,128}$`)
-	patNameRE = regexp.MustCompile(`^[\w+=,.@*-]{1,128}$`)
-	pathRE    = regexp.MustCompile(`^(/[\x21-\x7e]+)*/$`)
-)
+// The checks below are byte loops rather than regular expressions: Match
+// parses the caller's ARN on every restricted vend.
+
+// account reports whether s is 12 digits.
+func account(s string) bool {
+	if len(s) != 12 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// partition reports whether s is aws, aws-cn, aws-us-gov, …: aws(-[a-z]+)*.
+func partition(s string) bool {
+	rest, ok := strings.CutPrefix(s, "aws")
+	for ok && rest != "" {
+		if rest[0] != '-' || len(rest) < 2 {
+			return false
+		}
+		i := 1
+		for i < len(rest) && rest[i] >= 'a' && rest[i] <= 'z' {
+			i++
+		}
+		if i == 1 {
+			return false
+		}
+		rest = rest[i:]
+	}
+	return ok
+}
+
+// name reports whether s is an IAM name: 1-128 of letters, digits and
+// +=,.@_- (and `*` in patterns, when star).
+func name(s string, star bool) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+=,.@_-", c) >= 0 || star && c == '*') {
+			return false
+		}
+	}
+	return true
+}
+
+// path reports whether s is an IAM path: / or /…/ of printable, non-space
+// ASCII, no `*`.
+func path(s string) bool {
+	if s != "/" && (len(s) < 3 || s[0] != '/' || s[len(s)-1] != '/') {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e || s[i] == '*' {
+			return false
+		}
+	}
+	return true
+}
 
 // ARN is a parsed principal ARN.
 type ARN struct {
@@ -57,9 +113,9 @@ func Account(s string) string {
 }
 
 // Parse reads a verified principal ARN as STS and API Gateway report it.
-func Parse(s string) (ARN, error) { return parse(s, nameRE) }
+func Parse(s string) (ARN, error) { return parse(s, false) }
 
-func parse(s string, names *regexp.Regexp) (ARN, error) {
+func parse(s string, pattern bool) (ARN, error) {
 	if len(s) > 2048 {
 		return ARN{}, errors.New("longer than 2048 characters")
 	}
@@ -69,13 +125,13 @@ func parse(s string, names *regexp.Regexp) (ARN, error) {
 	}
 	a := ARN{Partition: parts[1], Account: parts[4]}
 	service, region, res := parts[2], parts[3], parts[5]
-	if !partitionRE.MatchString(a.Partition) {
+	if !partition(a.Partition) {
 		return ARN{}, errors.New("unknown partition")
 	}
 	if region != "" {
 		return ARN{}, errors.New("IAM ARNs have no region")
 	}
-	if !accountRE.MatchString(a.Account) {
+	if !account(a.Account) {
 		return ARN{}, errors.New("account must be 12 digits")
 	}
 	kind, rest, _ := strings.Cut(res, "/")
@@ -85,27 +141,32 @@ func parse(s string, names *regexp.Regexp) (ARN, error) {
 		return a, nil
 	case service == "iam" && (kind == Role || kind == User):
 		i := strings.LastIndex(rest, "/")
-		path, name := "/"+rest[:i+1], rest[i+1:]
+		p, n := "/"+rest[:i+1], rest[i+1:]
 		if i < 0 {
-			path = "/"
+			p = "/"
 		}
-		if !pathRE.MatchString(path) || strings.Contains(path, "*") {
+		if !path(p) {
 			return ARN{}, fmt.Errorf("malformed %s path", kind)
 		}
-		if !names.MatchString(name) {
+		if !name(n, pattern) {
 			return ARN{}, fmt.Errorf("malformed %s name", kind)
 		}
-		a.Name = name
+		if pattern && p != "/" && strings.Contains(n, "*") {
+			// A session ARN carries no path, so the path could not be checked:
+			// role/teams/pay-* would admit role/sandbox/pay-evil.
+			return ARN{}, fmt.Errorf("a %s pattern with a wildcard must have no path (%s): the path is not in a session's ARN, so it cannot be checked and would admit the same name under any path; list exact %s names, or use a name prefix", kind, p, kind)
+		}
+		a.Name = n
 		return a, nil
 	case service == "sts" && kind == AssumedRole:
-		name, session, ok := strings.Cut(rest, "/")
-		if !ok || !names.MatchString(name) || !names.MatchString(session) {
+		n, session, ok := strings.Cut(rest, "/")
+		if !ok || !name(n, pattern) || !name(session, pattern) {
 			return ARN{}, errors.New("want assumed-role/ROLE/SESSION")
 		}
-		a.Name, a.Session = name, session
+		a.Name, a.Session = n, session
 		return a, nil
-	case service == "sts" && kind == Federated && names == nameRE:
-		if !names.MatchString(rest) {
+	case service == "sts" && kind == Federated && !pattern:
+		if !name(rest, false) {
 			return ARN{}, errors.New("malformed federated user")
 		}
 		a.Name = rest
@@ -123,7 +184,7 @@ type Pattern struct {
 // ParsePattern checks an allowed_callers entry; the error says what is wrong
 // with it (the caller names the entry).
 func ParsePattern(s string) (Pattern, error) {
-	a, err := parse(s, patNameRE)
+	a, err := parse(s, true)
 	if err != nil {
 		return Pattern{}, err
 	}

@@ -129,3 +129,31 @@ func naive(pat, s string) bool {
 	}
 	return m[0][0]
 }
+
+// TestWildcardWithPathRefused: a role session's ARN carries no path, so a
+// pattern like role/teams/payouts/payouts-* cannot tell
+// role/sandbox/payouts-evil from the team's roles; such a pattern (a
+// wildcard with a path other than /) is refused when the definition loads,
+// saying why. An exact name keeps its path (not compared: names are unique
+// in an account), and a wildcard without a path is as before.
+func TestWildcardWithPathRefused(t *testing.T) {
+	for _, bad := range []string{
+		"arn:aws:iam::123456789012:role/teams/payouts/payouts-*",
+		"arn:aws:iam::123456789012:role/teams/*",
+		"arn:aws:iam::123456789012:user/ops/*-admin",
+	} {
+		_, err := ParsePattern(bad)
+		if err == nil || !strings.Contains(err.Error(), "path") {
+			t.Errorf("%q: %v, want an error about the path", bad, err)
+		}
+	}
+	for _, good := range []string{
+		"arn:aws:iam::123456789012:role/teams/payouts/payouts-api",
+		"arn:aws:iam::123456789012:role/payouts-*",
+		"arn:aws:iam::123456789012:user/ops/alice",
+	} {
+		if _, err := ParsePattern(good); err != nil {
+			t.Errorf("%q: %v", good, err)
+		}
+	}
+}

@@ -131,9 +131,22 @@ type Definition struct {
 	// who may force a refresh or revoke (otherwise AllowedCallers' rule).
 	AllowedCallers []string `json:"allowed_callers,omitempty"`
 	AdminCallers   []string `json:"admin_callers,omitempty"`
+	// DPoP (RFC 9449): token requests carry proofs signed by this key, held
+	// as private_key_jwt's is: exactly one of DPoPKMSKeyID (an asymmetric
+	// KMS key) and DPoPPrivateKey (PEM, a secret); DPoPSigningAlg PS256,
+	// ES256 or RS256 (default: ES256 for EC, PS256 for RSA).
+	DPoPKMSKeyID   string `json:"dpop_kms_key_id,omitempty"`
+	DPoPPrivateKey string `json:"dpop_private_key,omitempty"`
+	DPoPSigningAlg string `json:"dpop_signing_alg,omitempty"`
+	// Issuer is the authorization server's issuer identifier: when set, a
+	// client assertion's aud is it, as its sole value. Profile "fapi2"
+	// enforces the FAPI 2.0 client rules at load.
+	Issuer  string `json:"issuer,omitempty"`
+	Profile string `json:"profile,omitempty"`
 
 	allowed, admins []principal.Pattern
 	fp              string // Fingerprint, computed once by Validate: it is on the L1 hot path
+	dpopID          string // the DPoP key's identity in the fingerprint ("" without DPoP)
 }
 
 // FieldError reports which field of a definition is wrong and why. It never
@@ -412,6 +425,12 @@ func (d *Definition) Validate() error {
 	if d.admins, err = patterns(d.Name, "admin_callers", d.AdminCallers); err != nil {
 		return err
 	}
+	if err := d.validateDPoP(fe); err != nil {
+		return err
+	}
+	if err := d.validateProfile(fe); err != nil {
+		return err
+	}
 	d.fp = d.fingerprint()
 	return nil
 }
@@ -550,6 +569,11 @@ func (d *Definition) fingerprint() string {
 	for _, k := range keys {
 		fmt.Fprintf(h, "\x00%s\x00%s", k, d.ExtraParams[k])
 	}
+	if d.dpopID != "" {
+		// A DPoP-bound token is the key's: another key is another
+		// registration (absent without DPoP, so other keys are unchanged).
+		fmt.Fprintf(h, "\x00dpop\x00%s", d.dpopID)
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -557,7 +581,8 @@ func (d *Definition) fingerprint() string {
 func (d *Definition) SameCredentials(o *Definition) bool {
 	return d.ClientID == o.ClientID && d.ClientSecret == o.ClientSecret && d.AuthMethod == o.AuthMethod && d.TokenURL == o.TokenURL &&
 		d.PrivateKey == o.PrivateKey && d.KMSKeyID == o.KMSKeyID && d.KeyID == o.KeyID && d.SigningAlg == o.SigningAlg &&
-		d.ClientCertificate == o.ClientCertificate && d.ClientKey == o.ClientKey
+		d.ClientCertificate == o.ClientCertificate && d.ClientKey == o.ClientKey &&
+		d.DPoPKMSKeyID == o.DPoPKMSKeyID && d.DPoPPrivateKey == o.DPoPPrivateKey && d.DPoPSigningAlg == o.DPoPSigningAlg
 }
 
 // UsesCertificate reports whether the registration authenticates with a

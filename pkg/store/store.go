@@ -64,7 +64,10 @@ type Item struct {
 	Fingerprint string `dynamodbav:"registration,omitempty"`
 	Token       Secret `dynamodbav:"access_token"`
 	TokenType   string `dynamodbav:"token_type,omitempty"`
-	IssuedAt    int64  `dynamodbav:"issued_at,omitempty"`
+	// JKT is the thumbprint of the DPoP key a DPoP-bound token is bound
+	// to (RFC 9449 §6; token_type DPoP); absent for other tokens.
+	JKT      string `dynamodbav:"jkt,omitempty"`
+	IssuedAt int64  `dynamodbav:"issued_at,omitempty"`
 	// ExpiresAt is the DynamoDB TTL attribute (epoch seconds).
 	ExpiresAt     int64  `dynamodbav:"expires_at"`
 	RefreshAt     int64  `dynamodbav:"refresh_at,omitempty"`

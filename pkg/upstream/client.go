@@ -15,6 +15,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -61,6 +62,9 @@ type Client struct {
 	// WebIdentity gets the vendor's AWS-issued JWT for aws_web_identity
 	// providers (webidentity.Tokens); nil: none.
 	WebIdentity WebIdentity
+	// DPoP signs proofs for providers with a DPoP key (dpop.Prover); nil
+	// refuses them.
+	DPoP DPoP
 
 	certClients sync.Map // certificate-authenticated registration -> *certClient
 }
@@ -76,6 +80,15 @@ type certClient struct {
 // fresh jti: each attempt gets its own, since servers refuse a replayed one.
 type Assertions interface {
 	Assertion(ctx context.Context, def *provider.Definition, aud string) (string, error)
+}
+
+// DPoP signs token-request proofs (RFC 9449 §5) with def's DPoP key and
+// remembers the authorization server's nonce.
+type DPoP interface {
+	// TokenProof is a fresh proof for a POST to def's token endpoint,
+	// carrying the latest nonce, and the signing key's thumbprint.
+	TokenProof(ctx context.Context, def *provider.Definition) (proof, jkt string, err error)
+	SetNonce(def *provider.Definition, nonce string)
 }
 
 // WebIdentity hands out the vendor's own AWS-issued JWT for def.
@@ -227,21 +240,44 @@ func (c *Client) Fetch(ctx context.Context, def *provider.Definition, key provid
 		for k, v := range def.ExtraParams {
 			params.Set(k, v)
 		}
-		asn, err := c.clientAssertion(ctx, def, "")
-		if err != nil {
+		// A server that wants a DPoP nonce refuses the first proof with
+		// use_dpop_nonce and a DPoP-Nonce header (RFC 9449 §8): that is
+		// answered at once, with a new proof (and a new assertion, whose
+		// jti the server may have spent), and is not a failed attempt.
+		for try := 0; ; try++ {
+			asn, err := c.clientAssertion(ctx, def, "")
+			if err != nil {
+				return err
+			}
+			req, err := buildRequest(ctx, def, def.TokenURL, params, asn)
+			if err != nil {
+				return err
+			}
+			proof, jkt, err := c.dpopProof(ctx, def, req)
+			if err != nil {
+				return err
+			}
+			sent := c.now()
+			status, header, body, err := c.do(req, def)
+			if err != nil {
+				return err
+			}
+			if def.UsesDPoP() {
+				if n := header.Get("DPoP-Nonce"); n != "" {
+					c.DPoP.SetNonce(def, n)
+				}
+				if try == 0 && wantsNonce(status, header, body) {
+					continue
+				}
+			}
+			// The proof is redacted like the assertion: a server that echoes
+			// the request must not put it in our logs and errors.
+			tok, err = ParseTokenResponse(def.Name, status, header, body, sent, scope, rules, def.ClientSecret, asn, proof)
+			if err == nil && tok.TokenType == TokenTypeDPoP {
+				tok.JKT = jkt
+			}
 			return err
 		}
-		req, err := buildRequest(ctx, def, def.TokenURL, params, asn)
-		if err != nil {
-			return err
-		}
-		sent := c.now()
-		status, header, body, err := c.do(req, def)
-		if err != nil {
-			return err
-		}
-		tok, err = ParseTokenResponse(def.Name, status, header, body, sent, scope, rules, def.ClientSecret, asn)
-		return err
 	})
 	if re, ok := AsRetrieveError(err); ok && re.IsClientAuth() && def.KMSKeyID != "" {
 		// The provider no longer accepts our key: after an alias was
@@ -251,6 +287,39 @@ func (c *Client) Fetch(ctx context.Context, def *provider.Definition, key provid
 		}
 	}
 	return tok, err
+}
+
+// dpopProof sets req's DPoP header for a provider with a DPoP key and
+// returns the proof and the key's thumbprint ("" without DPoP).
+func (c *Client) dpopProof(ctx context.Context, def *provider.Definition, req *http.Request) (proof, jkt string, err error) {
+	if !def.UsesDPoP() {
+		return "", "", nil
+	}
+	if c.DPoP == nil {
+		return "", "", &RetrieveError{Provider: def.Name, Kind: Permanent, Code: "dpop_key_invalid", Description: "DPoP is not configured in this vendor"}
+	}
+	proof, jkt, err = c.DPoP.TokenProof(ctx, def)
+	if err != nil {
+		return "", "", err
+	}
+	req.Header.Set("DPoP", proof)
+	return proof, jkt, nil
+}
+
+// wantsNonce reports a refusal asking for a DPoP nonce: error
+// use_dpop_nonce (in the body, or WWW-Authenticate for a 401) with a
+// DPoP-Nonce header to use.
+func wantsNonce(status int, header http.Header, body []byte) bool {
+	if (status != http.StatusBadRequest && status != http.StatusUnauthorized) || header.Get("DPoP-Nonce") == "" {
+		return false
+	}
+	if strings.Contains(header.Get("WWW-Authenticate"), "use_dpop_nonce") {
+		return true
+	}
+	var e struct {
+		Error string `json:"error"`
+	}
+	return json.Unmarshal(body, &e) == nil && e.Error == "use_dpop_nonce"
 }
 
 // ErrNoRevokeURL is returned by Revoke for providers without a revoke_url.

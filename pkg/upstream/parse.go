@@ -17,6 +17,9 @@ import (
 type Token struct {
 	AccessToken string
 	TokenType   string
+	// JKT is the thumbprint of the DPoP key a DPoP-bound token is bound
+	// to (RFC 9449 §6); "" for any other token.
+	JKT string
 	// Scope is the scope the provider granted if it said, else the one requested.
 	Scope string
 	// Lifetime is the resolved expires_in (defaulted and capped).
@@ -26,6 +29,9 @@ type Token struct {
 	IssuedAt time.Time
 	Expiry   time.Time
 }
+
+// TokenTypeDPoP is a DPoP-bound token's token_type (RFC 9449 §5).
+const TokenTypeDPoP = "DPoP"
 
 // Limits used by ParseTokenResponse.
 type ExpiryRules struct {
@@ -86,6 +92,8 @@ func ParseTokenResponse(provider string, status int, header http.Header, body []
 	}
 	if strings.EqualFold(tokenType, "bearer") {
 		tokenType = "Bearer"
+	} else if strings.EqualFold(tokenType, TokenTypeDPoP) {
+		tokenType = TokenTypeDPoP
 	} else if len(tokenType) > 64 || !visibleASCII(tokenType) {
 		return nil, bad("token_type is not a plain word")
 	}
@@ -155,7 +163,8 @@ func errorFromResponse(provider string, status int, header http.Header, body []b
 		}
 	case status >= 500, status == http.StatusRequestTimeout:
 		e.Kind = Transient
-	case e.Code == "temporarily_unavailable" || e.Code == "server_error" || e.Code == "slow_down":
+	case e.Code == "temporarily_unavailable" || e.Code == "server_error" || e.Code == "slow_down",
+		e.Code == "use_dpop_nonce": // a nonce that rotated between our two tries: the next attempt has the newest
 		e.Kind = Transient
 	default:
 		e.Kind = Permanent

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/token-vendor/token-vendor/pkg/envelope"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/pkg/upstream"
@@ -38,6 +39,7 @@ type job struct {
 	rejected string    // modeRejected: hex SHA-256
 	before   time.Time // modeAhead/modeScheduled: renew if refresh_at is before this
 	force    bool      // modeScheduled: renew even if not due
+	unsealed bool      // the record last read holds no valid sealed token (treated as absent)
 }
 
 func (j *job) flightKey() string {
@@ -95,6 +97,7 @@ func (v *Vendor) run(ctx context.Context, j *job) (Token, error) {
 		}
 		consistent = true // after a conflict or a wait, only the latest write will do
 		now := v.opts.Now()
+		j.unsealed = false
 		cur, usable, oerr := v.usable(ctx, j, it, now)
 		if oerr != nil {
 			// A live token we cannot decrypt (KMS throttled or down) is not
@@ -208,11 +211,21 @@ func (v *Vendor) usable(ctx context.Context, j *job, it *store.Item, now time.Ti
 		return Token{}, false, nil
 	}
 	plain, err := v.open(ctx, j, it)
+	if errors.Is(err, errUnsealed) {
+		// Not a token this vendor sealed for this record as it stands
+		// (plaintext, another record's, another expiry's): whoever wrote it
+		// could not seal, so it is no token of ours. Absent, and replaced
+		// under the lease.
+		v.log.WarnContext(ctx, "cached record holds no valid sealed token; treated as absent", "provider", j.def.Name, "pk", it.PK, "reason", err.Error())
+		v.obs.Event(j.def.Name, "unsealed_record")
+		j.unsealed = true
+		return Token{}, false, nil
+	}
 	if err != nil {
 		v.log.ErrorContext(ctx, "cannot open cached token", "provider", j.def.Name, "error", err)
 		return Token{}, false, fmt.Errorf("open cached token: %w", err)
 	}
-	return Token{Provider: j.def.Name, AccessToken: plain, TokenType: it.TokenType, Scope: it.Scope,
+	return Token{Provider: j.def.Name, AccessToken: plain, TokenType: it.TokenType, JKT: it.JKT, Scope: it.Scope,
 		ExpiresAt: it.Expiry(), Source: FromL2, lifetime: lifetime}, true, nil
 }
 
@@ -264,7 +277,7 @@ func (v *Vendor) acquire(ctx context.Context, j *job, it *store.Item, drop bool,
 	if j.mode == modeForce {
 		next.ForcedAtMS = now.UnixMilli()
 	}
-	if drop || !now.Before(next.Expiry()) {
+	if drop || j.unsealed || !now.Before(next.Expiry()) {
 		// The token is dropped or dead; the record lives on as the lease, and
 		// its TTL must not delete it under the holder.
 		dropToken(next, leaseUntil)
@@ -276,7 +289,7 @@ func (v *Vendor) acquire(ctx context.Context, j *job, it *store.Item, drop bool,
 // dropToken empties a record's token; the record itself lives on (as a lease
 // or a revocation tombstone) until an hour after until, when TTL removes it.
 func dropToken(it *store.Item, until time.Time) {
-	it.Token, it.TokenType, it.IssuedAt, it.RefreshAt = store.Secret{}, "", 0, 0
+	it.Token, it.TokenType, it.JKT, it.IssuedAt, it.RefreshAt = store.Secret{}, "", "", 0, 0
 	it.ExpiresAt = until.Add(time.Hour).Unix()
 }
 
@@ -378,19 +391,19 @@ func (v *Vendor) fetchUnderLease(ctx context.Context, j *job, leased *store.Item
 		}
 		return Token{}, v.failure(j, err)
 	}
-	t := Token{Provider: def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, Scope: j.key.Scope(),
+	t := Token{Provider: def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, JKT: up.JKT, Scope: j.key.Scope(),
 		ExpiresAt: up.Expiry.Truncate(time.Second), Source: FromUpstream, lifetime: up.Lifetime}
 	next := *leased
 	next.Version = leased.Version + 1
 	next.LeaseOwner, next.LeaseUntilMS = "", 0
 	next.LastError, next.LastErrorAt, next.FailedUntilMS = "", 0, 0
-	next.TokenType = up.TokenType
+	next.TokenType, next.JKT = up.TokenType, up.JKT
 	next.IssuedAt = up.IssuedAt.Unix()
 	next.ExpiresAt = up.Expiry.Unix()
 	next.RefreshAt = refreshAt(def, up).Unix()
 	next.LastUsedAt, next.RetiredAt = usedAt(j, leased, now), 0
 	next.WriteID = randomID()
-	sealed, err := v.seal(sctx, j, up.AccessToken)
+	sealed, err := v.seal(sctx, j, &next, up.AccessToken)
 	if err != nil {
 		// The token is good; only caching it failed. Hand it out, free the lease.
 		v.log.ErrorContext(ctx, "cannot seal token; not cached", "provider", def.Name, "error", err)
@@ -705,7 +718,7 @@ func (v *Vendor) withoutStore(ctx context.Context, j *job, cause error) (Token, 
 	if err != nil {
 		return Token{}, v.failure(j, err)
 	}
-	return Token{Provider: j.def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, Scope: j.key.Scope(),
+	return Token{Provider: j.def.Name, AccessToken: up.AccessToken, TokenType: up.TokenType, JKT: up.JKT, Scope: j.key.Scope(),
 		ExpiresAt: up.Expiry.Truncate(time.Second), Source: FromUpstream, lifetime: up.Lifetime}, nil
 }
 
@@ -728,29 +741,60 @@ func (v *Vendor) refreshAhead(j *job) {
 // token is sealed under; template.yaml's KMS grants are conditioned on them.
 var EncryptionContextKeys = []string{"provider", "pk"}
 
+// SealedRecordFields are the record attributes a sealed token is bound to
+// besides its KMS context (GCM additional data): everything that goes into
+// the token handed out, or decides when it is handed out, and that stays
+// put as long as the token does. Putting an old sealed token back under a
+// new expiry, or under another scope or target, does not open.
+var SealedRecordFields = []string{"expires_at", "issued_at", "token_type", "scope", "resource", "audience"}
+
+// errUnsealed: with sealing on, the record holds no token sealed for it.
+var errUnsealed = errors.New("no valid sealed token")
+
 func (v *Vendor) encryptionContext(j *job) map[string]string {
 	return map[string]string{EncryptionContextKeys[0]: j.def.Name, EncryptionContextKeys[1]: j.key.PK}
 }
 
-func (v *Vendor) seal(ctx context.Context, j *job, token string) (store.Secret, error) {
+func sealedFields(it *store.Item) map[string]string {
+	return map[string]string{
+		SealedRecordFields[0]: strconv.FormatInt(it.ExpiresAt, 10),
+		SealedRecordFields[1]: strconv.FormatInt(it.IssuedAt, 10),
+		SealedRecordFields[2]: it.TokenType,
+		SealedRecordFields[3]: it.Scope,
+		SealedRecordFields[4]: it.Resource,
+		SealedRecordFields[5]: it.Audience,
+	}
+}
+
+// seal seals token for the record next, whose other fields are final.
+func (v *Vendor) seal(ctx context.Context, j *job, next *store.Item, token string) (store.Secret, error) {
 	if v.opts.Sealer == nil {
 		return store.Secret{Plain: token}, nil
 	}
-	b, err := v.opts.Sealer.Seal(ctx, []byte(token), v.encryptionContext(j))
+	b, err := v.opts.Sealer.Seal(ctx, []byte(token), v.encryptionContext(j), sealedFields(next))
 	if err != nil {
 		return store.Secret{}, err
 	}
 	return store.Secret{Sealed: b}, nil
 }
 
+// open returns the record's token. With sealing on, a record whose token is
+// not sealed for it (plaintext, or a blob envelope refuses) is errUnsealed;
+// a KMS outage is another error.
 func (v *Vendor) open(ctx context.Context, j *job, it *store.Item) (string, error) {
 	if len(it.Token.Sealed) == 0 {
+		if v.opts.Sealer != nil {
+			return "", fmt.Errorf("%w: a plaintext token where sealing is on", errUnsealed)
+		}
 		return it.Token.Plain, nil
 	}
 	if v.opts.Sealer == nil {
 		return "", errors.New("token is sealed but no KMS key is configured")
 	}
-	b, err := v.opts.Sealer.Open(ctx, it.Token.Sealed, v.encryptionContext(j))
+	b, err := v.opts.Sealer.Open(ctx, it.Token.Sealed, v.encryptionContext(j), sealedFields(it))
+	if errors.Is(err, envelope.ErrRefused) {
+		return "", fmt.Errorf("%w: %w", errUnsealed, err)
+	}
 	if err != nil {
 		return "", err
 	}

@@ -54,8 +54,12 @@ type Store interface {
 
 // Sealer encrypts tokens at rest (envelope.Sealer).
 type Sealer interface {
-	Seal(ctx context.Context, plaintext []byte, ec map[string]string) ([]byte, error)
-	Open(ctx context.Context, blob []byte, ec map[string]string) ([]byte, error)
+	// ec is the KMS encryption context; bound are the record fields the
+	// seal also authenticates (SealedRecordFields). Open's errors wrapping
+	// envelope.ErrRefused say the blob is not a token sealed for this
+	// record; any other error is an outage (KMS throttled or unreachable).
+	Seal(ctx context.Context, plaintext []byte, ec, bound map[string]string) ([]byte, error)
+	Open(ctx context.Context, blob []byte, ec, bound map[string]string) ([]byte, error)
 }
 
 // Source says where a vended token came from.
@@ -72,9 +76,12 @@ type Token struct {
 	Provider    string
 	AccessToken string
 	TokenType   string
-	Scope       string
-	ExpiresAt   time.Time
-	Source      Source
+	// JKT is the DPoP key's thumbprint for a DPoP-bound token (TokenType
+	// DPoP), else "".
+	JKT       string
+	Scope     string
+	ExpiresAt time.Time
+	Source    Source
 
 	lifetime time.Duration // issued_at to expiry, for the min_ttl cap
 }

@@ -31,6 +31,9 @@ type TokenResponse struct {
 	// what is left).
 	IssuedAt string `json:"issued_at,omitempty"`
 	Scope    string `json:"scope"`
+	// DPoPProof is the DPoP proof (RFC 9449) the caller asked for with
+	// dpop_htm and dpop_htu, for a DPoP-bound token (token_type DPoP).
+	DPoPProof string `json:"dpop_proof,omitempty"`
 }
 
 // NewTokenResponse renders t as of now; expires_in is whole seconds left.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-lambda-go/lambdacontext"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
@@ -36,8 +37,12 @@ import (
 )
 
 const (
-	vendorID = "tv-authz-test"
-	account  = "123456789012" // moto's default account
+	functionName = "tv-authz-test"
+	account      = "123456789012" // moto's default account, the vendor's
+	accountB     = "210987654321" // another account, a consumer's
+	// vendorID is the vend function's ARN, which proofs must name: the vendor
+	// reads it from the invocation's context (lambdacontext).
+	vendorID = "arn:aws:lambda:us-east-1:" + account + ":function:" + functionName
 )
 
 // counting counts the requests a client sends.
@@ -72,7 +77,7 @@ func setup(t *testing.T) *world { return setupWith(t, nil, nil) }
 func setupWith(t *testing.T, env map[string]string, edit func(map[string]*provider.Definition)) *world {
 	t.Helper()
 	ep := testenv.DynamoDB(t)
-	w := &world{moto: testenv.StartAuthMoto(t), up: vendtest.NewUpstream(t), logs: &testenv.SyncBuffer{}, arns: map[string]string{}}
+	w := &world{moto: testenv.StartAuthMoto(t, accountB), up: vendtest.NewUpstream(t), logs: &testenv.SyncBuffer{}, arns: map[string]string{}}
 	_, w.allowed = w.moto.Role(t, "/teams/eu/", "payments-app", "s1")
 	_, w.other = w.moto.Role(t, "/", "other-app", "s2")
 	_, w.admin = w.moto.Role(t, "/", "ops-admin", "s3")
@@ -96,6 +101,13 @@ func setupWith(t *testing.T, env map[string]string, edit func(map[string]*provid
 		t.Fatal(err)
 	}
 	defs["payments"] = &pay
+	// A provider for a consumer in another account (TestCrossAccountDirectInvoke).
+	partner := *w.up.Defs["demo-k2"]
+	partner.Name, partner.AllowedCallers = "partner", []string{"arn:aws:iam::" + accountB + ":role/partners/consumer-b"}
+	if err := partner.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	defs["partner"] = &partner
 	if edit != nil {
 		edit(defs)
 	}
@@ -109,7 +121,8 @@ func setupWith(t *testing.T, env map[string]string, edit func(map[string]*provid
 		t.Fatal(err)
 	}
 	cfg.StaticProviders, cfg.Table, cfg.RefreshAhead, cfg.MetricsNamespace = defs, testenv.NewTable(t, ep), false, "TokenVendor"
-	cfg.VendorID, cfg.STSEndpoint = vendorID, w.moto.Endpoint
+	// No VENDOR_ID: in Lambda the vendor id is the invoked function's ARN.
+	cfg.FunctionName, cfg.STSEndpoint = functionName, w.moto.Endpoint
 	cfg.MetricsOutput = w.logs
 	a, err := app.New(cfg, app.Clients{DynamoDB: client}, slog.New(slog.NewJSONHandler(w.logs, nil)))
 	if err != nil {
@@ -135,7 +148,9 @@ func (w *world) directInvoke(t *testing.T, providerName string, p *identity.Proo
 		ev["identity"] = p
 	}
 	raw, _ := json.Marshal(ev)
-	out, err := w.invoke.Invoke(context.Background(), raw)
+	// As Lambda invokes it: the context names the function (by an alias here).
+	ctx := lambdacontext.NewContext(context.Background(), &lambdacontext.LambdaContext{InvokedFunctionArn: vendorID + ":live"})
+	out, err := w.invoke.Invoke(ctx, raw)
 	var tok wire.TokenResponse
 	if err != nil {
 		return tok, wire.ErrorType(err), err.Error()

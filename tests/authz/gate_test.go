@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-lambda-go/lambdacontext"
 
 	"github.com/token-vendor/token-vendor/pkg/lambdafn"
 	"github.com/token-vendor/token-vendor/pkg/provider"
@@ -66,7 +67,7 @@ func TestUnverifiedDirectInvokeRefusedByDefault(t *testing.T) {
 // invoke (STS gives no organization) the audit records the configured
 // organization and says where it came from.
 func TestOtherAccountsNeedConfiguration(t *testing.T) {
-	const vendorAccount = "210987654321" // the callers are in moto's 123456789012
+	const vendorAccount = accountB // the callers are in moto's 123456789012
 	for _, c := range []struct {
 		name    string
 		env     map[string]string
@@ -80,7 +81,11 @@ func TestOtherAccountsNeedConfiguration(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			c.env["VENDOR_ACCOUNT_ID"] = vendorAccount
 			w := setupWith(t, c.env, nil)
-			w.directInvoke(t, "demo-k2", w.proof(t, w.allowed, w.moto.Endpoint, vendorID, time.Now()))
+			// The vend function is in vendorAccount: its ARN names it, and
+			// the proof names that function.
+			fn := "arn:aws:lambda:us-east-1:" + vendorAccount + ":function:" + functionName
+			raw, _ := json.Marshal(map[string]any{"provider": "demo-k2", "scope": "read", "identity": w.proof(t, w.allowed, w.moto.Endpoint, fn, time.Now())})
+			w.invoke.Invoke(lambdacontext.NewContext(context.Background(), &lambdacontext.LambdaContext{InvokedFunctionArn: fn}), raw)
 			r := w.lastAudit(t, "demo-k2")
 			if r["outcome"] != c.outcome || r["caller"] != w.arns["allowed"] {
 				t.Fatalf("audit: %v, want outcome %s", r, c.outcome)

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/token-vendor/token-vendor/pkg/identity"
+	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
@@ -37,6 +38,23 @@ func readmeBlock(t *testing.T, lang, marker string) string {
 
 var npmOnce sync.Once
 
+// readmeFunction is the vend function the README's examples invoke: its ARN
+// is the vendor id.
+const readmeFunction = "arn:aws:lambda:us-east-1:123456789012:function:token-vendor-VendFunction-XXXX"
+
+// TestREADMECallerPatterns: the README's allowed_callers example loads as a
+// provider definition (a wildcard pattern with a path would be refused).
+func TestREADMECallerPatterns(t *testing.T) {
+	def := readmeBlock(t, "json", `"allowed_callers"`)
+	d, err := provider.Parse("kopokopo", []byte(def))
+	if err != nil {
+		t.Fatalf("the README's allowed_callers example: %v", err)
+	}
+	if !strings.Contains(def, "role/payouts-*") || len(d.AllowedCallers) != 2 {
+		t.Fatalf("the README's example changed: %v", d.AllowedCallers)
+	}
+}
+
 // TestREADMEProofSnippets runs the README's boto3 and AWS SDK for
 // JavaScript snippets as written, with an assumed role's credentials, and
 // has the vendor's verifier check their proofs with STS (moto, signatures
@@ -45,7 +63,7 @@ func TestREADMEProofSnippets(t *testing.T) {
 	m := testenv.StartAuthMoto(t)
 	_, creds := m.Role(t, "/", "readme-caller", "docs")
 	target, _ := url.Parse(m.Endpoint)
-	v := &identity.Verifier{Endpoint: "https://sts.us-east-1.amazonaws.com/", VendorID: "token-vendor-VendFunction-XXXX",
+	v := &identity.Verifier{Endpoint: "https://sts.us-east-1.amazonaws.com/", VendorID: readmeFunction,
 		HTTP: &http.Client{Transport: toMoto{target}}}
 	env := append(os.Environ(), "AWS_ACCESS_KEY_ID="+creds.AccessKeyID, "AWS_SECRET_ACCESS_KEY="+creds.SecretAccessKey,
 		"AWS_SESSION_TOKEN="+creds.SessionToken, "AWS_REGION=us-east-1", "HOME="+t.TempDir(), "AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null")
@@ -65,8 +83,12 @@ func TestREADMEProofSnippets(t *testing.T) {
 	}
 
 	py := readmeBlock(t, "python", "def identity_proof")
-	py = py[:strings.Index(py, "\nevent = ")] + "\nimport sys\nprint(json.dumps(identity_proof(sys.argv[1], \"us-east-1\")))\n"
-	cmd := exec.Command("python3", "-c", py, "token-vendor-VendFunction-XXXX")
+	if !strings.Contains(py, `FUNCTION = "`+readmeFunction+`"`) {
+		t.Fatalf("the boto3 snippet does not name the vend function by its ARN %s", readmeFunction)
+	}
+	// The snippet's own vendor id (FUNCTION), as written.
+	py = py[:strings.Index(py, "\nevent = ")] + "\nprint(json.dumps(identity_proof(FUNCTION, \"us-east-1\")))\n"
+	cmd := exec.Command("python3", "-c", py)
 	cmd.Env = env
 	out, err := cmd.Output()
 	check("boto3", out, err)
@@ -97,7 +119,7 @@ func TestREADMEProofSnippets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.Remove(file)
-	cmd = exec.Command("node", file, "token-vendor-VendFunction-XXXX")
+	cmd = exec.Command("node", file, readmeFunction)
 	cmd.Env = env
 	out, err = cmd.Output()
 	check("JavaScript", out, err)

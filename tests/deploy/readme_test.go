@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"encoding/json"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -10,16 +11,18 @@ import (
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
+type statement struct {
+	Sid       string
+	Effect    string
+	Principal struct{ AWS any }
+	Action    any
+	Resource  any
+	Condition map[string]map[string]any
+}
+
 type policyDoc struct {
 	Version   string
-	Statement []struct {
-		Sid       string
-		Effect    string
-		Principal struct{ AWS any }
-		Action    any
-		Resource  any
-		Condition map[string]map[string]any
-	}
+	Statement []statement
 }
 
 func list(v any) []string {
@@ -43,11 +46,39 @@ func list(v any) []string {
 // function, never the api function (whose events carry the identity);
 // function URLs only with AuthType AWS_IAM; signing keys sign only for the
 // function roles, with the algorithm and message type pinned.
+//
+// In every docs page (README.md, docs/*.md): a function URL grant carries
+// lambda:InvokeFunction too (required since October 2025), and that only
+// with lambda:InvokedViaFunctionUrl true, so the grantee cannot invoke the
+// api function with an event of its own; the guards (SCP, boundary) deny
+// lambda:InvokeFunction on the api function unless invoked via the URL.
 func TestREADMEPolicies(t *testing.T) {
 	loadTemplate(t)
-	blocks := regexp.MustCompile("(?s)```json\n(.*?)```").FindAllStringSubmatch(testenv.Docs(t), -1)
+	// README.md and docs/*.md, wherever the examples live.
+	checkPolicies(t, testenv.DocBlocks(t, "json", `"Statement"`), []string{"route", "invoke", "url", "url-invoke", "sign", "layer", "guard"})
+}
+
+// policyBlocks returns the JSON policy documents (blocks with a Statement)
+// of one Markdown file.
+func policyBlocks(t *testing.T, file string) []string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range regexp.MustCompile("(?s)```json\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
+		if strings.Contains(m[1], `"Statement"`) {
+			out = append(out, m[1])
+		}
+	}
+	return out
+}
+
+func checkPolicies(t *testing.T, blocks []string, want []string) {
 	seen := map[string]bool{}
-	for _, m := range blocks {
+	for _, block := range blocks {
+		m := []string{"", block}
 		if !strings.Contains(m[1], `"Statement"`) {
 			continue
 		}
@@ -63,8 +94,29 @@ func TestREADMEPolicies(t *testing.T) {
 		for _, st := range doc.Statement {
 			actions = append(actions, list(st.Action)...)
 		}
+		viaURL := func(st statement) bool {
+			return st.Condition["Bool"]["lambda:InvokedViaFunctionUrl"] == "true" && len(st.Condition) == 1 && len(st.Condition["Bool"]) == 1
+		}
 		for _, st := range doc.Statement {
 			acts, res := list(st.Action), list(st.Resource)
+			if st.Effect == "Deny" {
+				for _, a := range acts {
+					if a != "lambda:InvokeFunction" {
+						t.Errorf("a guard denies %s; the guards deny lambda:InvokeFunction on the api function", a)
+						continue
+					}
+					seen["guard"] = true
+					for _, r := range res {
+						if !strings.Contains(r, "function:token-vendor-ApiFunction-") {
+							t.Errorf("guard on %s, not the api function", r)
+						}
+					}
+					if st.Condition["BoolIfExists"]["lambda:InvokedViaFunctionUrl"] != "false" || len(st.Condition) != 1 {
+						t.Errorf("guard without BoolIfExists lambda:InvokedViaFunctionUrl false (it would deny the function URL, or not deny direct invoke): %v", st.Condition)
+					}
+				}
+				continue
+			}
 			if st.Effect != "Allow" {
 				continue
 			}
@@ -85,16 +137,48 @@ func TestREADMEPolicies(t *testing.T) {
 						}
 					}
 				case "lambda:InvokeFunction":
+					if viaURL(st) {
+						// The function URL's second action: the api function,
+						// and only through the URL.
+						seen["url-invoke"] = true
+						if !slices.Contains(actions, "lambda:InvokeFunctionUrl") {
+							t.Error("lambda:InvokeFunction via the URL granted without lambda:InvokeFunctionUrl")
+						}
+						for _, r := range res {
+							if !strings.Contains(r, "ApiFunction") || strings.HasSuffix(r, "*") {
+								t.Errorf("URL invoke granted on %s; only the api function", r)
+							}
+						}
+						continue
+					}
 					seen["invoke"] = true
 					for _, r := range res {
 						if !strings.Contains(r, "VendFunction") || strings.Contains(r, "ApiFunction") || strings.HasSuffix(r, "*") {
-							t.Errorf("direct invoke granted on %s; only the vend function", r)
+							t.Errorf("direct invoke granted on %s; only the vend function, or the api function with lambda:InvokedViaFunctionUrl true", r)
 						}
 					}
 				case "lambda:InvokeFunctionUrl":
 					seen["url"] = true
 					if st.Condition["StringEquals"]["lambda:FunctionUrlAuthType"] != "AWS_IAM" {
 						t.Error("function URL grant without lambda:FunctionUrlAuthType = AWS_IAM")
+					}
+					// Since October 2025 a new function URL also needs
+					// lambda:InvokeFunction; without it the grant gets 403.
+					both := false
+					for _, o := range doc.Statement {
+						if o.Effect == "Allow" && slices.Contains(list(o.Action), "lambda:InvokeFunction") && viaURL(o) && slices.Equal(list(o.Resource), res) {
+							both = true
+						}
+					}
+					if !both {
+						t.Error("function URL grant without lambda:InvokeFunction (only with lambda:InvokedViaFunctionUrl true) on the same function")
+					}
+				case "lambda:GetLayerVersion":
+					seen["layer"] = true
+					for _, r := range res {
+						if !strings.Contains(r, ":layer:token-vendor-extension-") {
+							t.Errorf("layer grant on %s, not the extension layer", r)
+						}
 					}
 				case "kms:Sign":
 					seen["sign"] = true
@@ -123,9 +207,9 @@ func TestREADMEPolicies(t *testing.T) {
 			}
 		}
 	}
-	for _, k := range []string{"route", "invoke", "url", "sign"} {
+	for _, k := range want {
 		if !seen[k] {
-			t.Errorf("the README has no %s policy example to check", k)
+			t.Errorf("the docs have no %s policy example to check", k)
 		}
 	}
 }

@@ -98,7 +98,7 @@ func start(t *testing.T, clients ...sandbox.Client) *world {
 	svc := startVendService(t, v, nil)
 	env := startConsumer(t, svc, map[string]string{
 		"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_SESSION_TOKEN": "session-" + testenv.RandomSuffix(),
-		"TOKEN_VENDOR_FUNCTION": "token-vendor-VendFunction"})
+		"TOKEN_VENDOR_FUNCTION": "arn:aws:lambda:us-east-1:123456789012:function:token-vendor-VendFunction"})
 	return &world{env: env, vend: svc, up: up}
 }
 

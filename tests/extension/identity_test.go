@@ -39,13 +39,13 @@ func TestExtensionCarriesTheConsumersIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	up.Defs["payments"] = &pay
-	const fn = "tv-ext-VendFunction-AbC123" // the vendor id is the vend function's name
+	const fn = "tv-ext-VendFunction-AbC123" // the vendor id is the vend function's ARN
 	st := dynamostore.New(testenv.DynamoDBClient(ep), testenv.NewTable(t, ep))
 	defs := registry.NewStatic(up.Defs)
 	core := vend.New(defs, vendtest.Client(nil), st, vend.Options{DisableRefreshAhead: true})
 	var audit testenv.SyncBuffer
 	svc := startVendService(t, gate.New(core, defs, slog.New(slog.NewJSONHandler(&audit, nil)), nil),
-		&identity.Verifier{Endpoint: m.Endpoint, VendorID: fn})
+		&identity.Verifier{Endpoint: m.Endpoint, VendorID: "arn:aws:lambda:us-east-1:123456789012:function:" + fn})
 	consumer := func(c aws.Credentials) *world {
 		env := startConsumer(t, svc, map[string]string{
 			"AWS_ACCESS_KEY_ID": c.AccessKeyID, "AWS_SECRET_ACCESS_KEY": c.SecretAccessKey, "AWS_SESSION_TOKEN": c.SessionToken,

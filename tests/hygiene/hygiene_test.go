@@ -70,7 +70,7 @@ func (p *leakyProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.assertions++
 	}
 	p.mu.Unlock()
-	echo := r.URL.RawQuery + " " + string(body) + " " + r.Header.Get("Authorization")
+	echo := r.URL.RawQuery + " " + string(body) + " " + r.Header.Get("Authorization") + " " + r.Header.Get("DPoP")
 	switch mode {
 	case "echo401":
 		w.WriteHeader(401)
@@ -90,7 +90,11 @@ func (p *leakyProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"access_token": "`+canaryToken+`" "broken`)
 	default:
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{"access_token": canaryToken, "token_type": "Bearer", "expires_in": 3600})
+		typ := "Bearer"
+		if r.Header.Get("DPoP") != "" {
+			typ = "DPoP" // a DPoP-bound token: consumers then get proofs
+		}
+		json.NewEncoder(w).Encode(map[string]any{"access_token": canaryToken, "token_type": typ, "expires_in": 3600})
 	}
 }
 
@@ -120,6 +124,9 @@ func TestCanariesNeverLeak(t *testing.T) {
 	der, _ := x509.MarshalPKCS8PrivateKey(jwtKey)
 	jwtPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
 	certPEM, keyPEM := selfSigned(t)
+	dpopKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	dpopDER, _ := x509.MarshalPKCS8PrivateKey(dpopKey)
+	dpopPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: dpopDER}))
 	for name, d := range map[string]*provider.Definition{
 		"jwt": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthPrivateKeyJWT, PrivateKey: jwtPEM, RevokeURL: srv.URL + "/r",
 			SigningCertificate: certOf(t, jwtKey), AssertionX5T: true}, // x5t#S256 and x5t headers too
@@ -128,6 +135,9 @@ func TestCanariesNeverLeak(t *testing.T) {
 		"hs": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthClientSecretJWT, ClientSecret: canaryHMAC, RevokeURL: srv.URL + "/r"},
 		// aws_web_identity: an AWS-issued JWT (from the STS stand-in) as the assertion.
 		"wi": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthAWSWebIdentity},
+		// DPoP: proofs (JWS, caught by the eyJhbGciOi canary) to the
+		// provider, which echoes them, and to consumers, where they belong.
+		"dpop": {TokenURL: srv.URL + "/t", AuthMethod: provider.AuthPost, ClientSecret: canarySecret, DPoPPrivateKey: dpopPEM},
 	} {
 		d.Name, d.ClientID = name, "client-"+name
 		if err := d.Validate(); err != nil {
@@ -135,7 +145,7 @@ func TestCanariesNeverLeak(t *testing.T) {
 		}
 		defs[name] = d
 	}
-	keyCanaries := []string{pemBody(jwtPEM), pemBody(keyPEM), "eyJhbGciOi", canaryHMAC} // the keys' bodies; any JWS header (an assertion)
+	keyCanaries := []string{pemBody(jwtPEM), pemBody(keyPEM), pemBody(dpopPEM), "eyJhbGciOi", canaryHMAC} // the keys' bodies; any JWS header (an assertion)
 
 	// A provider only one role may have, and an STS that refuses every proof
 	// echoing what it was sent: the audit records and refusals of direct
@@ -203,10 +213,16 @@ func TestCanariesNeverLeak(t *testing.T) {
 		}
 		return resp.StatusCode, resp.Body
 	}
+	dpopProofs := 0
 	scenario := func(mode string) {
 		lp.set(mode)
 		for name := range defs {
-			for _, p := range []string{"/v1/tokens/" + name, "/v1/tokens/" + name + "?scope=" + url.QueryEscape(mode)} {
+			paths := []string{"/v1/tokens/" + name, "/v1/tokens/" + name + "?scope=" + url.QueryEscape(mode)}
+			if name == "dpop" {
+				paths = append(paths, "/v1/tokens/dpop?dpop_htm=GET&dpop_htu="+url.QueryEscape("https://rs.example/a?q="+canarySecret)+"&dpop_nonce=n1",
+					"/v1/tokens/dpop?dpop_htm=GET&dpop_htu=relative") // refused: the error must not echo it
+			}
+			for _, p := range paths {
 				st, body := call("GET", p, "")
 				if st == 200 {
 					if !strings.Contains(body, canaryToken) {
@@ -236,7 +252,21 @@ func TestCanariesNeverLeak(t *testing.T) {
 			} else if !strings.Contains(rec.Body.String(), canaryToken) {
 				t.Fatalf("extension 200 without the token: %s", rec.Body.String())
 			}
-			for _, ev := range []string{fmt.Sprintf(`{"provider":%q}`, name), fmt.Sprintf(`{"provider":%q,"identity":%s}`, name, proofJSON)} {
+			events := []string{fmt.Sprintf(`{"provider":%q}`, name), fmt.Sprintf(`{"provider":%q,"identity":%s}`, name, proofJSON)}
+			if name == "dpop" {
+				events = append(events, `{"provider":"dpop","dpop_htm":"POST","dpop_htu":"https://rs.example/pay"}`)
+				rec := httptest.NewRecorder()
+				req := httptest.NewRequest("GET", "/v1/tokens/dpop?dpop_htm=GET&dpop_htu=https%3A%2F%2Frs.example%2Fa", nil)
+				req.Header.Set(extension.Header, "session")
+				extCache.Handler().ServeHTTP(rec, req)
+				if rec.Code != 200 {
+					outside.WriteString(rec.Body.String())
+				} else if !strings.Contains(rec.Body.String(), `"dpop_proof":"eyJ`) {
+					t.Fatalf("extension proof answer without a proof: %s", rec.Body.String())
+				}
+				dpopProofs++
+			}
+			for _, ev := range events {
 				out, err := inv.Invoke(ctx, []byte(ev))
 				if err != nil {
 					outside.WriteString(err.Error())
@@ -271,6 +301,9 @@ func TestCanariesNeverLeak(t *testing.T) {
 	}
 	if standin.Calls() == 0 {
 		t.Fatal("no web identity token was requested: the aws_web_identity scenarios did not run")
+	}
+	if dpopProofs == 0 || !strings.Contains(logs.String(), `"dpop_proof":"issued"`) {
+		t.Fatal("no DPoP proof was issued: the DPoP scenarios did not run")
 	}
 	if lp.assertions == 0 {
 		t.Fatal("no client assertion reached the leaky provider: the key-material scenarios did not run")

@@ -67,6 +67,7 @@ type registration struct {
 	Secret    string          `json:"secret,omitempty"` // client_secret_jwt
 	JWKSURI   string          `json:"jwks_uri,omitempty"`
 	SubjectDN string          `json:"subject_dn,omitempty"`
+	DPoPBound bool            `json:"dpop_bound,omitempty"` // dpop_bound_access_tokens
 }
 
 // tlsFiles serve HTTPS and verify client certificates against CA.
@@ -83,6 +84,12 @@ func start(t *testing.T, clients map[string]json.RawMessage) *server {
 }
 
 func startWith(t *testing.T, regs []registration, tf *tlsFiles) *server {
+	t.Helper()
+	return startEnv(t, regs, tf)
+}
+
+// startEnv is startWith with further environment for server.mjs.
+func startEnv(t *testing.T, regs []registration, tf *tlsFiles, env ...string) *server {
 	t.Helper()
 	if _, err := exec.LookPath("node"); err != nil {
 		testenv.SkipOrFail(t, "node is needed for oidc-provider")
@@ -107,6 +114,7 @@ func startWith(t *testing.T, regs []registration, tf *tlsFiles) *server {
 	}
 	cmd := exec.Command("node", "server.mjs")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "CLIENTS="+string(cfg), "NODE_NO_WARNINGS=1")
+	cmd.Env = append(cmd.Env, env...)
 	scheme := "http"
 	if tf != nil {
 		cmd.Env = append(cmd.Env, "TLS_KEY="+tf.Key, "TLS_CERT="+tf.Cert, "TLS_CA="+tf.CA)

@@ -7,7 +7,10 @@
 // serves HTTPS and asks for client certificates (requestCert), which it
 // hands to oidc-provider's mTLS feature. It prints "listening <port>" once
 // ready. GET /__assertions returns the header and claims of every client
-// assertion the token endpoint received, decoded at the server side.
+// assertion the token endpoint received, decoded at the server side;
+// GET /__dpop the header and claims of every DPoP proof. DPoP (RFC 9449) is
+// on, for ES256, PS256 and RS256 proofs; with DPOP_NONCE set the token endpoint
+// requires a server nonce. A client with dpop_bound must send a proof.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
@@ -21,6 +24,7 @@ const clients = JSON.parse(process.env.CLIENTS || '[]').map((c) => ({
   ...(c.secret ? { client_secret: c.secret } : {}),
   ...(c.jwks_uri ? { jwks_uri: c.jwks_uri } : {}),
   ...(c.subject_dn ? { tls_client_auth_subject_dn: c.subject_dn } : {}),
+  ...(c.dpop_bound ? { dpop_bound_access_tokens: true } : {}),
   grant_types: ['client_credentials'],
   response_types: [],
   redirect_uris: [],
@@ -39,10 +43,12 @@ const peer = (ctx) => {
 };
 
 const seen = [];
+const proofs = [];
 const provider = new Provider(`${tls ? 'https' : 'http'}://127.0.0.1:${port}`, {
   clients,
   clientAuthMethods: tls ? ['private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth'] : ['private_key_jwt', 'client_secret_jwt'],
   scopes: ['read', 'write'],
+  enabledJWA: { dPoPSigningAlgValues: ['ES256', 'PS256', 'RS256'] },
   // The vendor's jwks_uri is on loopback in these tests, which
   // oidc-provider's SSRF guard (rightly) refuses: fetch without it.
   fetch: (url, { dispatcher, ...options }) => globalThis.fetch(url, options),
@@ -59,6 +65,10 @@ const provider = new Provider(`${tls ? 'https' : 'http'}://127.0.0.1:${port}`, {
       }),
     },
     devInteractions: { enabled: false },
+    dPoP: {
+      enabled: true,
+      ...(process.env.DPOP_NONCE ? { nonceSecret: crypto.randomBytes(32), requireNonce: () => true } : {}),
+    },
     mTLS: {
       enabled: !!tls,
       tlsClientAuth: true,
@@ -76,6 +86,10 @@ provider.use(async (ctx, next) => {
     ctx.body = seen;
     return;
   }
+  if (ctx.path === '/__dpop') {
+    ctx.body = proofs;
+    return;
+  }
   if (ctx.method === 'POST' && ctx.path === '/token') {
     // Read the form here (oidc-provider takes a parsed body) and record the
     // assertion as the server sees it.
@@ -83,6 +97,13 @@ provider.use(async (ctx, next) => {
     for await (const c of ctx.req) chunks.push(c);
     const raw = Buffer.concat(chunks).toString();
     ctx.req.body = raw;
+    const p = ctx.get('DPoP');
+    if (p) {
+      try {
+        const [header, claims] = p.split('.').slice(0, 2).map((s) => JSON.parse(Buffer.from(s, 'base64url').toString()));
+        proofs.push({ header, claims });
+      } catch { /* malformed: the provider refuses it */ }
+    }
     const a = new URLSearchParams(raw).get('client_assertion');
     if (a) {
       try {

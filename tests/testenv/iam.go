@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
 
 // AuthMoto is moto in server mode with request signing enforced: after the
@@ -18,10 +19,14 @@ import (
 type AuthMoto struct {
 	*Process
 	Admin aws.Credentials
+	// Admins holds an administrator of each extra account asked for
+	// (moto's accounts are told apart by their access keys).
+	Admins map[string]aws.Credentials
 }
 
-// StartAuthMoto starts such a moto on a free loopback port, or skips.
-func StartAuthMoto(t testing.TB) *AuthMoto {
+// StartAuthMoto starts such a moto on a free loopback port, or skips, with
+// an administrator in moto's default account and in each of extraAccounts.
+func StartAuthMoto(t testing.TB, extraAccounts ...string) *AuthMoto {
 	t.Helper()
 	if _, err := exec.LookPath("moto_server"); err != nil {
 		SkipOrFail(t, "moto_server is not installed: "+SkipHint)
@@ -31,16 +36,30 @@ func StartAuthMoto(t testing.TB) *AuthMoto {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("moto_server", "-H", "127.0.0.1", "-p", fmt.Sprint(port))
-	cmd.Env = append(cmd.Environ(), "INITIAL_NO_AUTH_ACTION_COUNT=3")
+	cmd.Env = append(cmd.Environ(), fmt.Sprintf("INITIAL_NO_AUTH_ACTION_COUNT=%d", 3*(1+len(extraAccounts))))
 	p, err := start("moto-auth", cmd, fmt.Sprintf("http://127.0.0.1:%d", port), "/moto-api/", "GET")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Stop)
-	m := &AuthMoto{Process: p}
+	m := &AuthMoto{Process: p, Admins: map[string]aws.Credentials{}}
+	m.Admin = m.bootstrap(t, "")
+	for _, a := range extraAccounts {
+		m.Admins[a] = m.bootstrap(t, a)
+	}
+	return m
+}
+
+// bootstrap spends three unauthenticated actions on an administrator with
+// a key, in account (moto's x-moto-account-id; "" is the default account).
+func (m *AuthMoto) bootstrap(t testing.TB, account string) aws.Credentials {
+	t.Helper()
 	ctx := context.Background()
-	// The three unauthenticated actions: an administrator with a key.
-	boot := m.IAM(aws.Credentials{AccessKeyID: "AKIDBOOTSTRAP", SecretAccessKey: "bootstrap"})
+	boot := iam.NewFromConfig(m.cfg(aws.Credentials{AccessKeyID: "AKIDBOOTSTRAP", SecretAccessKey: "bootstrap"}), func(o *iam.Options) {
+		if account != "" {
+			o.APIOptions = append(o.APIOptions, smithyhttp.AddHeaderValue("x-moto-account-id", account))
+		}
+	})
 	if _, err := boot.CreateUser(ctx, &iam.CreateUserInput{UserName: aws.String("admin")}); err != nil {
 		t.Fatal(err)
 	}
@@ -52,8 +71,7 @@ func StartAuthMoto(t testing.TB) *AuthMoto {
 		PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}`)}); err != nil {
 		t.Fatal(err)
 	}
-	m.Admin = aws.Credentials{AccessKeyID: *k.AccessKey.AccessKeyId, SecretAccessKey: *k.AccessKey.SecretAccessKey}
-	return m
+	return aws.Credentials{AccessKeyID: *k.AccessKey.AccessKeyId, SecretAccessKey: *k.AccessKey.SecretAccessKey}
 }
 
 func (m *AuthMoto) cfg(c aws.Credentials) aws.Config {

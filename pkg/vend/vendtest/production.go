@@ -278,11 +278,11 @@ type flakySealer struct{ failing atomic.Bool }
 
 var errThrottled = errors.New("kms: ThrottlingException: rate exceeded")
 
-func (s *flakySealer) Seal(_ context.Context, p []byte, _ map[string]string) ([]byte, error) {
+func (s *flakySealer) Seal(_ context.Context, p []byte, _, _ map[string]string) ([]byte, error) {
 	return append([]byte("sealed:"), p...), nil
 }
 
-func (s *flakySealer) Open(_ context.Context, b []byte, _ map[string]string) ([]byte, error) {
+func (s *flakySealer) Open(_ context.Context, b []byte, _, _ map[string]string) ([]byte, error) {
 	if s.failing.Load() {
 		return nil, errThrottled
 	}
