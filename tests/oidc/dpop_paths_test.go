@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,11 +309,11 @@ func TestExtensionPythonConsumerProofs(t *testing.T) {
 		t.Fatalf("%d Python DPoP samples in the docs, want 1", len(blocks))
 	}
 	w := newProofWorld(t, false)
-	var vends []time.Time
+	var vends atomic.Int64
 	h := lambda.NewHandler(lambdafn.Invoke(w.open, nil, slog.New(slog.DiscardHandler), nil))
 	svc := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		vends = append(vends, time.Now())
+		vends.Add(1)
 		out, err := h.Invoke(r.Context(), body)
 		if err != nil {
 			rw.Header().Set("X-Amz-Function-Error", "Unhandled")
@@ -339,7 +340,7 @@ func TestExtensionPythonConsumerProofs(t *testing.T) {
 	runtime, _ := filepath.Abs("testdata/dpop_consumer.py")
 	env, err := lambdart.StartEnv("consumer", []string{"python3", runtime}, []string{bin}, map[string]string{
 		"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_SESSION_TOKEN": "session-" + testenv.RandomSuffix(),
-		"TOKEN_VENDOR_FUNCTION": "arn:aws:lambda:us-east-1:123456789012:function:token-vendor-VendFunction",
+		"TOKEN_VENDOR_FUNCTION":   "arn:aws:lambda:us-east-1:123456789012:function:token-vendor-VendFunction",
 		"AWS_ENDPOINT_URL_LAMBDA": svc.URL, "TOKEN_VENDOR_PORT": strconv.Itoa(port), "DPOP_SNIPPET": snippet})
 	if err != nil {
 		t.Fatal(err)
@@ -365,11 +366,11 @@ func TestExtensionPythonConsumerProofs(t *testing.T) {
 	if got := call(map[string]string{"op": "request", "url": accounts}); fmt.Sprint(got) != "[200]" {
 		t.Fatalf("first request: %v; refusals %q", got, w.resource.Refusals())
 	}
-	if r := w.resource.Refusals(); len(r) != 1 || !strings.Contains(r[0], "nonce") || len(vends) != 2 {
-		t.Fatalf("want one nonce demand answered with one more vend: refusals %q, %d vends", r, len(vends))
+	if r := w.resource.Refusals(); len(r) != 1 || !strings.Contains(r[0], "nonce") || vends.Load() != 2 {
+		t.Fatalf("want one nonce demand answered with one more vend: refusals %q, %d vends", r, vends.Load())
 	}
-	if got := call(map[string]string{"op": "request", "url": balance}); fmt.Sprint(got) != "[200]" || len(w.resource.Refusals()) != 1 || len(vends) != 3 {
-		t.Fatalf("second request (nonce kept per origin): %v, refusals %q, %d vends", got, w.resource.Refusals(), len(vends))
+	if got := call(map[string]string{"op": "request", "url": balance}); fmt.Sprint(got) != "[200]" || len(w.resource.Refusals()) != 1 || vends.Load() != 3 {
+		t.Fatalf("second request (nonce kept per origin): %v, refusals %q, %d vends", got, w.resource.Refusals(), vends.Load())
 	}
 	for _, c := range []struct {
 		ev   map[string]string
@@ -390,7 +391,7 @@ func TestExtensionPythonConsumerProofs(t *testing.T) {
 	}
 	// One audit record per proof asked of the vend function, each saying a
 	// proof was issued, none holding a JWT.
-	if issued, refused := w.auditProofs(t); issued != len(vends) || refused != 0 {
-		t.Fatalf("audit: %d proofs issued for %d vends, %d refused", issued, len(vends), refused)
+	if issued, refused := w.auditProofs(t); int64(issued) != vends.Load() || refused != 0 {
+		t.Fatalf("audit: %d proofs issued for %d vends, %d refused", issued, vends.Load(), refused)
 	}
 }
