@@ -301,6 +301,15 @@ func TestProofPathsAgainstResourceServer(t *testing.T) {
 // a proof for another URL, no proof and a proof for another token are
 // refused by the resource server.
 func TestExtensionPythonConsumerProofs(t *testing.T) {
+	// Unpooled, each proof is one vend invocation; with the pool
+	// (TOKEN_VENDOR_DPOP_POOL=4) one invocation signs four proofs and the
+	// extension hands out the spares one per request.
+	for _, pool := range []int{0, 4} {
+		t.Run(fmt.Sprintf("pool-%d", pool), func(t *testing.T) { extensionPythonConsumer(t, pool) })
+	}
+}
+
+func extensionPythonConsumer(t *testing.T, pool int) {
 	if _, err := exec.LookPath("python3"); err != nil {
 		testenv.SkipOrFail(t, "python3 is needed for the consumer function")
 	}
@@ -341,7 +350,7 @@ func TestExtensionPythonConsumerProofs(t *testing.T) {
 	env, err := lambdart.StartEnv("consumer", []string{"python3", runtime}, []string{bin}, map[string]string{
 		"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_SESSION_TOKEN": "session-" + testenv.RandomSuffix(),
 		"TOKEN_VENDOR_FUNCTION":   "arn:aws:lambda:us-east-1:123456789012:function:token-vendor-VendFunction",
-		"AWS_ENDPOINT_URL_LAMBDA": svc.URL, "TOKEN_VENDOR_PORT": strconv.Itoa(port), "DPOP_SNIPPET": snippet})
+		"AWS_ENDPOINT_URL_LAMBDA": svc.URL, "TOKEN_VENDOR_PORT": strconv.Itoa(port), "DPOP_SNIPPET": snippet, "TOKEN_VENDOR_DPOP_POOL": strconv.Itoa(max(pool, 1))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,6 +397,12 @@ func TestExtensionPythonConsumerProofs(t *testing.T) {
 	}
 	if w.resource.Accepted() != 3 {
 		t.Fatalf("accepted %d requests, want 3", w.resource.Accepted())
+	}
+	// Unpooled: 3 vends above, then replay 1, other URL 1, no proof 1,
+	// other token 2. Pooled: the first miss per (URL, nonce) signs 4, so
+	// replay, other URL and no proof take the 3 spares for /accounts.
+	if want := map[int]int64{0: 8, 4: 5}[pool]; vends.Load() != want {
+		t.Fatalf("%d vend invocations, want %d", vends.Load(), want)
 	}
 	// One audit record per proof asked of the vend function, each saying a
 	// proof was issued, none holding a JWT.
