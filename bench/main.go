@@ -42,6 +42,7 @@ func main() {
 		{"simulated week", simulatedWeek},
 		{"extension", extensionBench},
 		{"assertion signing", signingBench},
+		{"DPoP proofs per resource request", dpopBench},
 		{"caller identity", identityBench},
 		{"refresher throughput", refresherBench},
 		{"refresher bootstrap fleet runs", fleetRunBench},
