@@ -10,7 +10,7 @@ ADDR ?= 127.0.0.1:8080
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := .cache/bin/staticcheck-$(STATICCHECK_VERSION)
 
-.PHONY: run test unit vet lint lint-template build bench reliability smoke clean build-ApiFunction build-VendFunction build-RefresherFunction build-TokenExtensionArm64 build-TokenExtensionX86
+.PHONY: run test unit vet lint lint-template build bench reliability smoke clean agent agent-binary agent-image build-ApiFunction build-VendFunction build-RefresherFunction build-TokenExtensionArm64 build-TokenExtensionX86
 
 run: ## local vendor on embedded defaults (sandbox providers, in-memory cache)
 	$(GO) run ./cmd/tokenvendor serve --addr $(ADDR)
@@ -54,6 +54,20 @@ build: ## the three bootstraps under bin/<function>/
 	$(MAKE) build-ApiFunction ARTIFACTS_DIR=bin/api
 	$(MAKE) build-VendFunction ARTIFACTS_DIR=bin/vend
 	$(MAKE) build-RefresherFunction ARTIFACTS_DIR=bin/refresher
+
+# The agent for containers and instances (docs/agent.md): static binaries
+# bin/agent/linux-{amd64,arm64}/tokenvendor-agent, and an OCI image layout
+# (multi-arch, FROM scratch) built without a Docker daemon.
+AGENT_OUT ?= bin/agent
+AGENT_IMAGE ?= bin/agent-image
+agent: ## the agent's static binaries for amd64 and arm64
+	$(MAKE) agent-binary AGENT_ARCH=amd64
+	$(MAKE) agent-binary AGENT_ARCH=arm64
+agent-binary:
+	@test -n "$(AGENT_ARCH)" || { echo "usage: make agent-binary AGENT_ARCH=amd64|arm64 [AGENT_OUT=dir]"; exit 2; }
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(AGENT_ARCH) $(GO) build -trimpath -ldflags "-s -w" -o $(AGENT_OUT)/linux-$(AGENT_ARCH)/tokenvendor-agent ./cmd/tokenvendor-agent
+agent-image: agent ## the agent's OCI image layout (linux/amd64 + linux/arm64) -> bin/agent-image
+	$(GO) run ./cmd/agent-image -bin $(AGENT_OUT) -out $(AGENT_IMAGE)
 
 lint-template:
 	cfn-lint template.yaml

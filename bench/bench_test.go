@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 func TestQuickRun(t *testing.T) {
 	testenv.DynamoDB(t)
 	r := &report{quick: true}
-	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench, signingBench, identityBench, refresherBench, fleetRunBench, fleetDayBench} {
+	for _, step := range []func(*report) error{fleetColdStart, simulatedDay, latency, throughput, coldStart, refreshScale, simulatedWeek, extensionBench, agentBench, signingBench, identityBench, refresherBench, fleetRunBench, fleetDayBench} {
 		if err := step(r); err != nil {
 			t.Fatal(err)
 		}
@@ -89,6 +89,12 @@ func TestQuickRun(t *testing.T) {
 	// A cached read through the extension beats a direct invoke, and costs less.
 	if e := r.ext; e.Extension.P50 >= e.DirectInvoke.P50 || e.CostWith >= e.CostWithout {
 		t.Fatalf("extension %+v", e)
+	}
+	// A cached read through the agent does less work than calling the HTTP
+	// API each time (allocations: latencies on loopback are too close to
+	// compare on a loaded machine; AWS adds the network round trip).
+	if a := r.agent; a.Agent.N == 0 || a.DirectHTTP.N == 0 || a.Agent.Allocs >= a.DirectHTTP.Allocs {
+		t.Fatalf("agent %+v", a)
 	}
 	// Four signing keys and the two aws_web_identity rows; a reused JWT
 	// costs no STS call, so it is far cheaper than one STS must issue.

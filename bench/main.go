@@ -41,6 +41,7 @@ func main() {
 		{"refresh index vs full scan", refreshScale},
 		{"simulated week", simulatedWeek},
 		{"extension", extensionBench},
+		{"agent", agentBench},
 		{"assertion signing", signingBench},
 		{"DPoP proofs per resource request", dpopBench},
 		{"caller identity", identityBench},

@@ -33,6 +33,7 @@ type report struct {
 	scale      []scaleRow
 	week       weekResult
 	ext        extensionResult
+	agent      agentResult
 	signing    []latencyRow
 	dpop       []dpopRow
 	identity   []latencyRow
@@ -253,6 +254,7 @@ func (r *report) write(path, plotPath string) error {
 	w("A real DynamoDB GetItem from Lambda takes a few milliseconds rather than DynamoDB Local's, so an L2 hit bills a few more ms (about $0.004 per extra ms per million). Upstream fetches are rare (section 2) and not included.")
 	r.writeScale(w)
 	r.writeExtension(w)
+	r.writeAgent(w)
 	r.writeSigning(w)
 	r.writeIdentity(w)
 	r.writeRefresher(w)

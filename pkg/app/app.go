@@ -356,17 +356,32 @@ func StartLambda(handler func(*App) any) {
 // returns (one PutItem each, in parallel batches).
 const usageFlushBudget = time.Second
 
+// flushMargin is how long before the invocation's deadline the usage flush
+// stops: the response still has to reach the Runtime API, and a handler
+// that returns past its deadline has its result thrown away.
+const flushMargin = 200 * time.Millisecond
+
 // Flushing wraps a Lambda handler so the usage writes queued and the metrics
 // recorded during an invocation are written before it returns (Lambda may
-// freeze the process right after).
+// freeze the process right after). The usage writes get at most a second,
+// and stop flushMargin before the invocation's deadline.
 func Flushing[E, R any](a *App, h func(context.Context, E) (R, error)) func(context.Context, E) (R, error) {
 	return func(ctx context.Context, e E) (R, error) {
 		r, err := h(ctx, e)
 		// Queued usage writes go now, inside the invocation: nothing runs
 		// after it, and this instance may never read the table again.
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), usageFlushBudget)
-		a.Vendor.FlushUsage(uctx)
-		cancel()
+		// At most usageFlushBudget, and never past the invocation's deadline
+		// (less flushMargin): a write cut there is dropped, and a later read
+		// notices the stale usage again.
+		end := time.Now().Add(usageFlushBudget)
+		if dl, ok := ctx.Deadline(); ok && dl.Add(-flushMargin).Before(end) {
+			end = dl.Add(-flushMargin)
+		}
+		if time.Until(end) > 0 {
+			uctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), end)
+			a.Vendor.FlushUsage(uctx)
+			cancel()
+		}
 		if ferr := a.Metrics.Flush(); ferr != nil {
 			a.Log.WarnContext(ctx, "metrics not written", "error", ferr)
 		}

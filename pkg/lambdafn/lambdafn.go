@@ -246,7 +246,9 @@ func Refresh(r Refresher, interval time.Duration, d Dispatcher, log *slog.Logger
 			if err := strictDecode(raw, &m); err != nil {
 				return vend.RefreshResult{}, wire.Classify(err, "").LambdaError()
 			}
-			opts.Providers, opts.Force = m.Providers, m.Force
+			// Under its providers' shard leases like any run: a provider's cap
+			// and rate bind every run together.
+			opts.Providers, opts.Force, opts.Exclusive = m.Providers, m.Force, true
 		}
 		got, err := r.RefreshDue(ctx, opts)
 		got.Dispatched = dispatched

@@ -220,6 +220,14 @@ func TestRefresherFansOutByShard(t *testing.T) {
 	if _, err := h.Invoke(ctx, []byte(`{"detail-type":"Scheduled Event","source":"aws.events","detail":{}}`)); err != nil || len(r.runs) != 1 || r.runs[0].Shards != nil || !r.runs[0].Exclusive {
 		t.Fatalf("single run: %v %+v", err, r.runs)
 	}
+	// An operator's run takes its providers' shard leases too, so it never
+	// renews a provider beside a scheduled run (the provider's cap and rate
+	// bind every run together).
+	r = &recordingRefresher{}
+	h = lambda.NewHandler(lambdafn.Refresh(r, time.Minute, d, quiet))
+	if _, err := h.Invoke(ctx, []byte(`{"providers":["demo-k2"],"force":true}`)); err != nil || len(r.runs) != 1 || !r.runs[0].Exclusive || !r.runs[0].Force {
+		t.Fatalf("manual run: %v %+v", err, r.runs)
+	}
 }
 
 func FuzzInvoke(f *testing.F) {

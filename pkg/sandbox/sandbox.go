@@ -116,6 +116,12 @@ type Server struct {
 	faults   []*Fault
 	requests map[string]int // token requests per client id (also failed ones)
 	revokes  map[string]int
+	// inflight, peak and times: token requests per client being answered
+	// now, the most at once, and when each arrived (the server's clock),
+	// so a test measures concurrency and rate where a provider would.
+	inflight map[string]int
+	peak     map[string]int
+	times    map[string][]time.Time
 	total    int
 	now      func() time.Time
 }
@@ -128,8 +134,35 @@ func New() *Server {
 		tokens:   map[string]issued{},
 		requests: map[string]int{},
 		revokes:  map[string]int{},
+		inflight: map[string]int{},
+		peak:     map[string]int{},
+		times:    map[string][]time.Time{},
 		now:      time.Now,
 	}
+}
+
+// SetClock makes the server read time from now (token expiry, request
+// times): a test on a fake clock measures rates on it.
+func (s *Server) SetClock(now func() time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.now = now
+}
+
+// PeakInFlight is the most token requests of a client the server was
+// answering at once since the last ResetStats.
+func (s *Server) PeakInFlight(clientID string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak[clientID]
+}
+
+// RequestTimes is when each token request of a client arrived (the
+// server's clock), in order, since the last ResetStats.
+func (s *Server) RequestTimes(clientID string) []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.times[clientID]...)
 }
 
 // AddClient registers (or replaces) a client.
@@ -223,6 +256,11 @@ func (s *Server) ResetStats() {
 	s.total = 0
 	s.requests = map[string]int{}
 	s.revokes = map[string]int{}
+	s.peak = map[string]int{}
+	for id, n := range s.inflight {
+		s.peak[id] = n
+	}
+	s.times = map[string][]time.Time{}
 }
 
 // Valid reports whether token is a live token this server issued.
@@ -361,6 +399,14 @@ func (s *Server) token(style Style) http.HandlerFunc {
 		s.mu.Lock()
 		s.total++
 		s.requests[id]++
+		s.inflight[id]++
+		s.peak[id] = max(s.peak[id], s.inflight[id])
+		s.times[id] = append(s.times[id], s.now())
+		defer func() {
+			s.mu.Lock()
+			s.inflight[id]--
+			s.mu.Unlock()
+		}()
 		if s.targets == nil {
 			s.targets = map[string][]string{}
 		}

@@ -98,6 +98,15 @@ type Item struct {
 	// WriteID is unique per write, so a write whose outcome is unknown
 	// (timeout, 5xx) can be recognised when the record is read back.
 	WriteID string `dynamodbav:"write_id,omitempty"`
+	// RateNextMS is a provider's rate record (rate#{provider}): the
+	// earliest time the refresher may send its next token request, so a
+	// fetch_rate holds across runs (ms).
+	RateNextMS int64 `dynamodbav:"rate_next,omitempty"`
+
+	// FoundInShard is the refresh-index shard Due found the record in (not
+	// stored): a record written before its provider's shard was decided
+	// (an upgrade) can be in another than ShardOf(Provider).
+	FoundInShard int `dynamodbav:"-"`
 }
 
 // InRefreshIndex reports whether the record belongs in the refresh index:
@@ -151,7 +160,11 @@ func (f Filter) Matches(it *Item) bool {
 type Memory struct {
 	mu    sync.Mutex
 	items map[string]Item
-	now   func() time.Time
+	// placed is the refresh-index shard each record was written to, as
+	// DynamoDB's index holds it: set by the write, so a record keeps its
+	// shard until it is written again.
+	placed map[string]int
+	now    func() time.Time
 }
 
 // NewMemory returns an empty store. now is used to hide expired records; nil means time.Now.
@@ -159,7 +172,7 @@ func NewMemory(now func() time.Time) *Memory {
 	if now == nil {
 		now = time.Now
 	}
-	return &Memory{items: map[string]Item{}, now: now}
+	return &Memory{items: map[string]Item{}, placed: map[string]int{}, now: now}
 }
 
 // Get returns a copy of the record, or nil. Like DynamoDB it keeps records
@@ -186,6 +199,7 @@ func (m *Memory) Put(_ context.Context, it *Item, expect int64) error {
 		return &ConflictError{Current: clone(&cur)}
 	}
 	m.items[it.PK] = *clone(it)
+	m.placed[it.PK] = ShardOf(it.Provider)
 	return nil
 }
 
@@ -207,13 +221,24 @@ func (m *Memory) Scan(_ context.Context, f Filter) ([]*Item, error) {
 // unit a refresher run can be fanned out by (docs/design.md §4).
 const Shards = 8
 
-// ShardOf is the refresh-index shard of a key (FNV-1a of pk).
-func ShardOf(pk string) int {
+// ShardOf is the refresh-index shard of a provider's keys. Every key of a
+// provider is in one shard, so one refresher run at a time (the holder of
+// the shard's lease) renews a provider, and its max_concurrent_fetches and
+// fetch_rate bind without being shared out. The shard is the high bits of
+// FNV-1a of the name after a final avalanche (murmur3's fmix32): FNV-1a's
+// low bits depend only on each character's low bits, so names differing in
+// a letter or two (partner-a, partner-i) shared a shard.
+func ShardOf(provider string) int {
 	h := uint32(2166136261)
-	for i := 0; i < len(pk); i++ {
-		h = (h ^ uint32(pk[i])) * 16777619
+	for i := 0; i < len(provider); i++ {
+		h = (h ^ uint32(provider[i])) * 16777619
 	}
-	return int(h % Shards)
+	h ^= h >> 16
+	h *= 0x85ebca6b
+	h ^= h >> 13
+	h *= 0xc2b2ae35
+	h ^= h >> 16
+	return int(h >> 29) // the top 3 bits: Shards is 8
 }
 
 // AllShards lists every shard, for a run that reads the whole index.
@@ -225,16 +250,19 @@ func AllShards() []int {
 	return out
 }
 
-// Due returns, as the refresh index holds them (Projected), the records in
-// the given shards of the index (nil: all) whose refresh_at is before
-// before, closest to expiry first.
+// Due returns, as the refresh index holds them (Projected, with
+// FoundInShard), the records in the given shards of the index (nil: all)
+// whose refresh_at is before before, closest to expiry first.
 func (m *Memory) Due(_ context.Context, before time.Time, shards []int) ([]*Item, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []*Item
 	for _, it := range m.items {
-		if it.InRefreshIndex() && it.RefreshAt < before.Unix() && (shards == nil || slices.Contains(shards, ShardOf(it.PK))) {
-			out = append(out, it.Projected())
+		sh := m.placed[it.PK]
+		if it.InRefreshIndex() && it.RefreshAt < before.Unix() && (shards == nil || slices.Contains(shards, sh)) {
+			p := it.Projected()
+			p.FoundInShard = sh
+			out = append(out, p)
 		}
 	}
 	SortByExpiry(out)

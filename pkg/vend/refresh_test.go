@@ -343,9 +343,10 @@ func TestSecondRunFindsShardsBusy(t *testing.T) {
 	}
 }
 
-// A fanned-out run's shard invocations share a provider's cap: each takes
-// its shard's share, so eight shard runs at once keep the provider near its
-// max_concurrent_fetches, not eight times it.
+// A fanned-out run's shard invocations keep a provider's cap: its keys are
+// all in its own shard, renewed by that shard's run alone, so eight shard
+// runs at once keep the provider within its max_concurrent_fetches, not
+// eight times it.
 func TestShardRunsShareTheProviderCap(t *testing.T) {
 	ctx := context.Background()
 	f, defs := countingSandbox(t, 40*time.Millisecond)

@@ -24,10 +24,10 @@ func shardPK(shard int) string { return "shard#" + strconv.Itoa(shard) }
 const maxShardLease = 15 * time.Minute
 
 // IsRecordKey reports whether pk is the key of a record the vendor writes
-// (a token, a provider's key count or cooldown, a refresher shard's lease):
+// (a token, a provider's key count, cooldown or rate, a refresher shard's lease):
 // a listing page may end on any of them.
 func IsRecordKey(pk string) bool {
-	for _, p := range []string{"token#", "keys#", "cooldown#", "shard#"} {
+	for _, p := range []string{"token#", "keys#", "cooldown#", "rate#", "shard#"} {
 		if strings.HasPrefix(pk, p) {
 			return true
 		}

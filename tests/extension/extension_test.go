@@ -8,14 +8,10 @@ package extension
 
 import (
 	"encoding/json"
-	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,44 +23,27 @@ import (
 	"github.com/token-vendor/token-vendor/pkg/store/dynamostore"
 	"github.com/token-vendor/token-vendor/pkg/vend"
 	"github.com/token-vendor/token-vendor/pkg/vend/vendtest"
-	"github.com/token-vendor/token-vendor/pkg/wire"
 	"github.com/token-vendor/token-vendor/tests/lambdart"
 	"github.com/token-vendor/token-vendor/tests/testenv"
 )
 
 // vendService is the Lambda Invoke API for the vend function, running its
-// real handler; it records when each invocation happened.
-type vendService struct {
-	URL   string
-	mu    sync.Mutex
-	times []time.Time
-}
+// real handler (lambdart.InvokeAPI, which tests/agent uses too).
+type vendService struct{ *lambdart.InvokeAPI }
 
 func startVendService(t *testing.T, v lambdafn.Vendor, proofs lambdafn.Verifier) *vendService {
-	s := &vendService{}
-	h := lambda.NewHandler(lambdafn.Invoke(v, proofs, slog.New(slog.DiscardHandler), nil))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		s.mu.Lock()
-		s.times = append(s.times, time.Now())
-		s.mu.Unlock()
-		out, err := h.Invoke(r.Context(), body)
-		if err != nil {
-			w.Header().Set("X-Amz-Function-Error", "Unhandled")
-			json.NewEncoder(w).Encode(map[string]string{"errorMessage": err.Error(), "errorType": wire.ErrorType(err)})
-			return
-		}
-		w.Write(out)
-	}))
-	t.Cleanup(srv.Close)
-	s.URL = srv.URL
-	return s
+	s := lambdart.StartInvokeAPI(lambda.NewHandler(lambdafn.Invoke(v, proofs, slog.New(slog.DiscardHandler), nil)))
+	t.Cleanup(s.Close)
+	return &vendService{s}
 }
 
+// invocations are when each invocation came.
 func (s *vendService) invocations() []time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]time.Time(nil), s.times...)
+	var at []time.Time
+	for _, c := range s.Calls() {
+		at = append(at, c.At)
+	}
+	return at
 }
 
 type answer struct {

@@ -328,6 +328,7 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 	}
 	res := Get(root, "Resources")
 	alarms := 0
+	lambdaAlarms := map[string]bool{}
 	for i := 0; i+1 < len(res.Content); i += 2 {
 		r := res.Content[i+1]
 		if Get(r, "Type").Value != "AWS::CloudWatch::Alarm" {
@@ -340,10 +341,13 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 		yaml.Unmarshal([]byte(Get(p, "Threshold").Value), &threshold)
 		if ns == "AWS/Lambda" {
 			fn := Get(p, "Dimensions").Content[0]
-			if Get(fn, "Value").Value != "RefresherFunction" || metric != "Errors" {
+			if Get(fn, "Value").Value != "RefresherFunction" || (metric != "Errors" && metric != "AsyncEventsDropped") {
 				t.Errorf("%s: unexpected AWS/Lambda alarm", name)
 			}
-			continue // Lambda counts the error the runtime reported above
+			// Lambda counts the error the runtime reported above, and the
+			// shard events its asynchronous engine drops (design §6).
+			lambdaAlarms[metric] = true
+			continue
 		}
 		if ns == "AWS/Events" {
 			// DirectInvokeAlarm counts the matches of the CloudTrail rule
@@ -377,6 +381,9 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 	if alarms < 5 {
 		t.Fatalf("found %d alarms", alarms)
 	}
+	if !lambdaAlarms["Errors"] || !lambdaAlarms["AsyncEventsDropped"] {
+		t.Errorf("the refresher's AWS/Lambda alarms watch %v; want Errors and AsyncEventsDropped (a dropped shard event leaves a shard unrenewed)", lambdaAlarms)
+	}
 	// Dashboard widgets.
 	body := Get(res, "Dashboard", "Properties", "DashboardBody")
 	if body == nil || body.Tag != "!Sub" || len(body.Content) != 2 {
@@ -387,6 +394,7 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 		Widgets []struct {
 			Properties struct {
 				Title   string
+				Stat    string
 				Metrics [][]any
 			}
 		}
@@ -406,6 +414,12 @@ func TestAlarmsAndDashboardFromEMF(t *testing.T) {
 			}
 			ns, _ := m[0].(string)
 			name, _ := m[1].(string)
+			// A fanned-out run publishes its backlog once per shard
+			// invocation: only their Sum is the fleet's backlog (the
+			// Maximum of 8 shard values under-reports up to 8 times).
+			if (name == "RefreshDue" || name == "RefreshDeferred") && w.Properties.Stat != "Sum" {
+				t.Errorf("widget %q shows %s as %q; the backlog is the Sum over the shard runs", w.Properties.Title, name, w.Properties.Stat)
+			}
 			if ns == "AWS/Lambda" {
 				for _, p := range parts {
 					fn := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(p, "FunctionName="), "${"), "}")
@@ -552,13 +566,15 @@ func TestRefresherBootstrapRenewsEveryKeyOnce(t *testing.T) {
 
 // TestRefresherFanOutRenewsEachKeyOnce: a due set larger than one
 // invocation can renew before its deadline (300 keys; one invocation with 8
-// renewals in flight at 250 ms renews about 110 in 4 s) is spread by the
+// renewals in flight at 250 ms renews at most 256 in 8 s) is spread by the
 // scheduled run over one asynchronous invocation per shard, and two
 // scheduled runs queued at once (overlapping) still renew every key
 // exactly once: the later run's shard invocations find the shard busy or
-// nothing due.
+// nothing due. A provider's keys share its shard, so the fleet is many
+// providers with few keys each (60 × 5: the fullest shard holds 10
+// providers, 50 keys).
 func TestRefresherFanOutRenewsEachKeyOnce(t *testing.T) {
-	shape := FleetRun{Providers: 30, Scopes: 10, Latency: 250 * time.Millisecond, Deadline: 4 * time.Second,
+	shape := FleetRun{Providers: 60, Scopes: 5, Latency: 250 * time.Millisecond, Deadline: 8 * time.Second,
 		Concurrency: 8, FanOut: true, Instances: 4, Schedules: 2}
 	if fullSize() {
 		// 16 in flight per invocation: one renews at most 1 920 keys in 60 s
@@ -597,5 +613,78 @@ func record(t *testing.T, r FleetRun) {
 	defer f.Close()
 	if _, err := f.Write(append(b, '\n')); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFanOutKeepsAProvidersCapAndRate: the real refresher bootstrap with
+// fan-out, two scheduled runs queued at once (sixteen shard invocations),
+// twice, against a provider with max_concurrent_fetches 1 and fetch_rate
+// 0.05/s (one request per 20 s: less than one per run). Measured at the
+// provider: never two token requests at once, never two within 20 s; the
+// keys it could not have yet are deferred, not failed.
+func TestFanOutKeepsAProvidersCapAndRate(t *testing.T) {
+	s := newStack(t, nil)
+	st := dynamostore.New(testenv.DynamoDBClient(s.aws["AWS_ENDPOINT_URL_DYNAMODB"]), s.refs["TokenTable"])
+	const name = "capped"
+	s.sb.AddClient(sandbox.Client{ID: name + "-client", Secret: name + "-secret", Style: sandbox.K2, ExpiresIn: 3600})
+	def := &provider.Definition{Name: name, TokenURL: s.url + sandbox.K2TokenPath, ClientID: name + "-client",
+		ClientSecret: name + "-secret", AuthMethod: provider.AuthPost, MaxConcurrentFetches: 1, FetchRate: 0.05}
+	if err := def.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s.provider(name, def)
+	now := time.Now()
+	for sc := range 12 {
+		key := def.KeyFor([]string{fmt.Sprint("s", sc)})
+		if err := st.Put(context.Background(), &store.Item{PK: key.PK, Provider: name, Scope: key.Scope(), Fingerprint: def.Fingerprint(),
+			Token: store.Secret{Plain: "old-token"}, TokenType: "Bearer", IssuedAt: now.Add(-50 * time.Minute).Unix(),
+			ExpiresAt: now.Add(10 * time.Minute).Unix(), RefreshAt: now.Add(-time.Duration(sc+1) * time.Second).Unix(),
+			LastUsedAt: now.Unix(), Version: now.UnixMicro()}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.sb.SetFault(sandbox.Fault{ClientID: name + "-client", Delay: 200 * time.Millisecond})
+	env := map[string]string{"REFRESH_FANOUT": "true"}
+	var pool []*Function
+	for range 3 {
+		pool = append(pool, s.start("RefresherFunction", env))
+	}
+	const deadline = 10 * time.Second
+	s.engine.Serve("RefresherFunction", deadline, pool...)
+	root, _ := testenv.RepoRoot()
+	schedule, err := os.ReadFile(filepath.Join(root, "events", "schedule.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // two rounds of two overlapping schedules
+		for range 2 {
+			if err := s.engine.Queue("RefresherFunction", schedule); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.engine.Wait(2 * time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	failed := 0
+	for _, inv := range s.engine.Invocations("RefresherFunction") {
+		var res vend.RefreshResult
+		if inv.ErrorType != "" || json.Unmarshal(inv.Payload, &res) != nil {
+			t.Fatalf("refresher invocation %s: %s %s", inv.RequestID, inv.ErrorType, inv.Payload)
+		}
+		failed += res.Failed
+	}
+	if p := s.sb.PeakInFlight(name + "-client"); p > 1 {
+		t.Errorf("the provider answered %d token requests at once; max_concurrent_fetches is 1", p)
+	}
+	times := s.sb.RequestTimes(name + "-client")
+	if len(times) == 0 || failed != 0 {
+		t.Fatalf("%d token requests, %d failed renewals: the runs must renew, and defer what the rate does not allow", len(times), failed)
+	}
+	for i := 1; i < len(times); i++ {
+		if gap := times[i].Sub(times[i-1]); gap < 20*time.Second {
+			t.Errorf("token requests %d and %d %v apart; fetch_rate 0.05/s allows one per 20 s (%d requests)", i-1, i, gap, len(times))
+			break
+		}
 	}
 }

@@ -37,8 +37,9 @@ const (
 	shardAttr = "due_shard"
 )
 
-// Shard is the index partition of a key, as the index attribute holds it.
-func Shard(pk string) string { return strconv.Itoa(store.ShardOf(pk)) }
+// Shard is the index partition of a record, as the index attribute holds
+// it: its provider's shard (store.ShardOf).
+func Shard(it *store.Item) string { return strconv.Itoa(store.ShardOf(it.Provider)) }
 
 // Store is a DynamoDB-backed token cache.
 type Store struct {
@@ -81,7 +82,7 @@ func Marshal(it *store.Item) (map[string]ddbtypes.AttributeValue, error) {
 		return nil, fmt.Errorf("encode record: %w", err)
 	}
 	if it.InRefreshIndex() {
-		av[shardAttr] = &ddbtypes.AttributeValueMemberS{Value: Shard(it.PK)}
+		av[shardAttr] = &ddbtypes.AttributeValueMemberS{Value: Shard(it)}
 	}
 	return av, nil
 }
@@ -226,6 +227,7 @@ func (s *Store) Due(ctx context.Context, before time.Time, shards []int) ([]*sto
 						}
 						continue
 					}
+					it.FoundInShard = sh
 					mu.Lock()
 					out = append(out, &it)
 					mu.Unlock()

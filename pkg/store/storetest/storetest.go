@@ -242,7 +242,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		now := time.Now()
 		const keys = 64
 		for i := range keys {
-			it := &store.Item{PK: fmt.Sprintf("token#p#f#s%02d", i), Provider: "p", Scope: fmt.Sprintf("s%02d", i), Version: 1,
+			prov := fmt.Sprintf("p%d", i%16) // a provider's keys share its shard
+			it := &store.Item{PK: fmt.Sprintf("token#%s#f#s%02d", prov, i), Provider: prov, Scope: fmt.Sprintf("s%02d", i), Version: 1,
 				Token: store.Secret{Plain: "t"}, RefreshAt: now.Add(-time.Minute).Unix(), ExpiresAt: now.Add(time.Hour).Unix()}
 			if err := s.Put(ctx, it, 0); err != nil {
 				t.Fatal(err)
@@ -255,8 +256,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 				t.Fatal(err)
 			}
 			for _, it := range got {
-				if store.ShardOf(it.PK) != sh {
-					t.Fatalf("shard %d returned %s of shard %d", sh, it.PK, store.ShardOf(it.PK))
+				if store.ShardOf(it.Provider) != sh || it.FoundInShard != sh {
+					t.Fatalf("shard %d returned %s of shard %d (found in %d)", sh, it.PK, store.ShardOf(it.Provider), it.FoundInShard)
 				}
 				seen[it.PK]++
 			}
