@@ -348,7 +348,15 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 					if i >= len(keys) {
 						return
 					}
-					if l.down.Load() || timeUp() || !l.admit(rctx, v, waitable()) || !acquire(rctx, global) {
+					// The run's slot first, then the provider's rate slot: a
+					// rate slot reserved before waiting for a run slot would
+					// let its request go late, right before the next slot's.
+					if l.down.Load() || timeUp() || !acquire(rctx, global) {
+						count(&res.Deferred)
+						continue
+					}
+					if l.down.Load() || !l.admit(rctx, v, waitable()) {
+						<-global
 						count(&res.Deferred)
 						continue
 					}
