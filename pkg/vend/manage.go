@@ -236,13 +236,14 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 		candidates = append(candidates, it)
 	}
 	defs := v.readDefinitions(rctx, candidates, false)
-	// A key of another registration than its provider's definition is
-	// never renewable, unless the definition read was a stale cached one:
-	// those providers are read again, past the cache, before their keys
-	// are retired.
+	// A key of another registration than its provider's definition, or of
+	// a provider not found, is never renewable, unless the definition read
+	// was a stale cached one (a definition, or a "no such provider", kept
+	// for the cache's TTL): those providers are read again, past the
+	// cache, before their keys are retired.
 	var stale []*store.Item
 	for _, it := range candidates {
-		if d := defs[it.Provider]; d.err == nil && it.Fingerprint != "" && it.Fingerprint != d.def.Fingerprint() {
+		if d := defs[it.Provider]; (d.err == nil && it.Fingerprint != "" && it.Fingerprint != d.def.Fingerprint()) || errors.Is(d.err, provider.ErrNotFound) {
 			stale = append(stale, it)
 		}
 	}

@@ -2,6 +2,7 @@ package vend_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -84,5 +85,37 @@ func TestTransientRegistryErrorRetiresNothing(t *testing.T) {
 	res, err = refresher.RefreshDue(ctx, vend.RefreshOptions{Force: true, Exclusive: true})
 	if err != nil || res.Refreshed != 4 || res.Retired != 1 {
 		t.Fatalf("once Secrets Manager answers: %+v (%v), want the 4 keys renewed and the old registration's one retired", res, err)
+	}
+}
+
+// A provider's keys are retired as "provider removed" only when the source
+// says so now, not on a "no such provider" the registry cached: the secret
+// was deleted by mistake and restored (RestoreSecret) while the refresher
+// instance still held the not-found answer (NotFoundTTL, 30 s). Before,
+// the run retired every key of the restored provider on the cached answer.
+func TestCachedNotFoundRetiresNothing(t *testing.T) {
+	ctx := context.Background()
+	clock := vendtest.NewClock()
+	up := vendtest.NewUpstream(t)
+	src := &flakySource{Providers: vendtest.NewProviders(up.Defs)}
+	st := store.NewMemory(clock.Now)
+	opts := vend.Options{Now: clock.Now, Sleep: clock.Sleep, DisableRefreshAhead: true, L1MaxAge: -1}
+	provs := registry.NewCached(src, registry.CacheOptions{Now: clock.Now})
+	refresher := vend.New(provs, vendtest.Client(clock), st, opts)
+	cacheKeys(t, refresher, "demo-k2", 3)
+	src.Delete("demo-k2")
+	clock.Advance(6 * time.Minute) // past the definition's TTL
+	if _, err := provs.Get(ctx, "demo-k2"); !errors.Is(err, provider.ErrNotFound) {
+		t.Fatalf("deleted provider read: %v", err)
+	}
+	src.Set(up.Defs["demo-k2"]) // restored
+	clock.Advance(10 * time.Second)
+
+	res, err := refresher.RefreshDue(ctx, vend.RefreshOptions{Force: true, Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Retired != 0 || res.Refreshed != 3 {
+		t.Fatalf("a cached not-found retired the restored provider's keys: %+v, want the 3 keys renewed", res)
 	}
 }
