@@ -676,8 +676,23 @@ func (v *Vendor) renew(ctx context.Context, it *store.Item, def *provider.Defini
 	key := def.KeyFor(scopes)
 	if key.PK != it.PK {
 		// A key with a target (resource, audience), which the index does
-		// not project: read it from the record.
-		if rec, err := v.store.Get(ctx, it.PK, true); err == nil && rec != nil && (rec.Resource != "" || rec.Audience != "") {
+		// not project: read it from the record. A read that fails says
+		// nothing about the key: it is left for the next run, never
+		// retired on it.
+		rec, err := v.store.Get(ctx, it.PK, true)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			count(&res.Deferred)
+			return renewUnavailable
+		case err != nil:
+			v.log.WarnContext(ctx, "refresh: cannot read the key's record", "provider", def.Name, "scope", it.Scope, "error", err)
+			count(&res.Failed)
+			v.obs.Event(def.Name, "refresh_failed")
+			return renewDone
+		case rec == nil:
+			count(&res.Skipped) // gone since the index was read
+			return renewDone
+		case rec.Resource != "" || rec.Audience != "":
 			key = def.KeyForTarget(scopes, provider.Target{Resources: strings.Fields(rec.Resource), Audiences: strings.Fields(rec.Audience)})
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -117,5 +118,68 @@ func TestCachedNotFoundRetiresNothing(t *testing.T) {
 	}
 	if res.Retired != 0 || res.Refreshed != 3 {
 		t.Fatalf("a cached not-found retired the restored provider's keys: %+v, want the 3 keys renewed", res)
+	}
+}
+
+// flakyGets is a store whose nth consistent read of one record fails (a
+// throttled GetItem past the SDK's retries).
+type flakyGets struct {
+	*store.Memory
+	mu     sync.Mutex
+	pk     string
+	n, cur int
+}
+
+func (f *flakyGets) Get(ctx context.Context, pk string, consistent bool) (*store.Item, error) {
+	f.mu.Lock()
+	fail := false
+	if pk == f.pk {
+		f.cur++
+		fail = f.cur == f.n
+	}
+	f.mu.Unlock()
+	if fail {
+		return nil, errors.New("ProvisionedThroughputExceededException")
+	}
+	return f.Memory.Get(ctx, pk, consistent)
+}
+
+// A key with a target (a resource) is not retired because one read of its
+// record failed: the renewal reads the record for the target the index
+// does not project, and a failed read said nothing about the key. Before,
+// the failed read left the key spelled without its target, the run took it
+// for a key the definition no longer makes, and retired it (the next read
+// succeeded) — a live key of the current registration out of the index.
+func TestStoreReadErrorRetiresNoTargetKey(t *testing.T) {
+	ctx := context.Background()
+	clock := vendtest.NewClock()
+	up := vendtest.NewUpstream(t)
+	def := *up.Defs["demo-k2"]
+	def.AllowedResources = []string{"https://api.example/b"}
+	if err := def.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	provs := vendtest.NewProviders(up.Defs)
+	provs.Set(&def)
+	st := &flakyGets{Memory: store.NewMemory(clock.Now)}
+	v := vend.New(provs, vendtest.Client(clock), st, vend.Options{Now: clock.Now, Sleep: clock.Sleep, DisableRefreshAhead: true, L1MaxAge: -1})
+	if _, err := v.Token(ctx, vend.Request{Provider: "demo-k2", Scope: "read", Resource: "https://api.example/b", MinTTL: -1}); err != nil {
+		t.Fatal(err)
+	}
+	st.pk = def.KeyForTarget([]string{"read"}, provider.Target{Resources: []string{"https://api.example/b"}}).PK
+	st.n = 2 // the run's first read (the key-spelling check) answers; the renewal's fails
+	clock.Advance(50 * time.Minute)
+
+	res, err := v.RefreshDue(ctx, vend.RefreshOptions{Horizon: time.Minute, Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Retired != 0 {
+		t.Fatalf("a failed read of its record retired a live target key: %+v", res)
+	}
+	st.n = 0
+	res, err = v.RefreshDue(ctx, vend.RefreshOptions{Horizon: time.Minute, Exclusive: true})
+	if err != nil || res.Refreshed != 1 {
+		t.Fatalf("next run: %+v (%v), want the key renewed", res, err)
 	}
 }
