@@ -54,7 +54,18 @@ const (
 	DefaultIdleAfter        = time.Hour
 	DefaultRenewConcurrency = 4
 	DefaultFetchTimeout     = 15 * time.Second
+	// DefaultMinTTL is the vendor's min_ttl when a request sends none
+	// (MinTTL 0 or negative): the cache judges such a request by it too.
+	DefaultMinTTL = 60 * time.Second
 )
+
+// minTTL is what r asks for as the vendor reads it.
+func minTTL(r Request) time.Duration {
+	if r.MinTTL <= 0 {
+		return DefaultMinTTL
+	}
+	return r.MinTTL
+}
 
 // Renewal pacing after failures: 10 s, doubling, at most 5 minutes.
 const (
@@ -176,9 +187,9 @@ func (c *Cache) Stats() Stats {
 	return s
 }
 
-func base(r Request) Request {
-	return Request{Provider: r.Provider, Scope: r.Scope, Resource: r.Resource, Audience: r.Audience}
-}
+// base is the request a fetch sends: normalized, so every caller joined to
+// it asks what its key names, whichever spelling came first.
+func base(r Request) Request { return normalized(r) }
 
 // errNoFresh is the refusal when the vendor answered with a token below
 // the caller's min_ttl.
@@ -186,7 +197,7 @@ func errNoFresh() error {
 	return &Error{Code: "UpstreamUnavailable", Message: "no token with min_ttl left could be had (retry_after=1s)", RetryAfter: time.Second}
 }
 
-// Get returns a token for r with at least r.MinTTL left (capped at half the
+// Get returns a token for r with at least r.MinTTL (none: DefaultMinTTL) left (capped at half the
 // token's lifetime, as the vendor caps it), cached or fetched once for all
 // concurrent callers with the same min_ttl; r.MinTTL is sent to the vendor.
 // Get returns when ctx ends even if the fetch goes on for others.
@@ -196,7 +207,7 @@ func (c *Cache) Get(ctx context.Context, r Request) (Token, error) {
 	k := Key(r)
 	now := c.now()
 	c.mu.Lock()
-	if e := c.entries[k]; e != nil && e.fresh(now, r.MinTTL) {
+	if e := c.entries[k]; e != nil && e.fresh(now, minTTL(r)) {
 		c.touch(e, now)
 		c.stats.Hits++
 		c.mu.Unlock()
@@ -210,7 +221,7 @@ func (c *Cache) Get(ctx context.Context, r Request) (Token, error) {
 		return Token{}, err
 	}
 	now = c.now()
-	if !e.fresh(now, r.MinTTL) {
+	if !e.fresh(now, minTTL(r)) {
 		return Token{}, errNoFresh()
 	}
 	c.mu.Lock()
@@ -221,13 +232,13 @@ func (c *Cache) Get(ctx context.Context, r Request) (Token, error) {
 
 // Rejected reports the token whose SHA-256 (hex) is sum as refused by a
 // resource server: it is dropped if cached and the vendor asked to replace
-// it; if the cache already holds another live token (replaced by an
-// earlier report), that is returned without asking the vendor.
+// it; if the cache already holds another token (replaced by an earlier
+// report) with r's min_ttl left, that is returned without asking the vendor.
 func (c *Cache) Rejected(ctx context.Context, r Request, sum string) (Token, error) {
 	k := Key(r)
 	now := c.now()
 	c.mu.Lock()
-	if e := c.entries[k]; e != nil && TokenSHA256(e.tok.AccessToken) != sum && now.Before(e.expiry) {
+	if e := c.entries[k]; e != nil && TokenSHA256(e.tok.AccessToken) != sum && e.fresh(now, minTTL(r)) {
 		c.touch(e, now)
 		c.stats.Hits++
 		c.mu.Unlock()
@@ -415,9 +426,24 @@ func (c *Cache) renew(ctx context.Context, e *entry, now time.Time) bool {
 	// newer token than this one.
 	req := e.req
 	req.MinTTL = min(max(e.expiry.Sub(now), 0)+time.Second, maxMinTTL)
-	v, err, _ := c.sf.Do("renew\x00"+e.key, func() (any, error) {
-		return c.fetchEntry(ctx, e.key, req)
-	})
+	// Joined to another Renew's renewal, this one shares its context: cut
+	// by that caller's deadline, it tries once more on its own.
+	var (
+		v      any
+		err    error
+		shared bool
+	)
+	for attempt := 0; attempt < 2; attempt++ {
+		v, err, shared = c.sf.Do("renew\x00"+e.key, func() (any, error) {
+			return c.fetchEntry(ctx, e.key, req)
+		})
+		if err == nil || !shared || ctx.Err() != nil || !isContextErr(err) {
+			break
+		}
+	}
+	if err != nil && (ctx.Err() != nil || (shared && isContextErr(err))) {
+		return false // cut by a Renew's deadline: nothing says the vendor failed
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
@@ -427,6 +453,10 @@ func (c *Cache) renew(ctx context.Context, e *entry, now time.Time) bool {
 	c.stats.Renewals++
 	c.store(v.(*entry), now)
 	return true
+}
+
+func isContextErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // renewalFailed drops a key the vendor refuses for good (or whose token

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -74,17 +75,35 @@ var permanent = map[string]bool{
 	"unknown_provider": true, "scope_not_allowed": true, "caller_not_allowed": true, "key_limit_reached": true, "invalid_request": true, "invalid_target": true,
 }
 
-// normalize splits a space-separated set, deduplicates and sorts it, as
-// the vendor normalizes scopes and targets.
-func normalize(s string) string {
+// normalizeScope splits a scope string as the vendor does
+// (provider.NormalizeScope): on the space only, so a tab or a Unicode
+// space stays inside a token, which the vendor refuses, instead of
+// spelling a well-formed set; duplicates dropped, sorted.
+func normalizeScope(s string) string {
+	parts := slices.DeleteFunc(strings.Split(s, " "), func(p string) bool { return p == "" })
+	slices.Sort(parts)
+	return strings.Join(slices.Compact(parts), " ")
+}
+
+// normalizeTarget splits resources or audiences as the vendor does
+// (provider.ResolveTarget: strings.Fields), deduplicated and sorted.
+func normalizeTarget(s string) string {
 	parts := strings.Fields(s)
 	slices.Sort(parts)
 	return strings.Join(slices.Compact(parts), " ")
 }
 
+// normalized is r's provider, scope set and target as the vendor reads
+// them; MinTTL and RejectedSHA256 are left out.
+func normalized(r Request) Request {
+	return Request{Provider: r.Provider, Scope: normalizeScope(r.Scope), Resource: normalizeTarget(r.Resource), Audience: normalizeTarget(r.Audience)}
+}
+
 // Key names a request's cached token: provider, and the normalized scope
 // set and target. "read write" and "write read" are one key; MinTTL and
-// RejectedSHA256 are not part of it.
+// RejectedSHA256 are not part of it. Each field is quoted, so no byte in
+// one (a NUL) can spell another.
 func Key(r Request) string {
-	return r.Provider + "\x00" + normalize(r.Scope) + "\x00" + normalize(r.Resource) + "\x00" + normalize(r.Audience)
+	n := normalized(r)
+	return strconv.Quote(n.Provider) + strconv.Quote(n.Scope) + strconv.Quote(n.Resource) + strconv.Quote(n.Audience)
 }

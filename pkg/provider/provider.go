@@ -109,9 +109,10 @@ type Definition struct {
 	// is no longer renewed (0: the deployment's default).
 	IdleAfterSeconds int64 `json:"idle_after_seconds,omitempty"`
 	// MaxKeys caps the distinct keys (scope set and target) cached for a
-	// provider without allowed_scopes, or with allowed_resources or
-	// allowed_audiences (0: DefaultMaxKeys; ignored with allowed_scopes and
-	// no allowed target, which bound the keys already).
+	// provider without allowed_scopes, with allowed_resources or
+	// allowed_audiences, or whose allowed_scopes (and subsets of several
+	// default resources/audiences) make more sets (2^n) than MaxKeys (0:
+	// DefaultMaxKeys; ignored when those bound the keys below it).
 	MaxKeys int `json:"max_keys,omitempty"`
 	// aws_web_identity: the JWT's audience (default Entra's
 	// api://AzureADTokenExchange), algorithm (RS256 or ES384) and life in

@@ -28,12 +28,9 @@ func keysPK(provider string) string { return "keys#" + provider }
 
 // admitKey records a new key of j's provider, or refuses it at max_keys.
 func (v *Vendor) admitKey(ctx context.Context, j *job, now time.Time) error {
-	if !keysCounted(j.def) {
-		return nil // the allowed scope sets bound the keys already
-	}
-	limit := j.def.MaxKeys
-	if limit <= 0 {
-		limit = provider.DefaultMaxKeys
+	limit := maxKeys(j.def)
+	if !keysCounted(j.def, limit) {
+		return nil // the allowed scope sets bound the keys already, below max_keys
 	}
 	for range 5 {
 		cur, err := v.store.Get(ctx, keysPK(j.def.Name), true)
@@ -83,16 +80,36 @@ func (v *Vendor) admitKey(ctx context.Context, j *job, now time.Time) error {
 	return &UnavailableError{Provider: j.def.Name, Reason: "too many new keys at once", RetryAfter: time.Second}
 }
 
+func maxKeys(def *provider.Definition) int {
+	if def.MaxKeys <= 0 {
+		return provider.DefaultMaxKeys
+	}
+	return def.MaxKeys
+}
+
 // keysCounted: the provider's keys are counted unless allowed_scopes bounds
-// them and callers may name no target beyond the defaults.
-func keysCounted(def *provider.Definition) bool {
-	return len(def.AllowedScopes) == 0 || len(def.AllowedResources) > 0 || len(def.AllowedAudiences) > 0
+// them to at most limit and callers may name no target beyond the
+// defaults. n allowed scopes make 2^n scope sets (12 make 4096), and a
+// caller may name any subset of the default resources or audiences (each
+// always allowed), so they bound the keys only while 2^(n + defaults) is
+// within limit.
+func keysCounted(def *provider.Definition, limit int) bool {
+	if len(def.AllowedScopes) == 0 || len(def.AllowedResources) > 0 || len(def.AllowedAudiences) > 0 {
+		return true
+	}
+	n := len(def.AllowedScopes)
+	for _, d := range [][]string{def.Resources, def.Audiences} {
+		if len(d) > 1 { // one default is the default request
+			n += len(d)
+		}
+	}
+	return n >= 31 || 1<<n > limit
 }
 
 func (v *Vendor) keyLimit(j *job, limit int) error {
 	v.obs.Event(j.def.Name, "key_limit")
 	if len(j.def.AllowedScopes) > 0 {
-		return fmt.Errorf("%w: provider %q has %d distinct scope sets and targets cached (max_keys %d); ask for a scope set and target already in use, narrow allowed_resources/allowed_audiences, or raise max_keys",
+		return fmt.Errorf("%w: provider %q has %d distinct scope sets and targets cached (max_keys %d); ask for a scope set and target already in use, narrow allowed_scopes/allowed_resources/allowed_audiences, or raise max_keys",
 			provider.ErrKeyLimit, j.def.Name, limit, limit)
 	}
 	return fmt.Errorf("%w: provider %q has %d distinct scope sets cached (max_keys %d) and no allowed_scopes; ask for a scope set already in use, set allowed_scopes, or raise max_keys",

@@ -15,8 +15,9 @@ import (
 // (compared by pointer, so a reloaded definition misses and revalidates).
 type l1Cache struct {
 	mu    sync.RWMutex
-	byReq map[string]map[string]*l1Entry // provider -> raw scope -> entry
-	byPK  map[string][]*l1Entry
+	byReq map[string]map[string]*l1Entry   // provider -> raw scope -> entry
+	byPK  map[string]map[*l1Entry]struct{} // a set: one key's entries are many spellings, removed in O(1)
+	n     int                              // entries in byReq
 }
 
 type l1Entry struct {
@@ -29,8 +30,15 @@ type l1Entry struct {
 	sha      string
 }
 
+// l1MaxEntries bounds the entries of all providers together (a few KB
+// each at most: 8192 stay within tens of MB). L1 is keyed by the request as
+// written, and one request has endless spellings (spaces, repeats, order),
+// so only a bound keeps one allowed caller from filling a warm instance's
+// memory; real use needs a few spellings per key.
+const l1MaxEntries = 8192
+
 func newL1() *l1Cache {
-	return &l1Cache{byReq: map[string]map[string]*l1Entry{}, byPK: map[string][]*l1Entry{}}
+	return &l1Cache{byReq: map[string]map[string]*l1Entry{}, byPK: map[string]map[*l1Entry]struct{}{}}
 }
 
 // effectiveMinTTL caps min_ttl at half the token's lifetime: a caller asking
@@ -59,7 +67,7 @@ func (c *l1Cache) get(def *provider.Definition, rawScope string, now time.Time, 
 func (c *l1Cache) stale(pk string, now time.Time, minTTL time.Duration) (Token, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	for _, e := range c.byPK[pk] {
+	for e := range c.byPK[pk] {
 		if e.tok.ExpiresAt.Sub(now) >= effectiveMinTTL(minTTL, e.lifetime) && now.Before(e.tok.ExpiresAt) {
 			t := e.tok
 			t.Source = FromL1
@@ -87,23 +95,26 @@ func (c *l1Cache) put(def *provider.Definition, rawScope, pk string, t Token, no
 	}
 	if old := m[rawScope]; old != nil {
 		c.unindex(old)
+	} else {
+		if c.n >= l1MaxEntries {
+			c.evictOne(m)
+		}
+		c.n++
 	}
 	m[rawScope] = e
-	c.byPK[pk] = append(c.byPK[pk], e)
+	set := c.byPK[pk]
+	if set == nil {
+		set = map[*l1Entry]struct{}{}
+		c.byPK[pk] = set
+	}
+	set[e] = struct{}{}
 }
 
 func (c *l1Cache) unindex(e *l1Entry) {
-	list := c.byPK[e.pk]
-	for i, x := range list {
-		if x == e {
-			list = append(list[:i:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(list) == 0 {
+	set := c.byPK[e.pk]
+	delete(set, e)
+	if len(set) == 0 {
 		delete(c.byPK, e.pk)
-	} else {
-		c.byPK[e.pk] = list
 	}
 }
 
@@ -111,6 +122,23 @@ func (c *l1Cache) remove(e *l1Entry) {
 	c.unindex(e)
 	if m := c.byReq[e.def.Name]; m != nil && m[e.rawScope] == e {
 		delete(m, e.rawScope)
+		c.n--
+	}
+}
+
+// evictOne removes any one entry (map order is unspecified), of the
+// provider being put if it has one, so a caller filling L1 with spellings
+// evicts mostly its own provider's entries.
+func (c *l1Cache) evictOne(prefer map[string]*l1Entry) {
+	for _, e := range prefer {
+		c.remove(e)
+		return
+	}
+	for _, m := range c.byReq {
+		for _, e := range m {
+			c.remove(e)
+			return
+		}
 	}
 }
 
@@ -118,7 +146,7 @@ func (c *l1Cache) remove(e *l1Entry) {
 func (c *l1Cache) purgePK(pk string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, e := range append([]*l1Entry(nil), c.byPK[pk]...) {
+	for e := range c.byPK[pk] {
 		c.remove(e)
 	}
 }
@@ -127,8 +155,8 @@ func (c *l1Cache) purgePK(pk string) {
 func (c *l1Cache) purgeToken(sha string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, list := range c.byPK {
-		for _, e := range append([]*l1Entry(nil), list...) {
+	for _, set := range c.byPK {
+		for e := range set {
 			if e.sha == sha {
 				c.remove(e)
 			}

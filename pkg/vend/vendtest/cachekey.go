@@ -16,12 +16,81 @@ import (
 // cacheKeyScenarios: promises where cache keys, targets and max_keys meet
 // (issue 28; docs/design.md §12.5).
 var cacheKeyScenarios = map[string]func(*testing.T, NewStore){
-	"OneKeyOneSpelling":           testOneKeyOneSpelling,
-	"TargetsCountTowardMaxKeys":   testTargetsCountTowardMaxKeys,
-	"DefaultTargetAlwaysAllowed":  testDefaultTargetAlwaysAllowed,
-	"L1OneSpelling":               testL1OneSpelling,
-	"OldSpellingNotRenewed":       testOldSpellingNotRenewed,
-	"CancellationOpensNoCooldown": testCancellationOpensNoCooldown,
+	"OneKeyOneSpelling":                testOneKeyOneSpelling,
+	"TargetsCountTowardMaxKeys":        testTargetsCountTowardMaxKeys,
+	"DefaultTargetAlwaysAllowed":       testDefaultTargetAlwaysAllowed,
+	"L1OneSpelling":                    testL1OneSpelling,
+	"OldSpellingNotRenewed":            testOldSpellingNotRenewed,
+	"CancellationOpensNoCooldown":      testCancellationOpensNoCooldown,
+	"ScopeSubsetsCountTowardMaxKeys":   testScopeSubsetsCountTowardMaxKeys,
+	"DefaultSubsetsCountTowardMaxKeys": testDefaultSubsetsCountTowardMaxKeys,
+}
+
+// testDefaultSubsetsCountTowardMaxKeys: a provider's default audiences are
+// always allowed, so a caller may name any subset of them, each its own
+// key: 4 defaults make 15 targets with no allowed_audiences set. Before
+// the fix they were not counted (allowed_scopes set, no allowed target):
+// 10 distinct subsets were cached with max_keys 5.
+func testDefaultSubsetsCountTowardMaxKeys(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	def := *f.up.Defs["demo-k2"]
+	def.AllowedScopes = []string{"read"}
+	def.Scopes = []string{"read"}
+	def.MaxKeys = 5
+	def.Audiences = []string{"aud-0", "aud-1", "aud-2", "aud-3"}
+	if err := def.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	f.provs.Set(&def)
+	v := f.vendor(vend.Options{DisableRefreshAhead: true})
+	admitted := 0
+	for _, aud := range []string{"aud-0", "aud-1", "aud-2", "aud-3", "aud-0 aud-1", "aud-0 aud-2", "aud-0 aud-3", "aud-1 aud-2", "aud-1 aud-3", "aud-2 aud-3"} {
+		_, err := v.Token(bg, vend.Request{Provider: "demo-k2", Scope: "read", Audience: aud, MinTTL: -1})
+		switch {
+		case err == nil:
+			admitted++
+		case errors.Is(err, provider.ErrKeyLimit):
+		default:
+			t.Fatalf("audience %q: %v", aud, err)
+		}
+	}
+	if admitted != 5 || f.requests("demo-k2") != 5 {
+		t.Fatalf("%d subsets of the default audiences admitted (%d upstream requests) with max_keys 5", admitted, f.requests("demo-k2"))
+	}
+}
+
+// testScopeSubsetsCountTowardMaxKeys: allowed_scopes bound the scope sets
+// only to their subsets, 2^n of them: 12 allowed scopes make 4096 keys, each
+// fetched upstream and renewed until idle, as 12 allowed audiences do. When
+// the subsets outnumber max_keys, the keys count. Before the fix 30
+// distinct subsets of 12 allowed scopes were all cached with max_keys 5.
+func testScopeSubsetsCountTowardMaxKeys(t *testing.T, newStore NewStore) {
+	f := newFixture(t, newStore)
+	def := *f.up.Defs["demo-k2"]
+	def.MaxKeys = 5
+	for i := range 12 {
+		def.AllowedScopes = append(def.AllowedScopes, fmt.Sprintf("s%02d", i))
+	}
+	if err := def.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	f.provs.Set(&def)
+	v := f.vendor(vend.Options{DisableRefreshAhead: true})
+	admitted := 0
+	for i := range 30 {
+		scope := fmt.Sprintf("s%02d s%02d", i%12, (i/12+i+1)%12)
+		_, err := v.Token(bg, req("demo-k2", scope))
+		switch {
+		case err == nil:
+			admitted++
+		case errors.Is(err, provider.ErrKeyLimit):
+		default:
+			t.Fatalf("scope %q: %v", scope, err)
+		}
+	}
+	if admitted != 5 || f.requests("demo-k2") != 5 {
+		t.Fatalf("%d distinct scope subsets admitted (%d upstream requests) with max_keys 5", admitted, f.requests("demo-k2"))
+	}
 }
 
 // testOneKeyOneSpelling: a scope token may contain '#' and '=', so a caller
