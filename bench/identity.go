@@ -72,6 +72,7 @@ func identityBench(r *report) error {
 		return err
 	}
 	unrestricted, _ := json.Marshal(map[string]any{"provider": "demo-k2"})
+	unrestrictedProved, _ := json.Marshal(map[string]any{"provider": "demo-k2", "identity": proof})
 	restricted, _ := json.Marshal(map[string]any{"provider": "payments", "identity": proof})
 	n := 20000
 	if r.quick {
@@ -83,7 +84,8 @@ func identityBench(r *report) error {
 		f    func() error
 	}{
 		{"no gate (the core alone, as before)", n, func() error { return invoke(bare, unrestricted) }},
-		{"gate, provider without allowed_callers, no proof", n, func() error { return invoke(withGate, unrestricted) }},
+		// Providers without allowed_callers need a verified caller too (§11).
+		{"gate, provider without allowed_callers, proof verified before (cached)", n, func() error { return invoke(withGate, unrestrictedProved) }},
 		{"gate, restricted provider, proof verified before (cached)", n, func() error { return invoke(withGate, restricted) }},
 		{"gate, restricted provider, proof not seen before: STS verifies (moto on loopback)", n / 20, func() error {
 			// A vend instance that has not seen this proof: a fresh verifier.

@@ -21,14 +21,20 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"os/user"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/token-vendor/token-vendor/pkg/app"
+	"github.com/token-vendor/token-vendor/pkg/authz"
+	"github.com/token-vendor/token-vendor/pkg/gate"
+	"github.com/token-vendor/token-vendor/pkg/identity"
 	"github.com/token-vendor/token-vendor/pkg/obs"
 	"github.com/token-vendor/token-vendor/pkg/provider"
 	"github.com/token-vendor/token-vendor/pkg/sandbox"
@@ -167,8 +173,9 @@ func (s *settings) build(ctx context.Context, stderr io.Writer) (*app.App, func(
 		stop = func() { srv.Close() }
 	}
 	var clients app.Clients
+	var awsCfg aws.Config
 	if cfg.Table != "" || cfg.SecretPrefix != "" || cfg.KMSKeyID != "" || s.awsClients {
-		awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
+		awsCfg, err = awsconfig.LoadDefaultConfig(ctx)
 		if err != nil {
 			return nil, nil, fmt.Errorf("AWS configuration: %w", err)
 		}
@@ -188,6 +195,7 @@ func (s *settings) build(ctx context.Context, stderr io.Writer) (*app.App, func(
 		}
 		return nil, nil, err
 	}
+	a.AWS = awsCfg
 	return a, stop, nil
 }
 
@@ -262,13 +270,35 @@ func token(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *minTTL >= 0 {
 		req.MinTTL = time.Duration(*minTTL) * time.Second
 	}
-	t, err := a.Vendor.Token(ctx, req)
+	// The CLI is an operator path: whoever runs it reads the provider
+	// secrets and the table directly, so the gate admits it for every
+	// provider, and its audit record (on stderr) names them where AWS can.
+	g := gate.New(a.Vendor, a.Providers, obs.NewLogger(stderr, "info"), nil).WithPolicy(a.Config.Policy())
+	t, err := g.Token(identity.NewContext(ctx, operator(ctx, a)), req)
 	if err != nil {
 		return refusal(err, pos[0])
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(wire.NewTokenResponse(t, time.Now()))
+}
+
+// operator is who runs the CLI: the principal its AWS credentials are,
+// when it uses AWS (one sts:GetCallerIdentity), else the local user.
+func operator(ctx context.Context, a *app.App) identity.Caller {
+	c := identity.Caller{Path: authz.PathCLI, Problem: identity.NoIdentity, Detail: "tokenvendor CLI without AWS credentials"}
+	if u, err := user.Current(); err == nil {
+		c.Detail += " (local user " + u.Username + ")"
+	}
+	if a.AWS.Credentials == nil {
+		return c
+	}
+	out, err := sts.NewFromConfig(a.AWS).GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
+	if err != nil {
+		c.Detail = "tokenvendor CLI: sts:GetCallerIdentity failed: " + oneLine(err.Error())
+		return c
+	}
+	return identity.Caller{Path: authz.PathCLI, ARN: aws.ToString(out.Arn), Account: aws.ToString(out.Account)}
 }
 
 // refusal is the one line the CLI prints for a refused request: the error

@@ -15,6 +15,6 @@ func main() {
 		if a.Config.RefreshFanOut {
 			shards = fanout.Invoker{API: lambda.NewFromConfig(a.AWS), Function: a.Config.FunctionName, Qualifier: a.Config.FunctionVersion}
 		}
-		return app.Flushing(a, lambdafn.Refresh(a.Vendor, a.Config.RefreshInterval, shards, a.Log))
+		return app.Flushing(a, lambdafn.Refresh(a.Gate, a.Config.RefreshInterval, shards, a.Log))
 	})
 }

@@ -11,7 +11,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
@@ -23,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/token-vendor/token-vendor/pkg/assertion"
+	"github.com/token-vendor/token-vendor/pkg/authz"
 	"github.com/token-vendor/token-vendor/pkg/dpop"
 	"github.com/token-vendor/token-vendor/pkg/envelope"
 	"github.com/token-vendor/token-vendor/pkg/gate"
@@ -81,6 +84,23 @@ type Config struct {
 	// place identity proofs are sent.
 	STSEndpoint string
 
+	// ConsumerOrgID (CONSUMER_ORG_ID) and ConsumerAccounts
+	// (CONSUMER_ACCOUNT_IDS, comma-separated) are admitted, with the
+	// vendor's own account, to providers that name no allowed_callers.
+	ConsumerOrgID    string
+	ConsumerAccounts []string
+	// VendorAccount (VENDOR_ACCOUNT_ID) is the vendor's own account; in
+	// Lambda it is also read from each invocation's function ARN.
+	VendorAccount string
+	// AllowUnverifiedCallers (ALLOW_UNVERIFIED_CALLERS, false) vends
+	// providers without allowed_callers to callers with no verified
+	// identity (direct invokes without a proof): the old open default.
+	AllowUnverifiedCallers bool
+	// CursorKeySecret (CURSOR_KEY_SECRET_ARN) is the Secrets Manager secret
+	// sealing the providers listing's cursors, shared by the stack's
+	// instances; empty: a random key per process.
+	CursorKeySecret string
+
 	// StaticProviders, when set, is used instead of any source (local sandbox).
 	StaticProviders map[string]*provider.Definition
 	// MetricsOutput receives EMF documents (standard output, where Lambda
@@ -114,6 +134,22 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if region := getenv("AWS_REGION"); region != "" || getenv("AWS_ENDPOINT_URL_STS") != "" {
 		c.STSEndpoint = identity.EndpointFromEnv(getenv, region)
 	}
+	c.ConsumerOrgID, c.VendorAccount, c.CursorKeySecret = getenv("CONSUMER_ORG_ID"), getenv("VENDOR_ACCOUNT_ID"), getenv("CURSOR_KEY_SECRET_ARN")
+	if c.ConsumerOrgID != "" && !orgID.MatchString(c.ConsumerOrgID) {
+		return c, fmt.Errorf("CONSUMER_ORG_ID: want an organization id like o-a1b2c3d4e5")
+	}
+	if c.VendorAccount != "" && !accountID.MatchString(c.VendorAccount) {
+		return c, fmt.Errorf("VENDOR_ACCOUNT_ID: want a 12-digit account id")
+	}
+	for _, a := range strings.Split(getenv("CONSUMER_ACCOUNT_IDS"), ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if !accountID.MatchString(a) {
+			return c, fmt.Errorf("CONSUMER_ACCOUNT_IDS: want 12-digit account ids separated by commas")
+		}
+		c.ConsumerAccounts = append(c.ConsumerAccounts, a)
+	}
 	if v := getenv("LOG_LEVEL"); v != "" {
 		c.LogLevel = v
 	}
@@ -123,7 +159,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	for _, b := range []struct {
 		name string
 		dst  *bool
-	}{{"LIST_PROVIDER_SECRETS", &c.ListProviderSecrets}, {"REFRESH_FANOUT", &c.RefreshFanOut}} {
+	}{{"LIST_PROVIDER_SECRETS", &c.ListProviderSecrets}, {"REFRESH_FANOUT", &c.RefreshFanOut}, {"ALLOW_UNVERIFIED_CALLERS", &c.AllowUnverifiedCallers}} {
 		if v := getenv(b.name); v != "" {
 			parsed, err := strconv.ParseBool(v)
 			if err != nil {
@@ -180,6 +216,21 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		return c, fmt.Errorf("REFRESH_FANOUT: the refresher invokes itself, and AWS_LAMBDA_FUNCTION_NAME is not set")
 	}
 	return c, nil
+}
+
+var (
+	accountID = regexp.MustCompile(`^[0-9]{12}$`)
+	orgID     = regexp.MustCompile(`^o-[a-z0-9]{10,32}$`)
+)
+
+// Policy is who may use providers that name no allowed_callers.
+func (c Config) Policy() authz.Policy {
+	p := authz.Policy{OrgID: c.ConsumerOrgID, AllowUnverified: c.AllowUnverifiedCallers}
+	if c.VendorAccount != "" {
+		p.Accounts = append(p.Accounts, c.VendorAccount)
+	}
+	p.Accounts = append(p.Accounts, c.ConsumerAccounts...)
+	return p
 }
 
 // Clients are the AWS clients the vendor may use; nil where unused.
@@ -303,8 +354,21 @@ func New(cfg Config, c Clients, log *slog.Logger) (*App, error) {
 		Logger:              log,
 		Observer:            metrics,
 	})
-	g := gate.New(v, provs, log, metrics).WithProver(dpop.NewPool(prover))
-	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: httpapi.New(g, provs, log, nil).WithJWKS(keys), Log: log, Metrics: metrics, Keys: keys, DPoP: prover}
+	g := gate.New(v, provs, log, metrics).WithPolicy(cfg.Policy()).WithProver(dpop.NewPool(prover))
+	h := httpapi.New(g, provs, log, nil).WithJWKS(keys)
+	if cfg.CursorKeySecret != "" {
+		if c.SecretsManager == nil {
+			return nil, fmt.Errorf("CURSOR_KEY_SECRET_ARN set but no Secrets Manager client")
+		}
+		h.WithCursorKey(func(ctx context.Context) ([]byte, error) {
+			out, err := c.SecretsManager.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: aws.String(cfg.CursorKeySecret)})
+			if err != nil {
+				return nil, err
+			}
+			return []byte(aws.ToString(out.SecretString)), nil
+		})
+	}
+	a := &App{Config: cfg, Vendor: v, Gate: g, Providers: provs, Handler: h, Log: log, Metrics: metrics, Keys: keys, DPoP: prover}
 	if (cfg.VendorID != "" || cfg.FunctionName != "") && cfg.STSEndpoint != "" {
 		a.Proofs = &identity.Verifier{Endpoint: cfg.STSEndpoint, VendorID: cfg.VendorID}
 	}

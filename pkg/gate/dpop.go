@@ -39,7 +39,7 @@ var errKeyMoved = errors.New("the cached DPoP-bound token is bound to another ke
 // record, saying that a proof was issued (never the proof). A token the
 // provider answered as Bearer comes back without a proof.
 func (g *Gate) TokenProof(ctx context.Context, req vend.Request, r dpop.Request) (vend.Token, string, error) {
-	c, err := g.admit(ctx, authz.OpVend, req)
+	_, c, err := g.admit(ctx, authz.OpVend, req)
 	if err != nil {
 		return vend.Token{}, "", err
 	}

@@ -11,6 +11,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"log/slog"
+	"slices"
+	"strings"
+
+	"github.com/aws/aws-lambda-go/lambdacontext"
 
 	"github.com/token-vendor/token-vendor/pkg/authz"
 	"github.com/token-vendor/token-vendor/pkg/identity"
@@ -26,6 +30,7 @@ type Core interface {
 	Rejected(ctx context.Context, req vend.Request, sha256hex string) (vend.Token, error)
 	Revoke(ctx context.Context, req vend.Request) (vend.RevokeResult, error)
 	Keys(ctx context.Context, providers []string, after string, limit int) (map[string][]vend.KeyInfo, string, error)
+	RefreshDue(ctx context.Context, o vend.RefreshOptions) (vend.RefreshResult, error)
 }
 
 // Definitions reads provider definitions (the registry, cached).
@@ -45,7 +50,34 @@ type Gate struct {
 	defs   Definitions
 	audit  *slog.Logger
 	count  Counter
+	policy authz.Policy
 	prover Prover // signs consumers' DPoP proofs (dpop.go); nil: none
+}
+
+// WithPolicy sets who may use providers that name no allowed_callers
+// (docs/design.md §11). Without it, verified callers of the vendor's own
+// account (read from the invoked function's ARN) are admitted.
+func (g *Gate) WithPolicy(p authz.Policy) *Gate {
+	g.policy = p
+	return g
+}
+
+// policyFor adds the vendor's own account, when the request runs in Lambda,
+// to the accounts the policy admits.
+func (g *Gate) policyFor(ctx context.Context) authz.Policy {
+	p := g.policy
+	if lc, ok := lambdacontext.FromContext(ctx); ok {
+		// arn:aws:lambda:REGION:ACCOUNT:function:NAME
+		if parts := strings.Split(lc.InvokedFunctionArn, ":"); len(parts) > 4 && parts[4] != "" && !slices.Contains(p.Accounts, parts[4]) {
+			p.Accounts = append(slices.Clip(p.Accounts), parts[4])
+		}
+	}
+	return p
+}
+
+// decide is the gate's decision for the caller in ctx.
+func (g *Gate) decide(ctx context.Context, def *provider.Definition, op authz.Op) (authz.Admission, error) {
+	return g.policyFor(ctx).Decide(identity.FromContext(ctx), def, op)
 }
 
 // New guards core. audit receives one record per request (the vendor's JSON
@@ -69,7 +101,7 @@ type Record struct {
 	Resource  string
 	Audience  string
 	Outcome   string // "granted", a refusal reason, or the error code
-	Detail    string // why, for refusals
+	Detail    string // why, for refusals; what the decision relied on, for grants
 	Source    vend.Source
 	TokenHash string
 	// Proof is set when a DPoP proof was issued with the token (the proof
@@ -105,6 +137,10 @@ func (g *Gate) write(ctx context.Context, r Record) {
 	if r.Audience != "" {
 		attrs = append(attrs, slog.String("audience", truncate(r.Audience, 256)))
 	}
+	if r.Caller.Problem != "" && r.Caller.Problem != identity.NoIdentity {
+		// A bad proof is recorded even where the request was granted anyway.
+		attrs = append(attrs, slog.String("identity_problem", r.Caller.Problem))
+	}
 	if r.Caller.OrgID != "" {
 		attrs = append(attrs, slog.String("caller_org", r.Caller.OrgID))
 	}
@@ -132,26 +168,26 @@ func truncate(s string, n int) string {
 
 // admit reads the definition and decides. On refusal it writes the request's
 // audit record and returns the error; on success the caller writes it.
-func (g *Gate) admit(ctx context.Context, op authz.Op, req vend.Request) (identity.Caller, error) {
-	c := identity.FromContext(ctx)
+func (g *Gate) admit(ctx context.Context, op authz.Op, req vend.Request) (*provider.Definition, authz.Admission, error) {
+	adm := authz.Admission{Caller: identity.FromContext(ctx)}
 	def, err := g.defs.Get(ctx, req.Provider)
 	if err == nil {
-		err = authz.Decide(c, def, op)
+		adm, err = g.decide(ctx, def, op)
 	}
 	if err != nil {
-		g.finish(ctx, c, op, req, vend.Token{}, err)
+		g.finish(ctx, adm, op, req, vend.Token{}, err)
 	}
-	return c, err
+	return def, adm, err
 }
 
 // finish writes the audit record of a request that was admitted (or not).
-func (g *Gate) finish(ctx context.Context, c identity.Caller, op authz.Op, req vend.Request, t vend.Token, err error) {
-	g.write(ctx, g.record(c, op, req, t, err))
+func (g *Gate) finish(ctx context.Context, adm authz.Admission, op authz.Op, req vend.Request, t vend.Token, err error) {
+	g.write(ctx, g.record(adm, op, req, t, err))
 }
 
 // record is the audit record of a request that was admitted (or not).
-func (g *Gate) record(c identity.Caller, op authz.Op, req vend.Request, t vend.Token, err error) Record {
-	r := Record{Caller: c, Op: op, Provider: req.Provider, Scope: req.Scope, Resource: req.Resource, Audience: req.Audience, Outcome: Granted}
+func (g *Gate) record(adm authz.Admission, op authz.Op, req vend.Request, t vend.Token, err error) Record {
+	r := Record{Caller: adm.Caller, Op: op, Provider: req.Provider, Scope: req.Scope, Resource: req.Resource, Audience: req.Audience, Outcome: Granted, Detail: adm.Note}
 	if err != nil {
 		p := wire.Classify(err, req.Provider)
 		r.Outcome = p.Code
@@ -168,12 +204,12 @@ func (g *Gate) record(c identity.Caller, op authz.Op, req vend.Request, t vend.T
 }
 
 func (g *Gate) vend(ctx context.Context, op authz.Op, req vend.Request, do func() (vend.Token, error)) (vend.Token, error) {
-	c, err := g.admit(ctx, op, req)
+	_, adm, err := g.admit(ctx, op, req)
 	if err != nil {
 		return vend.Token{}, err
 	}
 	t, err := do()
-	g.finish(ctx, c, op, req, t, err)
+	g.finish(ctx, adm, op, req, t, err)
 	return t, err
 }
 
@@ -182,10 +218,30 @@ func (g *Gate) Token(ctx context.Context, req vend.Request) (vend.Token, error) 
 	return g.vend(ctx, authz.OpVend, req, func() (vend.Token, error) { return g.core.Token(ctx, req) })
 }
 
-// Refresh forces a refresh: an operator operation (admin_callers).
+// Refresh forces a refresh: an operator operation (admin_callers). An
+// operator who may not vend the provider's tokens gets the renewal without
+// the token: AccessToken is empty (Withheld), and the edges answer without
+// one (HTTP 202).
 func (g *Gate) Refresh(ctx context.Context, req vend.Request) (vend.Token, error) {
-	return g.vend(ctx, authz.OpRefresh, req, func() (vend.Token, error) { return g.core.Refresh(ctx, req) })
+	def, adm, err := g.admit(ctx, authz.OpRefresh, req)
+	if err != nil {
+		return vend.Token{}, err
+	}
+	_, verr := g.decide(ctx, def, authz.OpVend)
+	t, err := g.core.Refresh(ctx, req)
+	if err == nil && verr != nil {
+		adm.Note = strings.TrimPrefix(adm.Note+"; ", "; ") + "token withheld: the operator may not vend it"
+		g.finish(ctx, adm, authz.OpRefresh, req, t, nil)
+		t.AccessToken = ""
+		return t, nil
+	}
+	g.finish(ctx, adm, authz.OpRefresh, req, t, err)
+	return t, err
 }
+
+// Withheld reports whether t is a renewal answered without its token (a
+// forced refresh by an operator who may not vend).
+func Withheld(t vend.Token) bool { return t.AccessToken == "" }
 
 // Rejected replaces a rejected token, for callers who may vend.
 func (g *Gate) Rejected(ctx context.Context, req vend.Request, sha256hex string) (vend.Token, error) {
@@ -194,12 +250,12 @@ func (g *Gate) Rejected(ctx context.Context, req vend.Request, sha256hex string)
 
 // Revoke is an operator operation (admin_callers).
 func (g *Gate) Revoke(ctx context.Context, req vend.Request) (vend.RevokeResult, error) {
-	c, err := g.admit(ctx, authz.OpRevoke, req)
+	_, adm, err := g.admit(ctx, authz.OpRevoke, req)
 	if err != nil {
 		return vend.RevokeResult{}, err
 	}
 	res, err := g.core.Revoke(ctx, req)
-	g.finish(ctx, c, authz.OpRevoke, req, vend.Token{}, err)
+	g.finish(ctx, adm, authz.OpRevoke, req, vend.Token{}, err)
 	return res, err
 }
 
@@ -207,12 +263,57 @@ func (g *Gate) Revoke(ctx context.Context, req vend.Request) (vend.RevokeResult,
 // the caller may vend (Listable), and writes one audit record.
 func (g *Gate) Keys(ctx context.Context, providers []string, after string, limit int) (map[string][]vend.KeyInfo, string, error) {
 	keys, next, err := g.core.Keys(ctx, providers, after, limit)
-	g.finish(ctx, identity.FromContext(ctx), authz.OpList, vend.Request{}, vend.Token{}, err)
+	g.finish(ctx, authz.Admission{Caller: identity.FromContext(ctx)}, authz.OpList, vend.Request{}, vend.Token{}, err)
 	return keys, next, err
 }
 
 // Listable reports whether the caller may see def in a listing: whether it
 // may vend its tokens.
 func (g *Gate) Listable(ctx context.Context, def *provider.Definition) bool {
-	return authz.Decide(identity.FromContext(ctx), def, authz.OpVend) == nil
+	_, err := g.decide(ctx, def, authz.OpVend)
+	return err == nil
+}
+
+// RefreshDue runs the refresher. A scheduled run or a shard's run (no
+// caller in ctx) is the vendor's own and passes through; a manual run
+// (the refresher's {"force":true} event, path refresher) is an operator
+// request: decided for each provider it names and audited once, like any
+// request through the gate.
+func (g *Gate) RefreshDue(ctx context.Context, o vend.RefreshOptions) (vend.RefreshResult, error) {
+	c := identity.FromContext(ctx)
+	if c.Path == identity.PathLocal {
+		return g.core.RefreshDue(ctx, o)
+	}
+	req := vend.Request{Provider: strings.Join(o.Providers, " ")}
+	if req.Provider == "" {
+		req.Provider = "*"
+	}
+	adm := authz.Admission{Caller: c}
+	// The refresher's own path is admitted for every provider: no
+	// definition to read (a provider whose secret is gone may still have
+	// keys to renew or fail on).
+	for _, name := range o.Providers {
+		if authz.Operator(c.Path) {
+			break
+		}
+		def, err := g.defs.Get(ctx, name)
+		if err == nil {
+			adm, err = g.decide(ctx, def, authz.OpRefresh)
+		}
+		if err != nil {
+			g.finish(ctx, adm, authz.OpRefresh, req, vend.Token{}, err)
+			return vend.RefreshResult{}, err
+		}
+	}
+	if len(o.Providers) == 0 && !authz.Operator(c.Path) {
+		err := &authz.NotAllowedError{Provider: "*", Reason: authz.NoOperators, Detail: "a refresher run over every provider is for the refresher's own event"}
+		g.finish(ctx, adm, authz.OpRefresh, req, vend.Token{}, err)
+		return vend.RefreshResult{}, err
+	}
+	res, err := g.core.RefreshDue(ctx, o)
+	if err == nil && o.Force {
+		adm.Note = strings.TrimPrefix(adm.Note+"; ", "; ") + "forced run"
+	}
+	g.finish(ctx, adm, authz.OpRefresh, req, vend.Token{}, err)
+	return res, err
 }

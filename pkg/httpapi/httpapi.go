@@ -5,7 +5,6 @@ package httpapi
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,6 +63,9 @@ type Handler struct {
 	log   *slog.Logger
 	now   func() time.Time
 	mux   *http.ServeMux
+	// cursors seals the listing's cursors: opaque to the caller, bound to
+	// it, and refused when altered.
+	cursors *cursorBox
 }
 
 // New builds the handler. now may be nil (time.Now).
@@ -74,7 +76,7 @@ func New(v Vendor, provs Providers, log *slog.Logger, now func() time.Time) *Han
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{v: v, provs: provs, log: log, now: now, mux: http.NewServeMux()}
+	h := &Handler{v: v, provs: provs, log: log, now: now, mux: http.NewServeMux(), cursors: newCursorBox(nil)}
 	h.mux.HandleFunc("GET /v1/tokens/{provider}", h.token)
 	h.mux.HandleFunc("POST /v1/tokens/{provider}/refresh", h.refresh)
 	h.mux.HandleFunc("POST /v1/tokens/{provider}/revoke", h.revoke)
@@ -83,6 +85,15 @@ func New(v Vendor, provs Providers, log *slog.Logger, now func() time.Time) *Han
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+	return h
+}
+
+// WithCursorKey makes listing cursors sealed with the key key returns (at
+// least 32 bytes, shared by every instance of the stack, read once), so a
+// cursor one instance returned opens on another. Without it, each process
+// seals with a random key of its own (local mode: one process).
+func (h *Handler) WithCursorKey(key func(context.Context) ([]byte, error)) *Handler {
+	h.cursors = newCursorBox(key)
 	return h
 }
 
@@ -102,12 +113,15 @@ func (h *Handler) WithJWKS(keys PublicKeys) *Handler {
 		if err == nil {
 			def, err = h.provs.Get(r.Context(), name)
 		}
-		if err != nil {
-			h.fail(w, r, name, err)
+		if errors.Is(err, provider.ErrNotFound) || (err == nil && def.AuthMethod != provider.AuthPrivateKeyJWT) {
+			// One answer for every name it serves no keys for, unknown or
+			// not: the route needs no IAM, and must not tell which
+			// providers exist.
+			h.writeError(w, r, http.StatusNotFound, wire.ErrorResponse{Error: "not_found", ErrorDescription: "no JWK Set is published under this name"})
 			return
 		}
-		if def.AuthMethod != provider.AuthPrivateKeyJWT {
-			h.writeError(w, r, http.StatusNotFound, wire.ErrorResponse{Error: "not_found", ErrorDescription: "provider " + name + " signs no client assertions with a key pair", Provider: name})
+		if err != nil {
+			h.fail(w, r, name, err)
 			return
 		}
 		set, err := keys.JWKS(r.Context(), def)
@@ -219,6 +233,16 @@ func (h *Handler) refresh(w http.ResponseWriter, r *http.Request) {
 	h.vend(w, r, true, func(ctx context.Context, req vend.Request) (vend.Token, error) { return h.v.Refresh(ctx, req) })
 }
 
+// renewed is the answer to a forced refresh by an operator who may not
+// vend the provider's tokens (202): the key was renewed, and its token is
+// not handed out.
+type renewed struct {
+	Provider  string `json:"provider"`
+	Scope     string `json:"scope"`
+	ExpiresAt string `json:"expires_at"`
+	Renewed   bool   `json:"renewed"`
+}
+
 func (h *Handler) rejected(w http.ResponseWriter, r *http.Request) {
 	h.vend(w, r, true, func(ctx context.Context, req vend.Request) (vend.Token, error) {
 		var body struct {
@@ -241,6 +265,12 @@ func (h *Handler) vend(w http.ResponseWriter, r *http.Request, withMinTTL bool, 
 		if t, err = do(r.Context(), req); err == nil {
 			if rec, ok := w.(*statusRecorder); ok {
 				rec.source = t.Source
+			}
+			if t.AccessToken == "" {
+				// The gate withheld the token: the caller may renew the
+				// key but not have it.
+				writeJSON(w, http.StatusAccepted, renewed{Provider: t.Provider, Scope: t.Scope, ExpiresAt: t.ExpiresAt.UTC().Format(time.RFC3339), Renewed: true})
+				return
 			}
 			writeJSON(w, http.StatusOK, wire.NewTokenResponse(t, h.now()))
 			return
@@ -294,10 +324,13 @@ func (h *Handler) providers(w http.ResponseWriter, r *http.Request) {
 	}
 	after := ""
 	if c := q.Get("cursor"); c != "" {
-		b, err := base64.RawURLEncoding.DecodeString(c)
+		b, err := h.cursors.open(r.Context(), c)
 		// A page ends on whatever record the scan looked at last.
-		if err != nil || !vend.IsRecordKey(string(b)) {
-			h.fail(w, r, "", wire.Invalid("cursor: not one this API returned"))
+		if err == nil && !vend.IsRecordKey(string(b)) {
+			err = errBadCursor
+		}
+		if err != nil {
+			h.fail(w, r, "", err)
 			return
 		}
 		after = string(b)
@@ -331,7 +364,12 @@ func (h *Handler) providers(w http.ResponseWriter, r *http.Request) {
 		NextCursor string `json:"next_cursor,omitempty"`
 	}{Providers: []providerJSON{}}
 	if next != "" {
-		out.NextCursor = base64.RawURLEncoding.EncodeToString([]byte(next))
+		// The last record looked at may be any provider's (or a key-count
+		// record): sealed, the cursor says nothing about it.
+		if out.NextCursor, err = h.cursors.seal(r.Context(), []byte(next)); err != nil {
+			h.fail(w, r, "", err)
+			return
+		}
 	}
 	for _, n := range names {
 		d, err := h.provs.Get(r.Context(), n)

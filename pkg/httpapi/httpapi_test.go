@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -305,5 +306,74 @@ func TestJWKSRoute(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/providers/nope/jwks.json", nil))
 	if rec.Code != 404 || rec.Header().Get("Cache-Control") != "no-store" {
 		t.Fatalf("unknown provider: %d %v", rec.Code, rec.Header())
+	}
+}
+
+// TestJWKSOneAnswerForEveryUnservedName: the route needs no IAM, so it must
+// not tell a provider that signs nothing from a name that is no provider.
+func TestJWKSOneAnswerForEveryUnservedName(t *testing.T) {
+	e := newEnv(t)
+	h := e.h.(*httpapi.Handler).WithJWKS(fakeKeys{})
+	answer := func(name string) string {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/providers/"+name+"/jwks.json", nil))
+		return fmt.Sprintf("%d %v %s", rec.Code, rec.Header(), rec.Body)
+	}
+	known, unknown := answer("demo-k2"), answer("no-such-provider")
+	if !strings.HasPrefix(known, "404 ") || known != strings.ReplaceAll(unknown, "no-such-provider", "demo-k2") {
+		t.Fatalf("a provider that signs nothing and an unknown name are told apart:\n%s\n%s", known, unknown)
+	}
+	if strings.Contains(known, "demo-k2") {
+		t.Fatalf("the answer names the provider: %s", known)
+	}
+}
+
+// TestProvidersListingCursorIsOpaque: a cursor tells nothing about the
+// record a page ended on (any provider's, or a key-count record), and an
+// altered one is refused as invalid_request.
+func TestProvidersListingCursorIsOpaque(t *testing.T) {
+	e := newEnv(t)
+	for i := range 4 {
+		if resp, _ := e.do("GET", fmt.Sprintf("/v1/tokens/demo-k2?scope=s%d", i), ""); resp.StatusCode != 200 {
+			t.Fatal(resp.Status)
+		}
+	}
+	cursor := ""
+	for page := 0; ; page++ {
+		target := "/v1/providers?limit=1"
+		if cursor != "" {
+			target += "&cursor=" + cursor
+		}
+		resp, body := e.do("GET", target, "")
+		if resp.StatusCode != 200 {
+			t.Fatalf("%d %v", resp.StatusCode, body)
+		}
+		next, _ := body["next_cursor"].(string)
+		if next == "" {
+			break
+		}
+		for _, enc := range []func(string) ([]byte, error){base64.RawURLEncoding.DecodeString, base64.StdEncoding.DecodeString, base64.URLEncoding.DecodeString} {
+			if b, err := enc(next); err == nil {
+				for _, leak := range []string{"token#", "keys#", "demo-k2", "cooldown#"} {
+					if strings.Contains(string(b), leak) {
+						t.Fatalf("cursor %q decodes to %q: names a record", next, b)
+					}
+				}
+			}
+		}
+		if page == 1 {
+			raw, _ := base64.RawURLEncoding.DecodeString(next)
+			raw[len(raw)-1] ^= 1
+			tampered := base64.RawURLEncoding.EncodeToString(raw)
+			for _, bad := range []string{tampered, base64.RawURLEncoding.EncodeToString([]byte("keys#demo-k2")), "x"} {
+				if resp, body := e.do("GET", "/v1/providers?limit=1&cursor="+bad, ""); resp.StatusCode != 400 || body["error"] != "invalid_request" {
+					t.Fatalf("cursor %q: %d %v", bad, resp.StatusCode, body)
+				}
+			}
+		}
+		cursor = next
+		if page > 20 {
+			t.Fatal("listing does not end")
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambdacontext"
 
+	"github.com/token-vendor/token-vendor/pkg/authz"
 	"github.com/token-vendor/token-vendor/pkg/identity"
 	"github.com/token-vendor/token-vendor/pkg/store"
 	"github.com/token-vendor/token-vendor/pkg/vend"
@@ -244,6 +245,10 @@ func Refresh(r Refresher, interval time.Duration, d Dispatcher, log *slog.Logger
 			// Under its providers' shard leases like any run: a provider's cap
 			// and rate bind every run together.
 			opts.Providers, opts.Force, opts.Exclusive = m.Providers, m.Force, true
+			// An operator's run: through the gate (when r is one) as the
+			// refresher path, audited. Lambda does not say who invoked.
+			ctx = identity.NewContext(ctx, identity.Caller{Path: authz.PathRefresher, Problem: identity.NoIdentity,
+				Detail: "the refresher's manual event (whoever may invoke the refresher function; Lambda does not name the invoker)"})
 		}
 		got, err := r.RefreshDue(ctx, opts)
 		got.Dispatched = dispatched

@@ -26,6 +26,11 @@ type CacheOptions struct {
 	// NotFoundTTL caches "no such provider" so unknown names cannot make
 	// every request a Secrets Manager call (30 s).
 	NotFoundTTL time.Duration
+	// MaxNotFound bounds how many "no such provider" answers are kept
+	// (1024): names are the caller's to invent, and the unauthenticated
+	// JWKS route takes any; past the bound, expired answers go first, then
+	// any.
+	MaxNotFound int
 	// StaleFor is how long past TTL a definition keeps being served while
 	// the source fails (15 min).
 	StaleFor time.Duration
@@ -46,7 +51,9 @@ type Cached struct {
 	opts CacheOptions
 	mu   sync.Mutex
 	defs map[string]entry
-	sf   singleflight.Group
+	// missing counts the not-found entries in defs.
+	missing int
+	sf      singleflight.Group
 
 	names        []string
 	namesFetched time.Time
@@ -59,6 +66,9 @@ func NewCached(src Source, o CacheOptions) *Cached {
 	}
 	if o.NotFoundTTL == 0 {
 		o.NotFoundTTL = 30 * time.Second
+	}
+	if o.MaxNotFound == 0 {
+		o.MaxNotFound = 1024
 	}
 	if o.StaleFor == 0 {
 		o.StaleFor = 15 * time.Minute
@@ -114,10 +124,10 @@ func (c *Cached) read(ctx context.Context, name string, stale bool) (*provider.D
 		defer c.mu.Unlock()
 		switch {
 		case err == nil:
-			c.defs[name] = entry{def: d, fetched: now}
+			c.put(name, entry{def: d, fetched: now})
 			return d, nil
 		case errors.Is(err, provider.ErrNotFound):
-			c.defs[name] = entry{err: err, fetched: now}
+			c.put(name, entry{err: err, fetched: now})
 			return nil, err
 		}
 		if old, ok := c.defs[name]; stale && ok && old.def != nil && now.Sub(old.fetched) < c.opts.TTL+c.opts.StaleFor {
@@ -128,6 +138,42 @@ func (c *Cached) read(ctx context.Context, name string, stale bool) (*provider.D
 	})
 	d, _ := v.(*provider.Definition)
 	return d, err
+}
+
+// put stores e under name, keeping at most MaxNotFound not-found entries.
+// c.mu is held.
+func (c *Cached) put(name string, e entry) {
+	if old, ok := c.defs[name]; ok && old.err != nil {
+		c.missing--
+	}
+	if e.err != nil {
+		if c.missing >= c.opts.MaxNotFound {
+			c.evictMissing(e.fetched)
+		}
+		c.missing++
+	}
+	c.defs[name] = e
+}
+
+// evictMissing makes room for not-found entries: every expired one goes,
+// and if that is not enough, an eighth of the others (so a flood of new
+// names pays for one sweep per MaxNotFound/8 names, not one per name).
+func (c *Cached) evictMissing(now time.Time) {
+	for n, e := range c.defs {
+		if e.err != nil && now.Sub(e.fetched) >= c.opts.NotFoundTTL {
+			delete(c.defs, n)
+			c.missing--
+		}
+	}
+	for n, e := range c.defs {
+		if c.missing < c.opts.MaxNotFound-c.opts.MaxNotFound/8 {
+			break
+		}
+		if e.err != nil {
+			delete(c.defs, n)
+			c.missing--
+		}
+	}
 }
 
 // Names lists providers, cached like definitions.

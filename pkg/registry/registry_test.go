@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -188,6 +189,28 @@ func TestCachedNotFoundIsCachedBriefly(t *testing.T) {
 	c.Get(bg, "ghost")
 	if src.calls.Load() != 2 {
 		t.Fatal("not-found cached too long")
+	}
+}
+
+// TestCachedNotFoundIsBounded: names are the caller's to invent (the JWKS
+// route takes any without IAM); the not-found answers kept stay bounded.
+func TestCachedNotFoundIsBounded(t *testing.T) {
+	src := &countingSource{defs: map[string]*provider.Definition{"real": {Name: "real"}}}
+	c := NewCached(src, CacheOptions{})
+	if _, err := c.Get(bg, "real"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20000 {
+		if _, err := c.Get(bg, fmt.Sprintf("ghost-%d", i)); !errors.Is(err, provider.ErrNotFound) {
+			t.Fatal(err)
+		}
+	}
+	c.mu.Lock()
+	n := len(c.defs)
+	_, kept := c.defs["real"]
+	c.mu.Unlock()
+	if n > 1025 || !kept {
+		t.Fatalf("after 20000 unknown names the cache holds %d entries (real kept: %v), want at most 1024 not-found ones", n, kept)
 	}
 }
 

@@ -81,6 +81,9 @@ type Item struct {
 	// ForcedAtMS is when a forced refresh last took the lease: forced
 	// refreshes are limited to one per key per reject interval.
 	ForcedAtMS int64 `dynamodbav:"forced_at,omitempty"`
+	// RevokedAtMS is when a revoke last purged the key: revokes are
+	// limited to one per key per reject interval, fleet-wide.
+	RevokedAtMS int64 `dynamodbav:"revoked_at,omitempty"`
 	// LastUsedAt is when a caller last had this key's token (epoch
 	// seconds), recorded at most once per usage interval (docs/design.md §3).
 	LastUsedAt int64 `dynamodbav:"last_used_at,omitempty"`

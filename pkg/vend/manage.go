@@ -42,7 +42,7 @@ func (v *Vendor) Revoke(ctx context.Context, req Request) (RevokeResult, error) 
 	}
 	j := &job{def: def, key: key}
 	var res RevokeResult
-	revoked := map[string]bool{} // token SHA-256s already sent to the provider
+	var tok string // the live token to revoke at the provider, once purged
 	for attempt := 0; ; attempt++ {
 		it, err := v.store.Get(ctx, key.PK, true)
 		if err != nil {
@@ -53,22 +53,26 @@ func (v *Vendor) Revoke(ctx context.Context, req Request) (RevokeResult, error) 
 			break
 		}
 		now := v.opts.Now()
+		// One revoke per key per interval, fleet-wide: the purge below
+		// claims the interval before the provider is called, so a flood of
+		// revokes (concurrent or not) makes one upstream revocation.
+		if next := time.UnixMilli(it.RevokedAtMS).Add(v.opts.RejectInterval); it.RevokedAtMS > 0 && now.Before(next) {
+			return res, &UnavailableError{Provider: def.Name, RetryAfter: next.Sub(now).Round(time.Second) + time.Second,
+				Reason: "revoking this key is limited to once per " + v.opts.RejectInterval.String()}
+		}
+		tok = ""
 		live := !it.Token.IsZero() && now.Before(it.Expiry())
 		if live && def.RevokeURL != "" {
-			if tok, oerr := v.open(ctx, j, it); oerr != nil {
+			if t, oerr := v.open(ctx, j, it); oerr != nil {
 				v.log.ErrorContext(ctx, "cannot open cached token to revoke it", "provider", def.Name, "error", oerr)
-			} else if sum := tokenSHA(tok); !revoked[sum] {
-				revoked[sum] = true
-				if rerr := v.fetcher.Revoke(ctx, def, tok); rerr != nil {
-					v.log.WarnContext(ctx, "provider did not confirm revocation; purging the cached token anyway", "provider", def.Name, "error", rerr)
-				} else {
-					res.RevokedUpstream = true
-				}
+			} else {
+				tok = t
 			}
 		}
 		next := *it
 		next.Version = nextVersion(it.Version, now)
 		next.LeaseOwner, next.LeaseUntilMS = "", 0
+		next.RevokedAtMS = now.UnixMilli()
 		dropToken(&next, now) // the tombstone outlives any lease by far
 		next.WriteID = randomID()
 		err = v.cas(ctx, &next, it.Version)
@@ -78,6 +82,14 @@ func (v *Vendor) Revoke(ctx context.Context, req Request) (RevokeResult, error) 
 		}
 		if !errors.Is(err, store.ErrConflict) || attempt >= 4 {
 			return res, fmt.Errorf("purge cached token: %w", err)
+		}
+	}
+	if tok != "" {
+		// Purged first: nobody is handed the token while it is revoked.
+		if rerr := v.fetcher.Revoke(ctx, def, tok); rerr != nil {
+			v.log.WarnContext(ctx, "provider did not confirm revocation; the cached token is purged anyway", "provider", def.Name, "error", rerr)
+		} else {
+			res.RevokedUpstream = true
 		}
 	}
 	v.l1.purgePK(key.PK) // again: a concurrent vend may have re-filled it

@@ -70,7 +70,11 @@ type world struct {
 	arns    map[string]string
 }
 
-func setup(t *testing.T) *world {
+func setup(t *testing.T) *world { return setupWith(t, nil, nil) }
+
+// setupWith is setup with the vendor's environment (as the template sets
+// it, read by app.FromEnv) and a chance to edit the provider definitions.
+func setupWith(t *testing.T, env map[string]string, edit func(map[string]*provider.Definition)) *world {
 	t.Helper()
 	ep := testenv.DynamoDB(t)
 	w := &world{moto: testenv.StartAuthMoto(t, accountB), up: vendtest.NewUpstream(t), logs: &testenv.SyncBuffer{}, arns: map[string]string{}}
@@ -104,12 +108,18 @@ func setup(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	defs["partner"] = &partner
+	if edit != nil {
+		edit(defs)
+	}
 
 	w.ddb = &counting{next: http.DefaultTransport}
 	client := dynamodb.NewFromConfig(testenv.Config(), func(o *dynamodb.Options) {
 		o.BaseEndpoint, o.DisableValidateResponseChecksum, o.HTTPClient = aws.String(ep), true, w.ddb
 	})
-	cfg := app.Defaults()
+	cfg, err := app.FromEnv(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg.StaticProviders, cfg.Table, cfg.RefreshAhead, cfg.MetricsNamespace = defs, testenv.NewTable(t, ep), false, "TokenVendor"
 	// No VENDOR_ID: in Lambda the vendor id is the invoked function's ARN.
 	cfg.FunctionName, cfg.STSEndpoint = functionName, w.moto.Endpoint
@@ -253,9 +263,11 @@ func TestAllowedCallersOnEveryPath(t *testing.T) {
 		t.Fatalf("invoke with the listed role's proof: %s %s", typ, msg)
 	}
 	tokens = append(tokens, tok.AccessToken)
-	// Providers without allowed_callers behave as before, proof or not.
-	if tok, typ, msg := w.directInvoke(t, "demo-k2", nil); typ != "" || tok.AccessToken == "" {
-		t.Fatalf("unrestricted provider without a proof: %s %s", typ, msg)
+	// Providers without allowed_callers take any verified principal the
+	// vendor serves (its own account here); without a proof, see
+	// TestUnverifiedDirectInvokeRefusedByDefault.
+	if tok, typ, msg := w.directInvoke(t, "demo-k2", w.proof(t, w.other, w.moto.Endpoint, vendorID, time.Now())); typ != "" || tok.AccessToken == "" {
+		t.Fatalf("unrestricted provider with a proof: %s %s", typ, msg)
 	}
 
 	// Audit: one record per request, field by field.
@@ -272,7 +284,7 @@ func TestAllowedCallersOnEveryPath(t *testing.T) {
 		{"path": "api", "caller": w.arns["allowed"], "outcome": "granted", "cache": "upstream", "token_sha256_prefix": tokenPrefix(tokens[0])},
 		{"path": "url", "caller": w.arns["allowed"], "outcome": "granted", "cache": "l1", "token_sha256_prefix": tokenPrefix(tokens[1])},
 		{"path": "invoke", "caller": w.arns["allowed"], "outcome": "granted", "cache": "l1", "token_sha256_prefix": tokenPrefix(tokens[2])},
-		{"path": "invoke", "caller": "unverified", "outcome": "granted", "provider": "demo-k2"},
+		{"path": "invoke", "caller": w.arns["other"], "outcome": "granted", "provider": "demo-k2"},
 	}
 	for i, wf := range want {
 		rec := recs[i]
@@ -416,8 +428,8 @@ func TestOperatorOperations(t *testing.T) {
 }
 
 // TestSTSUnavailable: callers whose proof was verified keep working while
-// STS is down; new proofs get a clear retryable error; unrestricted
-// providers are unaffected.
+// STS is down; new proofs get a clear retryable error, on unrestricted
+// providers too (they need a verified caller).
 func TestSTSUnavailable(t *testing.T) {
 	w := setup(t)
 	sts, err := testenv.NewSwitchable(w.moto.Endpoint)
@@ -447,7 +459,12 @@ func TestSTSUnavailable(t *testing.T) {
 	if typ, msg := call("payments", fresh); typ != "IdentityUnavailable" || !strings.Contains(msg, "retry") {
 		t.Fatalf("new identity while STS is down: %s %q, want IdentityUnavailable, retryable", typ, msg)
 	}
-	if typ, msg := call("demo-k2", fresh); typ != "" {
-		t.Fatalf("unrestricted provider while STS is down: %s %s", typ, msg)
+	// Unrestricted providers need a verified caller too (§11): the identity
+	// already verified keeps working, a new one waits for STS like any.
+	if typ, msg := call("demo-k2", known); typ != "" {
+		t.Fatalf("unrestricted provider, cached identity, while STS is down: %s %s", typ, msg)
+	}
+	if typ, msg := call("demo-k2", fresh); typ != "IdentityUnavailable" || !strings.Contains(msg, "retry") {
+		t.Fatalf("unrestricted provider, new identity, while STS is down: %s %q, want IdentityUnavailable, retryable", typ, msg)
 	}
 }

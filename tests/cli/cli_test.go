@@ -8,7 +8,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -363,5 +365,42 @@ func TestJWKSCommand(t *testing.T) {
 	}
 	if code, _, stderr := run(t, "jwks", "secret", "--providers", file); code != 2 || !strings.Contains(stderr, "not private_key_jwt") || strings.Contains(stderr, "CANARY-S") {
 		t.Fatalf("secret provider: %d %q", code, stderr)
+	}
+}
+
+// TestTokenCommandAudited: the CLI goes through the gate as the cli
+// operator path: it may take a restricted provider's token (whoever runs
+// it reads the secrets directly), and leaves one audit record on stderr
+// naming the path, the provider and the token's digest, never the token.
+func TestTokenCommandAudited(t *testing.T) {
+	sb := sandbox.New()
+	srv := httptest.NewServer(sb.Handler())
+	t.Cleanup(srv.Close)
+	defs := sandbox.DemoProviders(sb, srv.URL)
+	defs["demo-k2"].AllowedCallers = []string{"arn:aws:iam::123456789012:role/payments"}
+	b, _ := json.Marshal(defs)
+	path := filepath.Join(t.TempDir(), "providers.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := run(t, "token", "demo-k2", "--providers", path)
+	var tok map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &tok) != nil || tok["access_token"] == "" {
+		t.Fatalf("exit %d out %q err %q", code, out, stderr)
+	}
+	var audits []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "audit" {
+			audits = append(audits, rec)
+		}
+	}
+	sum := sha256.Sum256([]byte(tok["access_token"].(string)))
+	if len(audits) != 1 || audits[0]["path"] != "cli" || audits[0]["provider"] != "demo-k2" || audits[0]["outcome"] != "granted" ||
+		audits[0]["token_sha256_prefix"] != hex.EncodeToString(sum[:6]) {
+		t.Fatalf("audit records %v, want one for the cli path with the token's digest", audits)
+	}
+	if strings.Contains(stderr, tok["access_token"].(string)) {
+		t.Fatal("the token reached stderr")
 	}
 }

@@ -77,6 +77,9 @@ func TemplateEnv(logicalID string, refs map[string]string) (map[string]string, e
 	return env, nil
 }
 
+// pseudo are the pseudo parameters, as moto's default account has them.
+var pseudo = map[string]string{"AWS::AccountId": "123456789012", "AWS::Region": "us-east-1", "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
+
 type tmpl struct {
 	root *yaml.Node
 	refs map[string]string
@@ -86,6 +89,9 @@ func (t *tmpl) resolve(n *yaml.Node) (string, error) {
 	switch n.Tag {
 	case "!Ref":
 		if v, ok := t.refs[n.Value]; ok {
+			return v, nil
+		}
+		if v, ok := pseudo[n.Value]; ok {
 			return v, nil
 		}
 		if p := Get(t.root, "Parameters", n.Value); p != nil {
@@ -99,6 +105,26 @@ func (t *tmpl) resolve(n *yaml.Node) (string, error) {
 			return v, nil
 		}
 		return "", fmt.Errorf("unresolved !GetAtt %s", n.Value)
+	case "!Join":
+		// [delimiter, list]: the list a sequence or a !Ref to a
+		// CommaDelimitedList parameter (its value already comma-joined).
+		if len(n.Content) != 2 {
+			return "", fmt.Errorf("!Join at line %d: want [delimiter, list]", n.Line)
+		}
+		list := n.Content[1]
+		if list.Kind != yaml.SequenceNode {
+			v, err := t.resolve(list)
+			return strings.ReplaceAll(v, ",", n.Content[0].Value), err
+		}
+		parts := make([]string, len(list.Content))
+		for i, item := range list.Content {
+			v, err := t.resolve(item)
+			if err != nil {
+				return "", err
+			}
+			parts[i] = v
+		}
+		return strings.Join(parts, n.Content[0].Value), nil
 	case "!If":
 		ok, err := t.condition(n.Content[0].Value)
 		if err != nil {

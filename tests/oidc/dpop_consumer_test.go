@@ -18,6 +18,7 @@ import (
 	"github.com/lestrrat-go/jwx/v3/jwt"
 
 	"github.com/token-vendor/token-vendor/pkg/assertion"
+	"github.com/token-vendor/token-vendor/pkg/authz"
 	"github.com/token-vendor/token-vendor/pkg/client"
 	"github.com/token-vendor/token-vendor/pkg/dpop"
 	"github.com/token-vendor/token-vendor/pkg/gate"
@@ -110,7 +111,9 @@ func TestConsumerProofsAgainstResourceServer(t *testing.T) {
 	}
 
 	// Direct invoke: the same answer shape.
-	g2 := gate.New(v, registry.NewStatic(map[string]*provider.Definition{"bank": withoutCallers(def)}), nil, nil).WithProver(prover)
+	// Identity is not the subject here: the invoke carries no proof, so the
+	// gate opts in to unverified callers for the unrestricted provider (§11).
+	g2 := gate.New(v, registry.NewStatic(map[string]*provider.Definition{"bank": withoutCallers(def)}), nil, nil).WithProver(prover).WithPolicy(authz.Policy{AllowUnverified: true})
 	invoke := lambdafn.Invoke(g2, nil, slog.New(slog.DiscardHandler), nil)
 	ev, _ := json.Marshal(map[string]string{"provider": "bank", "scope": "read", "dpop_htm": "GET", "dpop_htu": rsSrv.URL + "/balance", "dpop_nonce": "rs-nonce-7"})
 	out, err := invoke(context.Background(), ev)

@@ -78,7 +78,10 @@ type deps struct {
 	rules   rules
 	secrets secrets
 	api     func(url string) client.Fetcher // the SigV4-signing HTTP API client
-	sleep   func(context.Context, time.Duration) error
+	// vend invokes the vend function with an identity proof (the vendor
+	// refuses unverified direct invokes by default).
+	vend  func(function string) client.Fetcher
+	sleep func(context.Context, time.Duration) error
 }
 
 // config is what the operator chooses.
@@ -149,7 +152,7 @@ func run(ctx context.Context, d deps, s settings) []check {
 		}
 	}
 
-	direct, err := client.NewLambdaInvoker(d.lambda, outputs["VendFunctionArn"]).Fetch(ctx, client.Request{Provider: s.provider, Scope: s.scope})
+	direct, err := d.vend(outputs["VendFunctionArn"]).Fetch(ctx, client.Request{Provider: s.provider, Scope: s.scope})
 	add("direct invoke of VendFunction", tokenErr(direct, err), describe(direct))
 	viaAPI, err := d.api(outputs["ApiUrl"]).Fetch(ctx, client.Request{Provider: s.provider, Scope: s.scope})
 	add("GET /v1/tokens/"+s.provider+" through the HTTP API (SigV4)", tokenErr(viaAPI, err), describe(viaAPI))
@@ -396,6 +399,7 @@ func main() {
 		api: func(url string) client.Fetcher {
 			return client.NewHTTPFetcher(url, cfg.Credentials, cfg.Region)
 		},
+		vend: func(function string) client.Fetcher { return client.NewLambdaInvokerFromConfig(cfg, function) },
 		sleep: func(ctx context.Context, d time.Duration) error {
 			select {
 			case <-time.After(d):

@@ -147,6 +147,7 @@ func (f *fakeAWS) DescribeLogStreams(_ context.Context, in *cloudwatchlogs.Descr
 
 func (f *fakeAWS) deps() deps {
 	return deps{stacks: f, lambda: f, metrics: f, logs: f, tables: f, rules: f, secrets: f, api: func(string) client.Fetcher { return f },
+		vend:  func(fn string) client.Fetcher { return client.NewLambdaInvoker(f, fn) },
 		sleep: func(ctx context.Context, _ time.Duration) error { return ctx.Err() }}
 }
 
