@@ -113,7 +113,13 @@ func (h *Handler) WithJWKS(keys PublicKeys) *Handler {
 		if err == nil {
 			def, err = h.provs.Get(r.Context(), name)
 		}
-		if errors.Is(err, provider.ErrNotFound) || (err == nil && def.AuthMethod != provider.AuthPrivateKeyJWT) {
+		var broken *provider.FieldError
+		if errors.As(err, &broken) {
+			// A secret whose definition does not load serves no keys: the
+			// operator hears of it in the log, a prober does not.
+			h.log.WarnContext(r.Context(), "JWKS: provider definition does not load", "provider", name, "error", err)
+		}
+		if errors.Is(err, provider.ErrNotFound) || broken != nil || (err == nil && def.AuthMethod != provider.AuthPrivateKeyJWT) {
 			// One answer for every name it serves no keys for, unknown or
 			// not: the route needs no IAM, and must not tell which
 			// providers exist.

@@ -40,7 +40,7 @@ type CacheOptions struct {
 
 type entry struct {
 	def     *provider.Definition
-	err     error // cached not-found
+	err     error // cached not-found, or a definition that does not load
 	fetched time.Time
 }
 
@@ -51,7 +51,7 @@ type Cached struct {
 	opts CacheOptions
 	mu   sync.Mutex
 	defs map[string]entry
-	// missing counts the not-found entries in defs.
+	// missing counts the error entries (not found, does not load) in defs.
 	missing int
 	sf      singleflight.Group
 
@@ -133,6 +133,13 @@ func (c *Cached) read(ctx context.Context, name string, stale bool) (*provider.D
 		if old, ok := c.defs[name]; stale && ok && old.def != nil && now.Sub(old.fetched) < c.opts.TTL+c.opts.StaleFor {
 			c.opts.Logger.WarnContext(ctx, "provider source failing; serving the cached definition", "provider", name, "error", err)
 			return old.def, nil
+		}
+		if fe := (*provider.FieldError)(nil); errors.As(err, &fe) {
+			// A secret whose definition does not load is, to callers, like
+			// a missing one (the JWKS route answers both alike), and is
+			// cached as long: otherwise each request for it, unauthenticated
+			// on that route, is a Secrets Manager read.
+			c.put(name, entry{err: err, fetched: now})
 		}
 		return nil, err
 	})
