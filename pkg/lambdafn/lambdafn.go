@@ -126,7 +126,7 @@ type Verifier interface {
 // whose type names (InvalidRequest, …) become the caller's errorType.
 // The caller is whoever the event's identity proof proves (verified by
 // proofs; nil verifies none).
-func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) func(context.Context, json.RawMessage) (wire.TokenResponse, error) {
+func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) InvokeFunc {
 	if now == nil {
 		now = time.Now
 	}
@@ -134,7 +134,7 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) f
 		var ev InvokeEvent
 		var proof string
 		t, err := func() (vend.Token, error) {
-			if err := strictDecode(raw, &ev); err != nil {
+			if err := decodeEvent(ctx, raw, &ev); err != nil {
 				return vend.Token{}, err
 			}
 			if ev.Provider == "" {
