@@ -51,20 +51,21 @@ func (f InvokeFunc) Invoke(ctx context.Context, payload []byte) ([]byte, error) 
 // handler, which then does not read its bytes again.
 type decodedKey struct{}
 
-// decodeEvent reads the event the handler was given: already read by
+// decodeEvent sets ev to the event the handler was given: already read by
 // InvokeFunc.Invoke, or in one pass where fastDecode can, or strictly
 // (strictDecode, with its InvalidRequest errors). What fastDecode accepts,
 // strictDecode accepts with the same result.
-func decodeEvent(ctx context.Context, raw []byte, ev *InvokeEvent) error {
+func decodeEvent(ctx context.Context, raw []byte, ev **InvokeEvent) error {
 	if pre, ok := ctx.Value(decodedKey{}).(*InvokeEvent); ok {
-		*ev = *pre
+		*ev = pre
 		return nil
 	}
-	if len(raw) <= maxEventBody && fastDecode(raw, ev) {
+	*ev = new(InvokeEvent)
+	if len(raw) <= maxEventBody && fastDecode(raw, *ev) {
 		return nil
 	}
-	*ev = InvokeEvent{}
-	return strictDecode(raw, ev)
+	**ev = InvokeEvent{}
+	return strictDecode(raw, *ev)
 }
 
 // fastDecode is decodeEvent's one-pass reading; false means "not in the

@@ -131,7 +131,7 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) I
 		now = time.Now
 	}
 	return func(ctx context.Context, raw json.RawMessage) (wire.TokenResponse, error) {
-		var ev InvokeEvent
+		var ev *InvokeEvent // set by decodeEvent, first thing
 		var proof string
 		t, err := func() (vend.Token, error) {
 			if err := decodeEvent(ctx, raw, &ev); err != nil {
@@ -153,7 +153,7 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) I
 			}
 			ctx := identity.NewContext(ctx, caller)
 			if ev.DPoPHTM != "" || ev.DPoPHTU != "" || ev.DPoPNonce != "" {
-				return invokeProof(ctx, v, ev, req, &proof)
+				return invokeProof(ctx, v, *ev, req, &proof)
 			}
 			if ev.RejectedTokenSHA256 != "" {
 				return v.Rejected(ctx, req, ev.RejectedTokenSHA256)
