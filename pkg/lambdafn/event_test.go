@@ -166,3 +166,19 @@ func checkAdapters(t *testing.T, b []byte) {
 		t.Fatalf("%q: adapter vended %+v (proofs %+v), InvokeFunc %+v (proofs %+v)", b, v1.reqs, p1.proofs, v2.reqs, p2.proofs)
 	}
 }
+
+// TestPlainEveryByte: the eight-bytes-at-a-time check refuses exactly the
+// bytes a one-pass string may not hold, at every position of a word and
+// of the tail.
+func TestPlainEveryByte(t *testing.T) {
+	for c := range 256 {
+		want := c >= 0x20 && c < 0x80 && c != '\\'
+		for pos := range 19 {
+			v := bytes.Repeat([]byte("A"), 19)
+			v[pos] = byte(c)
+			if got := plain(v); got != want {
+				t.Fatalf("byte %#x at %d: plain = %v, want %v", c, pos, got, want)
+			}
+		}
+	}
+}
