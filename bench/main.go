@@ -43,6 +43,7 @@ func main() {
 		{"extension", extensionBench},
 		{"agent", agentBench},
 		{"assertion signing", signingBench},
+		{"DPoP proofs per resource request", dpopBench},
 		{"caller identity", identityBench},
 		{"refresher throughput", refresherBench},
 		{"refresher bootstrap fleet runs", fleetRunBench},

@@ -35,6 +35,7 @@ type report struct {
 	ext        extensionResult
 	agent      agentResult
 	signing    []latencyRow
+	dpop       []dpopRow
 	identity   []latencyRow
 	refresher  []refresherRow
 	fleetRuns  []lambdart.FleetRun
@@ -257,6 +258,7 @@ func (r *report) write(path, plotPath string) error {
 	r.writeSigning(w)
 	r.writeIdentity(w)
 	r.writeRefresher(w)
+	r.writeDPoP(w)
 	r.writeFleet(w)
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err

@@ -44,5 +44,12 @@ func run(log *slog.Logger) error {
 	}
 	// The consumer's own role invokes and proves itself to the vendor.
 	cache := extension.New(client.NewLambdaInvokerFromConfig(cfg, fn), os.Getenv("AWS_SESSION_TOKEN"), log)
+	if v := os.Getenv("TOKEN_VENDOR_DPOP_POOL"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > extension.MaxProofPool {
+			return fmt.Errorf("TOKEN_VENDOR_DPOP_POOL: want the DPoP proofs to sign per vend call, 1 to %d", extension.MaxProofPool)
+		}
+		cache.WithProofPool(n)
+	}
 	return extension.Run(ctx, extension.Config{RuntimeAPI: os.Getenv("AWS_LAMBDA_RUNTIME_API"), Addr: fmt.Sprintf("127.0.0.1:%d", port), Cache: cache, Log: log})
 }

@@ -339,6 +339,9 @@ func (l *LambdaInvoker) Fetch(ctx context.Context, r Request) (*Token, error) {
 		ev["min_ttl"] = int64(r.MinTTL / time.Second)
 	}
 	setProofParams(r, func(k, v string) { ev[k] = v })
+	if r.DPoPCount > 1 && r.DPoPMethod != "" {
+		ev["dpop_count"] = r.DPoPCount
+	}
 	if l.Proofs != nil {
 		p, err := l.Proofs.Proof(ctx)
 		if err != nil {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jwk"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/token-vendor/token-vendor/pkg/assertion"
 	"github.com/token-vendor/token-vendor/pkg/provider"
@@ -105,6 +106,36 @@ func (p *Prover) Sign(ctx context.Context, def *provider.Definition, r Request) 
 		return Proof{}, err
 	}
 	return Proof{JWT: jwt, JKT: pub.jkt}, nil
+}
+
+// MaxProofs bounds the proofs one consumer request may ask for at once
+// (dpop_count, docs/design.md §5).
+const MaxProofs = 8
+
+// SignN makes n proofs for r in parallel (for a KMS key, n round trips at
+// once), each with its own jti: proofs a consumer's extension hands out
+// one per request.
+func (p *Prover) SignN(ctx context.Context, def *provider.Definition, r Request, n int) ([]Proof, error) {
+	return signN(ctx, n, func(ctx context.Context) (Proof, error) { return p.Sign(ctx, def, r) })
+}
+
+func signN(ctx context.Context, n int, sign func(context.Context) (Proof, error)) ([]Proof, error) {
+	if n < 1 || n > MaxProofs {
+		return nil, fmt.Errorf("dpop: between 1 and %d proofs at once", MaxProofs)
+	}
+	out := make([]Proof, n)
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range out {
+		g.Go(func() error {
+			var err error
+			out[i], err = sign(gctx)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 type claims struct {

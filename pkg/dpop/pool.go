@@ -2,6 +2,7 @@ package dpop
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -80,6 +81,39 @@ func (pl *Pool) Sign(ctx context.Context, def *provider.Definition, r Request) (
 	}
 	pl.put(k, r.Nonce, proofs[1:])
 	return proofs[0], nil
+}
+
+// SignN returns n proofs for r: pooled spares first, the rest signed in
+// parallel (no spares are signed ahead for a request that asks for
+// several: it is the consumer's own pool).
+func (pl *Pool) SignN(ctx context.Context, def *provider.Definition, r Request, n int) ([]Proof, error) {
+	if n < 1 || n > MaxProofs {
+		return nil, fmt.Errorf("dpop: between 1 and %d proofs at once", MaxProofs)
+	}
+	if def.DPoPKMSKeyID == "" || r.AccessToken == "" || pl.Ahead <= 0 {
+		return pl.p.SignN(ctx, def, r, n)
+	}
+	if err := Check(r); err != nil {
+		return nil, err
+	}
+	htu, _ := HTU(r.Target)
+	k := target{provider: def.Name + "\x00" + def.Fingerprint(), method: r.Method, htu: htu, ath: ATH(r.AccessToken)}
+	var out []Proof
+	for len(out) < n {
+		p, ok := pl.take(k, r.Nonce)
+		if !ok {
+			break
+		}
+		out = append(out, p)
+	}
+	if len(out) == n {
+		return out, nil
+	}
+	rest, err := pl.p.SignN(ctx, def, r, n-len(out))
+	if err != nil {
+		return nil, err
+	}
+	return append(out, rest...), nil
 }
 
 // take pops a fresh proof for k carrying nonce; spares with another nonce

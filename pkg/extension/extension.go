@@ -49,7 +49,8 @@ type Fetcher = localcache.Fetcher
 // agent's cache too), fetching through the vend function.
 type Cache struct {
 	cache  *localcache.Cache
-	f      Fetcher // for DPoP proofs, which are never cached (dpop.go)
+	f      Fetcher    // for DPoP proofs, which are never cached (dpop.go)
+	pool   *proofPool // DPoP proofs signed ahead (WithProofPool); nil: off
 	secret string
 	now    func() time.Time
 	log    *slog.Logger
@@ -183,6 +184,9 @@ func (c *Cache) rejected(w http.ResponseWriter, r *http.Request) {
 	if err := dec.Decode(&body); err != nil || !sha256RE.MatchString(body.TokenSHA256) {
 		writeError(w, http.StatusBadRequest, "invalid_request", `body must be {"token_sha256":"<64 lower-case hex digits>"}`, provider, 0)
 		return
+	}
+	if c.pool != nil {
+		c.pool.dropProvider(provider) // its proofs may be bound to the rejected token
 	}
 	tok, exp, err := c.Rejected(r.Context(), client.Request{Provider: provider, Scope: q.Get("scope"), Resource: q.Get("resource"), Audience: q.Get("audience")}, body.TokenSHA256)
 	c.answer(w, r, provider, tok, exp, err)

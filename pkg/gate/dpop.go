@@ -39,12 +39,37 @@ var errKeyMoved = errors.New("the cached DPoP-bound token is bound to another ke
 // record, saying that a proof was issued (never the proof). A token the
 // provider answered as Bearer comes back without a proof.
 func (g *Gate) TokenProof(ctx context.Context, req vend.Request, r dpop.Request) (vend.Token, string, error) {
+	t, proofs, err := g.tokenProofs(ctx, req, r, 0)
+	if len(proofs) == 0 {
+		return t, "", err
+	}
+	return t, proofs[0], err
+}
+
+// TokenProofs is TokenProof with n proofs (1 to dpop.MaxProofs) for the
+// same request, each with its own jti, for a consumer that hands them out
+// one per request (the extension's proof pool). It is one request: the
+// same decision, one audit record (saying how many proofs were issued).
+func (g *Gate) TokenProofs(ctx context.Context, req vend.Request, r dpop.Request, n int) (vend.Token, []string, error) {
+	return g.tokenProofs(ctx, req, r, n)
+}
+
+// multiSigner signs several proofs at once (dpop.Prover, dpop.Pool).
+type multiSigner interface {
+	SignN(ctx context.Context, def *provider.Definition, r dpop.Request, n int) ([]dpop.Proof, error)
+}
+
+// tokenProofs: n 0 is TokenProof's single proof.
+func (g *Gate) tokenProofs(ctx context.Context, req vend.Request, r dpop.Request, n int) (vend.Token, []string, error) {
 	_, c, err := g.admit(ctx, authz.OpVend, req)
 	if err != nil {
-		return vend.Token{}, "", err
+		return vend.Token{}, nil, err
 	}
-	var proof string
+	var proofs []string
 	t, err := func() (vend.Token, error) {
+		if n < 0 || n > dpop.MaxProofs {
+			return vend.Token{}, wire.Invalid("dpop_count must be from 1 to %d", dpop.MaxProofs)
+		}
 		if err := dpop.Check(r); err != nil {
 			return vend.Token{}, wire.Invalid("%s", err)
 		}
@@ -86,14 +111,45 @@ func (g *Gate) TokenProof(ctx context.Context, req vend.Request, r dpop.Request)
 				return vend.Token{}, errKeyMoved
 			}
 		}
-		proof = p.JWT
+		proofs = append(proofs, p.JWT)
+		if n > 1 {
+			// The first proof checked the binding; the rest are signed by
+			// the same key for the same token.
+			more, err := g.signMore(ctx, def, r, n-1)
+			if err != nil {
+				proofs = nil
+				return vend.Token{}, fmt.Errorf("sign a DPoP proof: %w", err)
+			}
+			for _, m := range more {
+				if m.JKT != p.JKT {
+					proofs = nil
+					return vend.Token{}, errKeyMoved
+				}
+				proofs = append(proofs, m.JWT)
+			}
+		}
 		return t, nil
 	}()
 	rec := g.record(c, authz.OpVend, req, t, err)
-	rec.Proof = proof != ""
+	rec.Proof, rec.Proofs = len(proofs) > 0, len(proofs)
 	g.write(ctx, rec)
 	if err != nil {
-		return vend.Token{}, "", err
+		return vend.Token{}, nil, err
 	}
-	return t, proof, nil
+	return t, proofs, nil
+}
+
+func (g *Gate) signMore(ctx context.Context, def *provider.Definition, r dpop.Request, n int) ([]dpop.Proof, error) {
+	if m, ok := g.prover.(multiSigner); ok {
+		return m.SignN(ctx, def, r, n)
+	}
+	out := make([]dpop.Proof, 0, n)
+	for range n {
+		p, err := g.prover.Sign(ctx, def, r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }

@@ -105,8 +105,10 @@ type Record struct {
 	Source    vend.Source
 	TokenHash string
 	// Proof is set when a DPoP proof was issued with the token (the proof
-	// itself is never recorded).
-	Proof bool
+	// itself is never recorded); Proofs counts them when a request asked
+	// for several (dpop_count).
+	Proof  bool
+	Proofs int
 }
 
 // TokenHash is the audit record's token digest prefix.
@@ -158,6 +160,9 @@ func (g *Gate) write(ctx context.Context, r Record) {
 	}
 	if r.Proof {
 		attrs = append(attrs, slog.String("dpop_proof", "issued"))
+	}
+	if r.Proofs > 1 {
+		attrs = append(attrs, slog.Int("dpop_proofs", r.Proofs))
 	}
 	g.audit.LogAttrs(ctx, slog.LevelInfo, "audit", attrs...)
 }

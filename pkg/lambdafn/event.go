@@ -117,6 +117,13 @@ func fastDecode(b []byte, ev *InvokeEvent) bool {
 			bit, ok = 1<<7, s.strField(&ev.DPoPHTU)
 		case "dpop_nonce":
 			bit, ok = 1<<8, s.strField(&ev.DPoPNonce)
+		case "dpop_count":
+			var n int64
+			if n, ok = s.int(); ok {
+				c := int(n)
+				ev.DPoPCount = &c
+			}
+			bit = 1 << 10
 		case "identity":
 			bit = 1 << 9
 			ev.Identity = &identity.Proof{}

@@ -112,6 +112,9 @@ type InvokeEvent struct {
 	DPoPHTM   string `json:"dpop_htm"`
 	DPoPHTU   string `json:"dpop_htu"`
 	DPoPNonce string `json:"dpop_nonce"`
+	// DPoPCount asks for that many proofs (1 to 8) at once, answered in
+	// dpop_proofs: a consumer's pool, each proof used once.
+	DPoPCount *int `json:"dpop_count"`
 	// Identity proves who invokes: a signed sts:GetCallerIdentity request
 	// (docs/design.md §11). Without it the caller has no identity.
 	Identity *identity.Proof `json:"identity"`
@@ -133,6 +136,7 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) I
 	return func(ctx context.Context, raw json.RawMessage) (wire.TokenResponse, error) {
 		var ev *InvokeEvent // set by decodeEvent, first thing
 		var proof string
+		var spares []string
 		t, err := func() (vend.Token, error) {
 			if err := decodeEvent(ctx, raw, &ev); err != nil {
 				return vend.Token{}, err
@@ -152,8 +156,8 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) I
 				caller = proofs.Verify(ctx, ev.Identity)
 			}
 			ctx := identity.NewContext(ctx, caller)
-			if ev.DPoPHTM != "" || ev.DPoPHTU != "" || ev.DPoPNonce != "" {
-				return invokeProof(ctx, v, *ev, req, &proof)
+			if ev.DPoPHTM != "" || ev.DPoPHTU != "" || ev.DPoPNonce != "" || ev.DPoPCount != nil {
+				return invokeProof(ctx, v, *ev, req, &proof, &spares)
 			}
 			if ev.RejectedTokenSHA256 != "" {
 				return v.Rejected(ctx, req, ev.RejectedTokenSHA256)
@@ -172,6 +176,7 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) I
 		log.InfoContext(ctx, "invoke", "provider", t.Provider, "cache", t.Source)
 		resp := wire.NewTokenResponse(t, now())
 		resp.DPoPProof = proof
+		resp.DPoPProofs = spares
 		return resp, nil
 	}
 }

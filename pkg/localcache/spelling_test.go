@@ -77,6 +77,6 @@ func TestKeyInjective(t *testing.T) {
 	a := Request{Provider: "p", Scope: "read\x00x", Resource: ""}
 	b := Request{Provider: "p", Scope: "read", Resource: "x\x00"}
 	if Key(a) == Key(b) {
-		t.Fatalf("%q and %q share a key", a, b)
+		t.Fatalf("%#v and %#v share a key", a, b)
 	}
 }

@@ -23,6 +23,9 @@ type Token struct {
 	// Request.DPoPMethod and DPoPURL (token_type DPoP): good for that one
 	// request, never cached.
 	DPoPProof string `json:"dpop_proof,omitempty"`
+	// DPoPProofs are Request.DPoPCount proofs for that request (the vend
+	// function's dpop_count), each good for one request.
+	DPoPProofs []string `json:"dpop_proofs,omitempty"`
 }
 
 // Lifetime is the token's whole life, from issued_at (vendors before it
@@ -49,6 +52,9 @@ type Request struct {
 	// DPoPMethod and DPoPURL ask for a DPoP proof for that request, and
 	// DPoPNonce is the resource server's DPoP-Nonce if it demanded one.
 	DPoPMethod, DPoPURL, DPoPNonce string
+	// DPoPCount, above 1, asks the vend function for that many proofs at
+	// once (direct invoke only; the HTTP API signs one per request).
+	DPoPCount int
 }
 
 // Fetcher asks the vendor for a token: pkg/client's HTTPFetcher or

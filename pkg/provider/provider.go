@@ -55,6 +55,11 @@ const (
 	MaxMaxKeys     = 1000
 )
 
+// MinFetchRate is the smallest fetch_rate but 0 (no limit): one request a
+// day. Much smaller, the interval between requests overflows a
+// time.Duration (1e-12/s is 10^21 ns) and would wrap to no limit at all.
+const MinFetchRate = 1.0 / 86400
+
 // DefaultExpiresIn is the lifetime assumed when a token response has no usable expires_in.
 const DefaultExpiresIn = 3600
 
@@ -416,8 +421,8 @@ func (d *Definition) Validate() error {
 	if d.MaxConcurrentFetches < 0 || d.MaxConcurrentFetches > 64 {
 		return fe("max_concurrent_fetches", "must be between 1 and 64 (0: the default, 4)")
 	}
-	if d.FetchRate < 0 || d.FetchRate > 1000 || math.IsNaN(d.FetchRate) {
-		return fe("fetch_rate", "must be between 0 (no limit) and 1000 requests per second")
+	if d.FetchRate < 0 || d.FetchRate > 1000 || math.IsNaN(d.FetchRate) || (d.FetchRate > 0 && d.FetchRate < MinFetchRate) {
+		return fe("fetch_rate", "must be 0 (no limit) or between 1/86400 (one request a day) and 1000 requests per second")
 	}
 	var err error
 	if d.allowed, err = patterns(d.Name, "allowed_callers", d.AllowedCallers); err != nil {

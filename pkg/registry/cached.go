@@ -97,17 +97,27 @@ func (c *Cached) Get(ctx context.Context, name string) (*provider.Definition, er
 			return e.def, e.err
 		}
 	}
-	return c.read(ctx, name)
+	return c.read(ctx, name, true)
 }
 
 // Reload reads the source now, bypassing the cache (after the provider
-// refused the credentials: the secret may have been rotated).
+// refused the credentials: the secret may have been rotated). It answers
+// with the source's error, never with the cached definition: a caller
+// reloads to decide on what the source says now (the refresher retires a
+// key whose registration the source no longer has), and a stale answer
+// would decide on what it said before.
 func (c *Cached) Reload(ctx context.Context, name string) (*provider.Definition, error) {
-	return c.read(ctx, name)
+	return c.read(ctx, name, false)
 }
 
-func (c *Cached) read(ctx context.Context, name string) (*provider.Definition, error) {
-	v, err, _ := c.sf.Do(name, func() (any, error) {
+// read reads the source; with stale, a failing source is answered with a
+// cached definition up to TTL+StaleFor old.
+func (c *Cached) read(ctx context.Context, name string, stale bool) (*provider.Definition, error) {
+	key := name
+	if !stale {
+		key = "\x00reload\x00" + name // never joined to a Get's read, which may answer stale
+	}
+	v, err, _ := c.sf.Do(key, func() (any, error) {
 		d, err := c.src.Get(ctx, name)
 		now := c.opts.Now()
 		c.mu.Lock()
@@ -120,7 +130,7 @@ func (c *Cached) read(ctx context.Context, name string) (*provider.Definition, e
 			c.put(name, entry{err: err, fetched: now})
 			return nil, err
 		}
-		if old, ok := c.defs[name]; ok && old.def != nil && now.Sub(old.fetched) < c.opts.TTL+c.opts.StaleFor {
+		if old, ok := c.defs[name]; stale && ok && old.def != nil && now.Sub(old.fetched) < c.opts.TTL+c.opts.StaleFor {
 			c.opts.Logger.WarnContext(ctx, "provider source failing; serving the cached definition", "provider", name, "error", err)
 			return old.def, nil
 		}

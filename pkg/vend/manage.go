@@ -248,13 +248,14 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 		candidates = append(candidates, it)
 	}
 	defs := v.readDefinitions(rctx, candidates, false)
-	// A key of another registration than its provider's definition is
-	// never renewable, unless the definition read was a stale cached one:
-	// those providers are read again, past the cache, before their keys
-	// are retired.
+	// A key of another registration than its provider's definition, or of
+	// a provider not found, is never renewable, unless the definition read
+	// was a stale cached one (a definition, or a "no such provider", kept
+	// for the cache's TTL): those providers are read again, past the
+	// cache, before their keys are retired.
 	var stale []*store.Item
 	for _, it := range candidates {
-		if d := defs[it.Provider]; d.err == nil && it.Fingerprint != "" && it.Fingerprint != d.def.Fingerprint() {
+		if d := defs[it.Provider]; (d.err == nil && it.Fingerprint != "" && it.Fingerprint != d.def.Fingerprint()) || errors.Is(d.err, provider.ErrNotFound) {
 			stale = append(stale, it)
 		}
 	}
@@ -360,7 +361,15 @@ func (v *Vendor) RefreshDue(ctx context.Context, o RefreshOptions) (RefreshResul
 					if i >= len(keys) {
 						return
 					}
-					if l.down.Load() || timeUp() || !l.admit(rctx, v, waitable()) || !acquire(rctx, global) {
+					// The run's slot first, then the provider's rate slot: a
+					// rate slot reserved before waiting for a run slot would
+					// let its request go late, right before the next slot's.
+					if l.down.Load() || timeUp() || !acquire(rctx, global) {
+						count(&res.Deferred)
+						continue
+					}
+					if l.down.Load() || !l.admit(rctx, v, waitable()) {
+						<-global
 						count(&res.Deferred)
 						continue
 					}
@@ -679,8 +688,23 @@ func (v *Vendor) renew(ctx context.Context, it *store.Item, def *provider.Defini
 	key := def.KeyFor(scopes)
 	if key.PK != it.PK {
 		// A key with a target (resource, audience), which the index does
-		// not project: read it from the record.
-		if rec, err := v.store.Get(ctx, it.PK, true); err == nil && rec != nil && (rec.Resource != "" || rec.Audience != "") {
+		// not project: read it from the record. A read that fails says
+		// nothing about the key: it is left for the next run, never
+		// retired on it.
+		rec, err := v.store.Get(ctx, it.PK, true)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			count(&res.Deferred)
+			return renewUnavailable
+		case err != nil:
+			v.log.WarnContext(ctx, "refresh: cannot read the key's record", "provider", def.Name, "scope", it.Scope, "error", err)
+			count(&res.Failed)
+			v.obs.Event(def.Name, "refresh_failed")
+			return renewDone
+		case rec == nil:
+			count(&res.Skipped) // gone since the index was read
+			return renewDone
+		case rec.Resource != "" || rec.Audience != "":
 			key = def.KeyForTarget(scopes, provider.Target{Resources: strings.Fields(rec.Resource), Audiences: strings.Fields(rec.Audience)})
 		}
 	}

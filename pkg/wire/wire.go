@@ -34,6 +34,9 @@ type TokenResponse struct {
 	// DPoPProof is the DPoP proof (RFC 9449) the caller asked for with
 	// dpop_htm and dpop_htu, for a DPoP-bound token (token_type DPoP).
 	DPoPProof string `json:"dpop_proof,omitempty"`
+	// DPoPProofs are the proofs a direct invoke asked for with dpop_count
+	// (each for one request; dpop_proof is then left out).
+	DPoPProofs []string `json:"dpop_proofs,omitempty"`
 }
 
 // NewTokenResponse renders t as of now; expires_in is whole seconds left.

@@ -194,6 +194,8 @@ func TestCanariesNeverLeak(t *testing.T) {
 	ctx := context.Background()
 	var extLogs bytes.Buffer
 	extCache := extension.New(client.NewLambdaInvoker(invokeAPI{inv}, "vend"), "session", obs.NewLogger(&extLogs, "debug"))
+	// The extension with a DPoP proof pool (dpop_count to the vend function).
+	extPool := extension.New(client.NewLambdaInvoker(invokeAPI{inv}, "vend"), "session", obs.NewLogger(&extLogs, "debug")).WithProofPool(4)
 
 	call := func(method, path, body string) (int, string) {
 		ev := events.APIGatewayV2HTTPRequest{RawPath: strings.SplitN(path, "?", 2)[0], Body: body}
@@ -254,17 +256,21 @@ func TestCanariesNeverLeak(t *testing.T) {
 			}
 			events := []string{fmt.Sprintf(`{"provider":%q}`, name), fmt.Sprintf(`{"provider":%q,"identity":%s}`, name, proofJSON)}
 			if name == "dpop" {
-				events = append(events, `{"provider":"dpop","dpop_htm":"POST","dpop_htu":"https://rs.example/pay"}`)
-				rec := httptest.NewRecorder()
-				req := httptest.NewRequest("GET", "/v1/tokens/dpop?dpop_htm=GET&dpop_htu=https%3A%2F%2Frs.example%2Fa", nil)
-				req.Header.Set(extension.Header, "session")
-				extCache.Handler().ServeHTTP(rec, req)
-				if rec.Code != 200 {
-					outside.WriteString(rec.Body.String())
-				} else if !strings.Contains(rec.Body.String(), `"dpop_proof":"eyJ`) {
-					t.Fatalf("extension proof answer without a proof: %s", rec.Body.String())
+				events = append(events, `{"provider":"dpop","dpop_htm":"POST","dpop_htu":"https://rs.example/pay"}`,
+					`{"provider":"dpop","dpop_htm":"POST","dpop_htu":"https://rs.example/pay","dpop_count":3}`,
+					`{"provider":"dpop","dpop_htm":"POST","dpop_htu":"https://rs.example/pay?q=`+canarySecret+`","dpop_count":9}`) // refused
+				for _, ec := range []*extension.Cache{extCache, extPool, extPool} { // the second pooled request takes a spare
+					rec := httptest.NewRecorder()
+					req := httptest.NewRequest("GET", "/v1/tokens/dpop?dpop_htm=GET&dpop_htu=https%3A%2F%2Frs.example%2Fa", nil)
+					req.Header.Set(extension.Header, "session")
+					ec.Handler().ServeHTTP(rec, req)
+					if rec.Code != 200 {
+						outside.WriteString(rec.Body.String())
+					} else if !strings.Contains(rec.Body.String(), `"dpop_proof":"eyJ`) {
+						t.Fatalf("extension proof answer without a proof: %s", rec.Body.String())
+					}
+					dpopProofs++
 				}
-				dpopProofs++
 			}
 			for _, ev := range events {
 				out, err := inv.Invoke(ctx, []byte(ev))
