@@ -8,6 +8,7 @@ import (
 
 func main() {
 	app.StartLambda(func(a *app.App) any {
-		return app.Flushing(a, lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil))
+		// As a lambda.Handler (InvokeFunc): the event is read once.
+		return lambdafn.InvokeFunc(app.Flushing(a, lambdafn.Invoke(a.Gate, a.Proofs, a.Log, nil)))
 	})
 }

@@ -129,16 +129,16 @@ type Verifier interface {
 // whose type names (InvalidRequest, …) become the caller's errorType.
 // The caller is whoever the event's identity proof proves (verified by
 // proofs; nil verifies none).
-func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) func(context.Context, json.RawMessage) (wire.TokenResponse, error) {
+func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) InvokeFunc {
 	if now == nil {
 		now = time.Now
 	}
 	return func(ctx context.Context, raw json.RawMessage) (wire.TokenResponse, error) {
-		var ev InvokeEvent
+		var ev *InvokeEvent // set by decodeEvent, first thing
 		var proof string
 		var spares []string
 		t, err := func() (vend.Token, error) {
-			if err := strictDecode(raw, &ev); err != nil {
+			if err := decodeEvent(ctx, raw, &ev); err != nil {
 				return vend.Token{}, err
 			}
 			if ev.Provider == "" {
@@ -157,7 +157,7 @@ func Invoke(v Vendor, proofs Verifier, log *slog.Logger, now func() time.Time) f
 			}
 			ctx := identity.NewContext(ctx, caller)
 			if ev.DPoPHTM != "" || ev.DPoPHTU != "" || ev.DPoPNonce != "" || ev.DPoPCount != nil {
-				return invokeProof(ctx, v, ev, req, &proof, &spares)
+				return invokeProof(ctx, v, *ev, req, &proof, &spares)
 			}
 			if ev.RejectedTokenSHA256 != "" {
 				return v.Rejected(ctx, req, ev.RejectedTokenSHA256)
