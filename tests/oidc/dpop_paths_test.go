@@ -26,6 +26,7 @@ import (
 	kmstypes "github.com/aws/aws-sdk-go-v2/service/kms/types"
 
 	"github.com/token-vendor/token-vendor/pkg/assertion"
+	"github.com/token-vendor/token-vendor/pkg/authz"
 	"github.com/token-vendor/token-vendor/pkg/dpop"
 	"github.com/token-vendor/token-vendor/pkg/gate"
 	"github.com/token-vendor/token-vendor/pkg/httpapi"
@@ -48,7 +49,7 @@ import (
 type proofWorld struct {
 	defs     map[string]*provider.Definition
 	gate     *gate.Gate // allowed_callers: the payments role
-	open     *gate.Gate // no allowed_callers (direct invoke without identity)
+	open     *gate.Gate // no allowed_callers, unverified callers opted in (direct invoke without identity: proofs are this test's subject, identity is tests/authz's)
 	audit    *testenv.SyncBuffer
 	resource *rs.Server
 	rsURL    string
@@ -100,7 +101,7 @@ func newProofWorld(t *testing.T, kmsKeys bool) *proofWorld {
 	for id, d := range w.defs {
 		open[id] = withoutCallers(d)
 	}
-	w.open = gate.New(v, registry.NewStatic(open), slog.New(slog.NewJSONHandler(w.audit, nil)), nil).WithProver(dpop.NewPool(prover))
+	w.open = gate.New(v, registry.NewStatic(open), slog.New(slog.NewJSONHandler(w.audit, nil)), nil).WithProver(dpop.NewPool(prover)).WithPolicy(authz.Policy{AllowUnverified: true})
 	w.resource = &rs.Server{JKTOf: boundJKT(t, srv.issuer), Nonce: "rs-nonce-" + testenv.RandomSuffix()}
 	rsSrv := httptest.NewServer(w.resource)
 	t.Cleanup(rsSrv.Close)
