@@ -265,14 +265,7 @@ func jwksProbing(q bool) (attackRow, error) {
 		names = 1000
 	}
 	src := &countingSource{defs: w.defs}
-	provs := registry.NewCached(src, registry.CacheOptions{})
-	h := httpapi.New(gate.New(w.instance(vend.Options{}, nil), provs, nil, nil), provs, nil, nil).WithJWKS(noKeys{})
-	answer := func(name string) string {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/providers/"+name+"/jwks.json", nil))
-		b, _ := io.ReadAll(rec.Body)
-		return fmt.Sprint(rec.Code, rec.Header(), strings.ReplaceAll(string(b), name, "NAME"))
-	}
+	answer := w.jwksProber(src)
 	r := attackRow{Expect: "one identical 404 for unknown names and providers that sign nothing (leaked: answers that tell them apart); one definition read per new name, none for a name asked again within 30 s (store ops: definition reads); the not-found cache bounded (1024)"}
 	ref := answer("no-such-provider")
 	var real []string
@@ -341,4 +334,19 @@ func unverifiedInvoke(q bool) (attackRow, error) {
 	r.Upstream = w.upstream("demo-k2") + w.upstream("demo-mobi")
 	r.Pass = r.Refused == n && r.StoreOps == 0 && r.Upstream == 0
 	return r, nil
+}
+
+// jwksProber serves the public JWKS route over src (cached as in AWS) and
+// returns what an unauthenticated prober sees of one name: status, headers
+// and body with the name itself blanked, so two answers compare equal
+// exactly when they cannot be told apart.
+func (w *world) jwksProber(src registry.Source) func(name string) string {
+	provs := registry.NewCached(src, registry.CacheOptions{})
+	h := httpapi.New(gate.New(w.instance(vend.Options{}, nil), provs, nil, nil), provs, nil, nil).WithJWKS(noKeys{})
+	return func(name string) string {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/providers/"+name+"/jwks.json", nil))
+		b, _ := io.ReadAll(rec.Body)
+		return fmt.Sprint(rec.Code, rec.Header(), strings.ReplaceAll(string(b), name, "NAME"))
+	}
 }

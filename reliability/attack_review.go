@@ -6,16 +6,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http/httptest"
-	"strings"
 	"sync/atomic"
 
-	"github.com/token-vendor/token-vendor/pkg/gate"
-	"github.com/token-vendor/token-vendor/pkg/httpapi"
 	"github.com/token-vendor/token-vendor/pkg/provider"
-	"github.com/token-vendor/token-vendor/pkg/registry"
-	"github.com/token-vendor/token-vendor/pkg/vend"
 )
 
 func init() {
@@ -54,14 +47,7 @@ func jwksBrokenDefinition(q bool) (attackRow, error) {
 		n = 400
 	}
 	src := &halfSetUp{countingSource: countingSource{defs: w.defs}, broken: "half-set-up"}
-	provs := registry.NewCached(src, registry.CacheOptions{})
-	h := httpapi.New(gate.New(w.instance(vend.Options{}, nil), provs, nil, nil), provs, nil, nil).WithJWKS(noKeys{})
-	answer := func(name string) string {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/providers/"+name+"/jwks.json", nil))
-		b, _ := io.ReadAll(rec.Body)
-		return fmt.Sprint(rec.Code, rec.Header(), strings.ReplaceAll(string(b), name, "NAME"))
-	}
+	answer := w.jwksProber(src)
 	ref := answer("no-such-provider")
 	r := attackRow{Expect: "the broken secret answers the one 404 of unknown names (leaked: answers that tell it apart); read once, not once per request (store ops: its definition reads)"}
 	for range n {
