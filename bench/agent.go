@@ -7,8 +7,6 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -53,22 +51,7 @@ func agentBench(r *report) error {
 	srv := &http.Server{Handler: agent.Handler(tok, extension.New(direct, tok, nil))}
 	go srv.Serve(ln)
 	defer srv.Close()
-	url := "http://" + ln.Addr().String() + "/v1/tokens/demo-k2"
-	hc := &http.Client{}
-	read := func() error {
-		rq, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		rq.Header.Set(agent.Header, tok)
-		resp, err := hc.Do(rq)
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("agent answered %d", resp.StatusCode)
-		}
-		return nil
-	}
+	read := localRead(ctx, "agent", "http://"+ln.Addr().String()+"/v1/tokens/demo-k2", agent.Header, tok)
 	n := 20000
 	if r.quick {
 		n = 2000
